@@ -1,0 +1,353 @@
+"""Typed settings for the whole engine.
+
+One :class:`FypConfig` describes a deployment: where data lives, which regions exist, and every knob
+of the feed algorithm. It loads from ``<data_dir>/fyp.toml`` when that file exists (any section may be
+omitted) and from a few ``FYP_*`` environment variables. Unknown keys are errors, so a typo in a
+config file cannot silently fall back to a default.
+
+The *algorithm* sections (sources, scoring, selectors, affinity, training) are hashed; the hash
+travels with every feed response, logged impression and model snapshot, so any ranking can be traced
+to the exact settings that produced it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from fyp.errors import ConfigError
+from fyp.types import RegionName
+
+DEFAULT_DATA_DIR: Final = Path("fyp-data")
+CONFIG_FILE_NAME: Final = "fyp.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+# ---- storage and regions ------------------------------------------------------------------------
+
+
+class RegionConfig(_Section):
+    name: RegionName
+    """Region name; users choose their home region by this name."""
+    description: str = ""
+    """Shown on /v1/regions and in the transparency report."""
+    storage_url: str | None = None
+    """Database URL for this region's personal data; default ``sqlite:///<data_dir>/region-<name>.db``."""
+
+
+def _default_regions() -> list[RegionConfig]:
+    return [
+        RegionConfig(name="us", description="United States"),
+        RegionConfig(name="eu", description="European Union"),
+    ]
+
+
+# ---- candidate sources --------------------------------------------------------------------------
+
+
+class SourceConfig(_Section):
+    enabled: bool = True
+    """Whether this source contributes candidates."""
+    k: int = Field(default=200, ge=1, le=5000)
+    """How many candidates the source returns at most."""
+    fail_open: bool = True
+    """On an error the feed continues without this source (recorded in the trace)."""
+    budget_ms: float = Field(default=50.0, gt=0)
+    """Latency budget; exceeding it is recorded in the trace."""
+    prior: float = Field(default=0.5, ge=0, le=1)
+    """Worth of this source's best candidate relative to other sources' (retrieval feature)."""
+
+
+class TrendingConfig(SourceConfig):
+    prior: float = Field(default=0.45, ge=0, le=1)
+    half_life_hours: float = Field(default=24.0, gt=0)
+    """Engagement loses half its weight in trending after this many hours."""
+    engagement_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "play": 0.3,
+            "finish": 1.0,
+            "like": 2.0,
+            "share": 3.0,
+            "comment": 1.5,
+            "follow": 1.5,
+        }
+    )
+    """Trending weight per event type (a play counts by its watch ratio, at most 1)."""
+
+
+class FreshConfig(SourceConfig):
+    prior: float = Field(default=0.3, ge=0, le=1)
+    k: int = Field(default=100, ge=1, le=5000)
+    max_age_hours: float = Field(default=72.0, gt=0)
+    """An item is fresh while younger than this."""
+
+
+class CoEngagementConfig(SourceConfig):
+    prior: float = Field(default=0.9, ge=0, le=1)
+    anchors: int = Field(default=10, ge=1, le=100)
+    """How many of the viewer's most recent positive items seed the lookup."""
+    per_anchor: int = Field(default=40, ge=1, le=500)
+    """Neighbours taken per anchor item."""
+
+
+class FollowingConfig(SourceConfig):
+    prior: float = Field(default=0.8, ge=0, le=1)
+    k: int = Field(default=100, ge=1, le=5000)
+    per_creator: int = Field(default=10, ge=1, le=200)
+    """Newest items taken per followed creator."""
+
+
+class InterestTagsConfig(SourceConfig):
+    prior: float = Field(default=0.7, ge=0, le=1)
+    k: int = Field(default=150, ge=1, le=5000)
+    top_tags: int = Field(default=5, ge=1, le=50)
+    """The viewer's strongest tags (by online affinity) used as queries."""
+    per_tag: int = Field(default=40, ge=1, le=1000)
+    """Newest items taken per tag."""
+
+
+class EmbeddingConfig(SourceConfig):
+    prior: float = Field(default=1.0, ge=0, le=1)
+    history: int = Field(default=200, ge=1, le=10_000)
+    """Most recent events used to fold the viewer into the learned embedding space at request time."""
+
+
+class SourcesConfig(_Section):
+    trending: TrendingConfig = TrendingConfig()
+    """Time-decayed engagement in the viewer's region."""
+    fresh: FreshConfig = FreshConfig()
+    """Newest items in the catalog."""
+    co_engagement: CoEngagementConfig = CoEngagementConfig()
+    """Items engaged with by the same viewers as the viewer's recent positive items."""
+    following: FollowingConfig = FollowingConfig()
+    """New items from creators the viewer follows."""
+    interest_tags: InterestTagsConfig = InterestTagsConfig()
+    """New items carrying the viewer's strongest tags."""
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    """Nearest items to the viewer in the learned (ALS) embedding space, through a faiss index."""
+
+    def priors(self) -> dict[str, float]:
+        return {name: getattr(self, name).prior for name in type(self).model_fields}
+
+
+# ---- online affinity ----------------------------------------------------------------------------
+
+
+class AffinityConfig(_Section):
+    half_life_hours: float = Field(default=72.0, gt=0)
+    """A viewer's creator and tag affinities halve after this many hours without reinforcement."""
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "finish": 1.0,
+            "like": 2.0,
+            "share": 2.5,
+            "comment": 1.5,
+            "follow": 2.0,
+            "skip": -0.7,
+            "not_interested": -6.0,
+            "report": -8.0,
+        }
+    )
+    """Affinity change per event type for the item's creator and (split across) its tags."""
+    play_weight: float = 1.0
+    """A play adds ``play_weight * (watch_ratio - neutral_watch_ratio)``; short plays subtract."""
+    neutral_watch_ratio: float = Field(default=0.3, ge=0, le=1)
+    """Watch ratio (watched / duration) at which a play neither raises nor lowers affinity."""
+    creator_mute_hours: float = Field(default=168.0, ge=0)
+    """After not-interested or report, the item's creator is left out of the feed this long."""
+    recent_positives: int = Field(default=20, ge=1, le=200)
+    """How many recent positive items are kept as short-term interest."""
+
+
+# ---- scoring ------------------------------------------------------------------------------------
+
+
+class ScoringConfig(_Section):
+    """The first value model: a weighted sum of per-candidate features, each scaled to about [0, 1]."""
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "retrieval": 1.0,
+            "creator_affinity": 1.2,
+            "tag_affinity": 1.5,
+            "engagement": 0.8,
+            "freshness": 0.3,
+            "popularity": 0.4,
+        }
+    )
+    """Weight of each feature in the final score; the transparency report publishes them."""
+    prior_views: float = Field(default=20.0, ge=0)
+    """Pseudo-views that pull a new item's engagement rates toward the region's average."""
+    freshness_half_life_hours: float = Field(default=48.0, gt=0)
+    """The freshness feature halves for every this many hours of item age."""
+    affinity_scale: float = Field(default=3.0, gt=0)
+    """Affinity is squashed by ``tanh(affinity / affinity_scale)`` into (-1, 1)."""
+
+    @model_validator(mode="after")
+    def _known_features(self) -> ScoringConfig:
+        unknown = set(self.weights) - set(SCORING_FEATURES)
+        if unknown:
+            raise ValueError(
+                f"unknown scoring features {sorted(unknown)}; known: {SCORING_FEATURES}"
+            )
+        return self
+
+
+SCORING_FEATURES: Final = (
+    "retrieval",
+    "creator_affinity",
+    "tag_affinity",
+    "engagement",
+    "freshness",
+    "popularity",
+)
+
+
+# ---- selectors ----------------------------------------------------------------------------------
+
+
+class SelectorsConfig(_Section):
+    creator_gap: int = Field(default=1, ge=0, le=20)
+    """At least this many other items between two items of one creator (1 = never back to back)."""
+    tag_repeat_penalty: float = Field(default=0.25, ge=0, le=10)
+    """Score subtracted per earlier item on the page that shares a tag (diversity)."""
+    exploration_slots: int = Field(default=1, ge=0, le=10)
+    """Slots per page reserved for a fresh, under-exposed item."""
+    exploration_max_views: int = Field(default=200, ge=0)
+    """An item qualifies for exploration while it has fewer views than this in the region."""
+    exploration_position: int = Field(default=3, ge=0)
+    """Preferred page position (0-based) of the first exploration slot."""
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+class TrainingConfig(_Section):
+    factors: int = Field(default=64, ge=2, le=512)
+    """Embedding size of the implicit-feedback matrix factorization (ALS)."""
+    iterations: int = Field(default=15, ge=1, le=200)
+    regularization: float = Field(default=0.05, ge=0)
+    alpha: float = Field(default=4.0, gt=0)
+    """Confidence = ``alpha * preference weight`` (the classic iALS confidence scaling)."""
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "finish": 1.0,
+            "like": 2.0,
+            "share": 3.0,
+            "comment": 1.5,
+            "follow": 2.0,
+            "skip": -0.5,
+            "not_interested": -4.0,
+            "report": -6.0,
+        }
+    )
+    """Preference weight per event type, summed per (viewer, item); negative totals are dislikes."""
+    play_weight: float = 1.0
+    """A play contributes ``play_weight * min(watch_ratio, 2)``."""
+    co_engagement_neighbors: int = Field(default=50, ge=1, le=1000)
+    """Neighbours kept per item in the co-engagement table."""
+    max_events: int = Field(default=5_000_000, ge=1)
+    """At most this many most recent events of a region are used per training run."""
+    min_events: int = Field(default=50, ge=1)
+    """A region with fewer events is not trained (its feed uses the other sources)."""
+    retrain_interval_s: float = Field(default=900.0, gt=0)
+    """A running server retrains a region with new events at least this often."""
+    retrain_min_new_events: int = Field(default=5_000, ge=1)
+    """...or as soon as this many new events arrived since the last training."""
+    check_interval_s: float = Field(default=5.0, gt=0)
+    """How often the background retrainer looks for work."""
+    seed: int = 0
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    """When set, every /v1 call needs ``Authorization: Bearer <key>`` (env ``FYP_API_KEY``)."""
+
+
+class FypConfig(_Section):
+    data_dir: Path = DEFAULT_DATA_DIR
+    """Directory holding the embedded databases and model snapshots."""
+    regions: list[RegionConfig] = Field(default_factory=_default_regions, min_length=1)
+    catalog_url: str | None = None
+    """Database URL of the global item catalog; default ``sqlite:///<data_dir>/catalog.db``."""
+    sources: SourcesConfig = SourcesConfig()
+    affinity: AffinityConfig = AffinityConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    selectors: SelectorsConfig = SelectorsConfig()
+    training: TrainingConfig = TrainingConfig()
+    server: ServerConfig = ServerConfig()
+
+    @model_validator(mode="after")
+    def _unique_regions(self) -> FypConfig:
+        names = [r.name for r in self.regions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"region names must be unique, got {names}")
+        return self
+
+    @property
+    def region_names(self) -> list[str]:
+        return [r.name for r in self.regions]
+
+    def region(self, name: str) -> RegionConfig:
+        for region in self.regions:
+            if region.name == name:
+                return region
+        raise KeyError(name)
+
+    def region_url(self, name: str) -> str:
+        url = self.region(name).storage_url
+        return url or f"sqlite:///{self.data_dir / f'region-{name}.db'}"
+
+    def resolved_catalog_url(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"
+
+    def models_dir(self, region: str) -> Path:
+        return self.data_dir / "models" / region
+
+    def algorithm(self) -> dict[str, Any]:
+        """The settings that decide what a viewer is shown, as plain data."""
+        return self.model_dump(
+            mode="json", include={"sources", "affinity", "scoring", "selectors", "training"}
+        )
+
+    @functools.cached_property
+    def algorithm_hash(self) -> str:
+        canonical = json.dumps(self.algorithm(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_config(data_dir: Path | str | None = None, **overrides: Any) -> FypConfig:
+    """Build the configuration: ``<data_dir>/fyp.toml`` if present, then env, then ``overrides``.
+
+    ``data_dir`` defaults to ``$FYP_DATA_DIR`` or ``./fyp-data``. ``FYP_API_KEY`` sets the API key.
+    """
+    directory = Path(data_dir or os.environ.get("FYP_DATA_DIR") or DEFAULT_DATA_DIR)
+    raw: dict[str, Any] = {}
+    config_file = directory / CONFIG_FILE_NAME
+    if config_file.exists():
+        try:
+            raw = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config_file} is not valid TOML: {exc}") from exc
+    raw["data_dir"] = directory
+    api_key = os.environ.get("FYP_API_KEY")
+    if api_key:
+        raw.setdefault("server", {})["api_key"] = api_key
+    for key, value in overrides.items():
+        raw[key] = value
+    try:
+        return FypConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration ({config_file}): {exc}") from exc

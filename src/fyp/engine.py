@@ -1,0 +1,287 @@
+"""The engine: wires storage, the gate, models and the feed pipeline behind a small API.
+
+``Engine`` is what the HTTP API, the CLI and the tests use. It acts inside each region as that
+region's service principal, so every personal read or write it does is a gated, audited access.
+A running server also starts the :class:`Retrainer`, which retrains a region's learned sources when
+enough new events arrived (or enough time passed) and swaps the new model in without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from fyp.config import FypConfig
+from fyp.errors import Conflict, InvalidInput, NotFound
+from fyp.governance.gate import Gate
+from fyp.governance.policy import Principal, RegionPolicy
+from fyp.models.serving import ModelSlot, ServingModel
+from fyp.models.training import TrainReport, train_region
+from fyp.pipeline.contracts import FeedContext, FeedQuery, FeedResult
+from fyp.pipeline.for_you import for_you_pipeline
+from fyp.pipeline.trace import Trace
+from fyp.signals import FoldPolicy
+from fyp.storage.catalog import SqlCatalog
+from fyp.storage.models import ModelStore
+from fyp.storage.region import SqlRegionStore
+from fyp.storage.roles import ItemRecord, UpsertResult, UserRecord
+from fyp.types import MAX_FEED_N, Event, Item, User
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)
+    """(index in the request, what was wrong); those events were not stored."""
+
+
+def fold_policy(config: FypConfig) -> FoldPolicy:
+    a = config.affinity
+    return FoldPolicy(
+        affinity_weights=dict(a.weights),
+        play_weight=a.play_weight,
+        neutral_watch_ratio=a.neutral_watch_ratio,
+        affinity_half_life_s=a.half_life_hours * 3600.0,
+        creator_mute_s=a.creator_mute_hours * 3600.0,
+        trend_weights=dict(config.sources.trending.engagement_weights),
+        trend_half_life_s=config.sources.trending.half_life_hours * 3600.0,
+        recent_positives=a.recent_positives,
+    )
+
+
+class Engine:
+    def __init__(self, config: FypConfig, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.catalog = SqlCatalog(config.resolved_catalog_url())
+        policy = fold_policy(config)
+        stores = {
+            name: SqlRegionStore(config.region_url(name), name, policy)
+            for name in config.region_names
+        }
+        model_stores = {name: ModelStore(config.models_dir(name)) for name in config.region_names}
+        self.gate = Gate(stores, model_stores, RegionPolicy(), clock=clock)
+        self.pipeline = for_you_pipeline(config)
+        self.slots = {name: ModelSlot() for name in config.region_names}
+        self._train_locks = {name: threading.Lock() for name in config.region_names}
+        self.retrainer = Retrainer(self)
+        for region in config.region_names:
+            self.reload_model(region)
+
+    # ---- catalog --------------------------------------------------------------------------------
+
+    def put_items(self, items: Sequence[Item]) -> UpsertResult:
+        return self.catalog.upsert_items(items)
+
+    def get_item(self, item_id: str) -> ItemRecord:
+        record = self.catalog.get_item(item_id)
+        if record is None:
+            raise NotFound(f"no item {item_id!r}")
+        return record
+
+    # ---- users ----------------------------------------------------------------------------------
+
+    def put_users(self, users: Sequence[User]) -> UpsertResult:
+        """Create or update users in their home regions. A user never changes home region here."""
+        unknown = sorted({u.region for u in users} - set(self.config.region_names))
+        if unknown:
+            raise InvalidInput(
+                f"unknown region(s) {unknown}; configured: {self.config.region_names}"
+            )
+        homes = self.gate.locate_many([u.user_id for u in users])
+        moving = [u.user_id for u in users if homes.get(u.user_id, u.region) != u.region]
+        if moving:
+            raise Conflict(
+                f"users {moving[:5]} already live in another region; moving a user's home region "
+                "is not done by upsert"
+            )
+        by_region: dict[str, list[User]] = defaultdict(list)
+        for user in users:
+            by_region[user.region].append(user)
+        created = updated = 0
+        for region, batch in by_region.items():
+            handle = self.gate.open(region, Principal.service(region), "manage_users")
+            result = handle.users.upsert_users(batch, self.clock())
+            created += result.created
+            updated += result.updated
+            for user in batch:
+                self.gate.remember(user.user_id, region)
+        return UpsertResult(created, updated)
+
+    def get_user(self, user_id: str) -> UserRecord:
+        region = self.gate.locate(user_id)
+        if region is None:
+            raise NotFound(f"no user {user_id!r}")
+        handle = self.gate.open(region, Principal.service(region), "read_user")
+        user = handle.users.get_user(user_id)
+        if user is None:
+            raise NotFound(f"no user {user_id!r}")
+        return user
+
+    # ---- events ---------------------------------------------------------------------------------
+
+    def ingest(
+        self, events: Sequence[Event | None], errors: Sequence[tuple[int, str]] = ()
+    ) -> IngestResult:
+        """Store valid events in their users' home regions; report the others by index.
+
+        ``events`` may hold ``None`` at indexes that already failed validation (listed in
+        ``errors``). Each region's batch is one durable transaction: when this returns, every
+        accepted event is on disk.
+        """
+        result = IngestResult(errors=list(errors))
+        present = [(i, e) for i, e in enumerate(events) if e is not None]
+        homes = self.gate.locate_many([e.user_id for _, e in present])
+        items = self.catalog.get_items(list({e.item_id for _, e in present}))
+        by_region: dict[str, list[Event]] = defaultdict(list)
+        for index, event in present:
+            if event.user_id not in homes:
+                result.errors.append((index, f"unknown user {event.user_id!r}; create it first"))
+            elif event.item_id not in items:
+                result.errors.append(
+                    (index, f"unknown item {event.item_id!r}; add it to the catalog first")
+                )
+            else:
+                by_region[homes[event.user_id]].append(event)
+        for region, batch in by_region.items():
+            handle = self.gate.open(region, Principal.service(region), "ingest")
+            appended = handle.events.append(batch, items, self.clock())
+            result.accepted += len(appended.accepted)
+            result.duplicates += len(appended.duplicates)
+        result.errors.sort()
+        return result
+
+    # ---- feed -----------------------------------------------------------------------------------
+
+    def feed(self, user_id: str, n: int = 10) -> FeedResult:
+        if not 1 <= n <= MAX_FEED_N:
+            raise InvalidInput(f"n must be between 1 and {MAX_FEED_N}, got {n}")
+        region = self.gate.locate(user_id)
+        if region is None:
+            raise NotFound(f"no user {user_id!r}")
+        handle = self.gate.open(region, Principal.service(region), "serve_feed")
+        context = FeedContext(
+            config=self.config,
+            catalog=self.catalog,
+            data=handle,
+            model=self.slots[region].current,
+        )
+        query = FeedQuery(
+            request_id=uuid.uuid4().hex,
+            user_id=user_id,
+            region=region,
+            n=n,
+            now=self.clock(),
+            context=context,
+            trace=Trace(),
+        )
+        return self.pipeline.run(query)
+
+    # ---- models ---------------------------------------------------------------------------------
+
+    def train(self, regions: Sequence[str] | None = None) -> list[TrainReport]:
+        """Retrain the learned sources of ``regions`` (default: all) and serve the new models."""
+        reports = []
+        for region in regions or self.config.region_names:
+            if region not in self.slots:
+                raise InvalidInput(f"unknown region {region!r}")
+            with self._train_locks[region]:
+                handle = self.gate.open(region, Principal.service(region), "train")
+                report = train_region(
+                    handle, self.catalog, self.config.training, self.config.algorithm_hash
+                )
+            if report.version is not None:
+                self.reload_model(region)
+            reports.append(report)
+        return reports
+
+    def reload_model(self, region: str) -> str:
+        """Load the region's current snapshot and swap it in; requests in flight keep the old one."""
+        handle = self.gate.open(region, Principal.service(region), "serve_feed")
+        snapshot = handle.models.load_current()
+        slot = self.slots[region]
+        if snapshot is None:
+            return slot.version
+        current = slot.current
+        if current is None or current.version != snapshot.version:
+            slot.swap(ServingModel(snapshot))
+        return slot.version
+
+    def model_versions(self) -> dict[str, str]:
+        return {region: slot.version for region, slot in self.slots.items()}
+
+    def close(self) -> None:
+        self.retrainer.stop()
+        self.gate.close()
+        self.catalog.close()
+
+
+class Retrainer:
+    """Background retraining: a region is retrained when it has ``retrain_min_new_events`` new
+    events, or when ``retrain_interval_s`` passed and it has any; the new model is swapped in."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.trained_seq: dict[str, int] = {}
+        self.trained_at: dict[str, float] = {}
+        self.reports: list[TrainReport] = []
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        for region, slot in self._engine.slots.items():
+            model = slot.current
+            self.trained_seq[region] = int(model.meta.get("last_seq", 0)) if model else 0
+            self.trained_at[region] = float(model.meta.get("trained_at", 0.0)) if model else 0.0
+        self._thread = threading.Thread(target=self._loop, name="fyp-retrainer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+            self._thread = None
+
+    def due(self, region: str) -> bool:
+        config = self._engine.config.training
+        handle = self._engine.gate.open(region, Principal.service(region), "operate")
+        new_events = handle.events.last_seq() - self.trained_seq.get(region, 0)
+        if new_events <= 0:
+            return False
+        if new_events >= config.retrain_min_new_events:
+            return True
+        return time.time() - self.trained_at.get(region, 0.0) >= config.retrain_interval_s
+
+    def run_once(self) -> list[TrainReport]:
+        """Retrain every region that is due; returns what was trained."""
+        done = []
+        for region in self._engine.config.region_names:
+            if self._stop.is_set() or not self.due(region):
+                continue
+            handle = self._engine.gate.open(region, Principal.service(region), "operate")
+            seq = handle.events.last_seq()
+            [report] = self._engine.train([region])
+            self.trained_seq[region] = seq
+            self.trained_at[region] = time.time()
+            self.reports.append(report)
+            done.append(report)
+        return done
+
+    def _loop(self) -> None:
+        interval = self._engine.config.training.check_interval_s
+        while not self._stop.wait(interval):
+            try:
+                self.run_once()
+            except Exception:  # keep serving; the next round tries again
+                log.exception("background retraining failed")

@@ -1,0 +1,81 @@
+"""One error hierarchy for the whole engine.
+
+Every failure a caller can act on is a :class:`FypError` subclass with a stable ``slug``. The HTTP
+layer maps them to RFC 9457 problem documents in exactly one place (``fyp.api.problems``); the CLI
+prints them. Code never raises bare ``ValueError`` across a module boundary for caller mistakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_TYPE_PREFIX = "urn:fyp:problem:"
+
+
+class FypError(Exception):
+    """Base of every error fyp reports to a caller."""
+
+    slug: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_TYPE_PREFIX + self.slug
+
+
+class InvalidInput(FypError):
+    slug = "invalid-input"
+    status = 422
+    title = "Invalid input"
+
+
+class NotFound(FypError):
+    slug = "not-found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(FypError):
+    slug = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class AccessDenied(FypError):
+    """The governance gate refused an access; the refusal is in the region's audit log."""
+
+    slug = "access-denied"
+    status = 403
+    title = "Access denied"
+
+
+class Unauthenticated(FypError):
+    slug = "unauthenticated"
+    status = 401
+    title = "Authentication required"
+
+
+class BackendUnavailable(FypError):
+    slug = "backend-unavailable"
+    status = 503
+    title = "Backend unavailable"
+
+
+class SchemaMismatch(FypError):
+    """A database was written by a newer fyp, or is not an fyp database at all."""
+
+    slug = "schema-mismatch"
+    status = 500
+    title = "Schema mismatch"
+
+
+class ConfigError(FypError):
+    slug = "config-error"
+    status = 500
+    title = "Configuration error"

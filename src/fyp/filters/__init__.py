@@ -1,0 +1,1 @@
+"""Filters: each removes candidates for one stated reason and returns what it removed."""

@@ -1,0 +1,197 @@
+"""The governance gate: the only door to a region's personal data.
+
+``gate.open(region, principal, purpose)`` asks the policy, records the decision in the region's
+audit log, and on allow returns a :class:`RegionHandle`. The handle exposes the regional roles
+(users, events, state, stats, models, audit), and every method call through it is checked against
+what the purpose permits: a feed request can read a viewer's state but cannot scan the event log,
+a training run can scan events but cannot read profiles. A refused call raises ``AccessDenied`` and
+is itself recorded.
+
+Nothing outside ``fyp.governance`` and ``fyp.storage`` holds a regional store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, cast
+
+from fyp.errors import AccessDenied, NotFound
+from fyp.governance.policy import PURPOSE_OPERATIONS, Decision, Policy, Principal, Purpose
+from fyp.storage.models import ModelStore
+from fyp.storage.region import SqlRegionStore
+from fyp.storage.roles import AuditLog, EventLog, ItemStats, Users, UserState
+
+_ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
+    "users": frozenset({"upsert_users", "get_user", "has_users", "count_users"}),
+    "events": frozenset({"append", "recent_for_user", "scan", "last_seq"}),
+    "state": frozenset({"hydrate", "seen_among", "record_served"}),
+    "stats": frozenset({"stats", "trending", "totals"}),
+    "models": frozenset({"save", "load_current", "current_version"}),
+    "audit": frozenset({"append", "tail", "count"}),
+}
+
+
+class _AuditView:
+    """Adapts the store's audit methods to the ``AuditLog`` role."""
+
+    def __init__(self, store: SqlRegionStore) -> None:
+        self._store = store
+
+    def append(
+        self,
+        principal: str,
+        purpose: str,
+        action: str,
+        decision: str,
+        detail: Mapping[str, Any],
+        now: float,
+    ) -> int:
+        return self._store.append_audit(principal, purpose, action, decision, detail, now)
+
+    def tail(self, limit: int) -> list[Any]:
+        return self._store.audit_tail(limit)
+
+    def count(self) -> int:
+        return self._store.audit_count()
+
+
+class _Guarded:
+    """Forwards a role's methods, refusing those the handle's purpose does not permit."""
+
+    __slots__ = ("_check", "_role", "_target")
+
+    def __init__(self, role: str, target: object, check: Callable[[str], None]) -> None:
+        self._role = role
+        self._target = target
+        self._check = check
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in _ROLE_METHODS[self._role]:
+            raise AttributeError(f"role {self._role!r} has no operation {name!r}")
+        self._check(f"{self._role}.{name}")
+        return getattr(self._target, name)
+
+
+class RegionHandle:
+    """Access to one region's personal data for one principal and one purpose."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        region: str,
+        principal: Principal,
+        purpose: Purpose,
+        store: SqlRegionStore,
+        models: ModelStore,
+    ) -> None:
+        self.region = region
+        self.principal = principal
+        self.purpose = purpose
+        self._gate = gate
+        self._allowed = PURPOSE_OPERATIONS[purpose]
+        self.users = cast(Users, _Guarded("users", store, self._check))
+        self.events = cast(EventLog, _Guarded("events", store, self._check))
+        self.state = cast(UserState, _Guarded("state", store, self._check))
+        self.stats = cast(ItemStats, _Guarded("stats", store, self._check))
+        self.models = cast(ModelStore, _Guarded("models", models, self._check))
+        self.audit = cast(AuditLog, _Guarded("audit", _AuditView(store), self._check))
+
+    def _check(self, operation: str) -> None:
+        if operation not in self._allowed:
+            self._gate.record(
+                self.region,
+                self.principal,
+                self.purpose,
+                operation,
+                Decision(False, f"purpose {self.purpose!r} does not permit {operation}"),
+            )
+            raise AccessDenied(
+                f"{self.principal.id} may not {operation} for purpose {self.purpose!r} "
+                f"in region {self.region!r}"
+            )
+
+
+class Gate:
+    """Opens regional handles under a policy and records every decision.
+
+    The gate owns the regional stores. ``locate`` finds a user's home region by asking each region
+    with that region's own service principal; answers are cached in process memory only.
+    """
+
+    def __init__(
+        self,
+        stores: Mapping[str, SqlRegionStore],
+        model_stores: Mapping[str, ModelStore],
+        policy: Policy,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stores = dict(stores)
+        self._models = dict(model_stores)
+        self._policy = policy
+        self._clock = clock
+        self._home: dict[str, str] = {}
+        self._home_lock = threading.Lock()
+
+    @property
+    def regions(self) -> list[str]:
+        return list(self._stores)
+
+    def open(self, region: str, principal: Principal, purpose: Purpose) -> RegionHandle:
+        store = self._stores.get(region)
+        if store is None:
+            raise NotFound(f"no region named {region!r}; configured: {sorted(self._stores)}")
+        decision = self._policy.decide(principal, region, purpose)
+        self.record(region, principal, purpose, "open", decision)
+        if not decision.allowed:
+            raise AccessDenied(
+                f"{principal.id} may not open region {region!r} for {purpose!r}: {decision.reason}"
+            )
+        return RegionHandle(self, region, principal, purpose, store, self._models[region])
+
+    def record(
+        self, region: str, principal: Principal, purpose: str, action: str, decision: Decision
+    ) -> None:
+        self._stores[region].append_audit(
+            principal.id,
+            purpose,
+            action,
+            "allow" if decision.allowed else "deny",
+            {"reason": decision.reason, "principal_region": principal.region},
+            self._clock(),
+        )
+
+    def locate(self, user_id: str) -> str | None:
+        """The user's home region, or ``None`` when no region holds them."""
+        return self.locate_many([user_id]).get(user_id)
+
+    def locate_many(self, user_ids: Sequence[str]) -> dict[str, str]:
+        """Home regions of those ``user_ids`` that exist; unknown users are absent."""
+        found: dict[str, str] = {}
+        with self._home_lock:
+            for user_id in user_ids:
+                region = self._home.get(user_id)
+                if region is not None:
+                    found[user_id] = region
+        missing = [u for u in dict.fromkeys(user_ids) if u not in found]
+        for region in self._stores:
+            if not missing:
+                break
+            handle = self.open(region, Principal.service(region), "route")
+            present = handle.users.has_users(missing)
+            for user_id in present:
+                found[user_id] = region
+                self.remember(user_id, region)
+            missing = [u for u in missing if u not in present]
+        return found
+
+    def remember(self, user_id: str, region: str) -> None:
+        with self._home_lock:
+            if len(self._home) > 1_000_000:
+                self._home.clear()
+            self._home[user_id] = region
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            store.close()

@@ -1,0 +1,131 @@
+"""A trained snapshot made ready to serve, and the per-region slot that swaps it atomically.
+
+``ServingModel`` wraps a snapshot's arrays with a faiss index over the item factors and answers the
+two questions the learned sources ask: which items are nearest to this viewer (folded in from their
+latest events), and which items are co-engaged with this one. ``ModelSlot`` holds the current model
+of a region; a request takes one reference at its start and keeps it, so a swap never changes a
+model under a running request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from implicit.als import AlternatingLeastSquares
+
+from fyp.storage.models import ModelSnapshot
+
+# Exact search is fast enough below this many items; above it an IVF index keeps queries ~1 ms.
+_EXACT_SEARCH_MAX_ITEMS = 50_000
+
+
+def _build_index(vectors: npt.NDArray[np.float32]) -> Any:
+    n, dim = vectors.shape
+    if n <= _EXACT_SEARCH_MAX_ITEMS:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = int(min(4096, max(64, 4 * np.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(0)
+        sample = vectors[rng.choice(n, size=min(n, nlist * 40), replace=False)]
+        index.train(sample)
+        index.nprobe = 16
+    index.add(vectors)
+    return index
+
+
+class ServingModel:
+    """The learned sources' view of one snapshot. Read-only after construction; thread-safe."""
+
+    def __init__(self, snapshot: ModelSnapshot) -> None:
+        arrays = snapshot.arrays
+        self.version = snapshot.version
+        self.meta = snapshot.meta
+        self.item_ids: list[str] = [str(x) for x in arrays["item_ids"]]
+        self.index_of = {item_id: i for i, item_id in enumerate(self.item_ids)}
+        factors = np.ascontiguousarray(arrays["item_factors"], dtype=np.float32)
+        self.neighbors = sp.csr_matrix(
+            (arrays["neighbor_scores"], arrays["neighbor_indices"], arrays["neighbor_indptr"]),
+            shape=(len(self.item_ids), len(self.item_ids)),
+        )
+        self._als = AlternatingLeastSquares(
+            factors=factors.shape[1],
+            regularization=float(snapshot.meta["regularization"]),
+            alpha=float(snapshot.meta["alpha"]),
+            num_threads=1,
+        )
+        self._als.item_factors = factors
+        self._fold_lock = threading.Lock()
+        self._index = _build_index(factors)
+
+    def user_vector(
+        self, interactions: Sequence[tuple[str, float]]
+    ) -> npt.NDArray[np.float32] | None:
+        """Fold a viewer into the factor space from (item, preference weight) pairs.
+
+        This is one ALS half-step for a single row: the least-squares user vector that the model
+        would have learned from these interactions, computed in well under a millisecond.
+        """
+        weights: dict[int, float] = {}
+        for item_id, weight in interactions:
+            col = self.index_of.get(item_id)
+            if col is not None:
+                weights[col] = weights.get(col, 0.0) + weight
+        weights = {c: w for c, w in weights.items() if abs(w) > 1e-9}
+        if not any(w > 0 for w in weights.values()):
+            return None
+        cols = np.fromiter(weights, dtype=np.int32, count=len(weights))
+        vals = np.fromiter(weights.values(), dtype=np.float32, count=len(weights))
+        row = sp.csr_matrix((vals, cols, np.array([0, len(cols)])), shape=(1, len(self.item_ids)))
+        with self._fold_lock:  # implicit caches YtY on the model object
+            vector = self._als.recalculate_user(0, row)
+        return np.asarray(vector, dtype=np.float32)
+
+    def nearest(self, vector: npt.NDArray[np.float32], k: int) -> list[tuple[str, float]]:
+        k = min(k, len(self.item_ids))
+        if k <= 0:
+            return []
+        scores, ids = self._index.search(vector.reshape(1, -1), k)
+        return [
+            (self.item_ids[int(i)], float(s))
+            for s, i in zip(scores[0], ids[0], strict=True)
+            if i >= 0
+        ]
+
+    def similar(self, item_id: str, k: int) -> list[tuple[str, float]]:
+        row = self.index_of.get(item_id)
+        if row is None:
+            return []
+        start, end = self.neighbors.indptr[row], self.neighbors.indptr[row + 1]
+        cols = self.neighbors.indices[start:end]
+        vals = self.neighbors.data[start:end]
+        order = np.argsort(-vals)[:k]
+        return [(self.item_ids[int(cols[j])], float(vals[j])) for j in order]
+
+
+class ModelSlot:
+    """The current serving model of one region, swapped atomically."""
+
+    def __init__(self) -> None:
+        self._model: ServingModel | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> ServingModel | None:
+        return self._model
+
+    def swap(self, model: ServingModel | None) -> None:
+        with self._lock:
+            self._model = model
+
+    @property
+    def version(self) -> str:
+        model = self._model
+        return model.version if model is not None else "untrained"

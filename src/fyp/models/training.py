@@ -1,0 +1,177 @@
+"""Batch training of a region's learned sources from that region's events only.
+
+Two models come out of one pass over the event log:
+
+* an implicit-feedback matrix factorization (``implicit``'s ALS). Each (viewer, item) pair gets a
+  preference weight summed from its events (``fyp.signals.preference_weight``: watch ratio, finish,
+  like, share and follow add; skips, not-interested and reports subtract). A positive total is a
+  preference with confidence ``alpha * total``; a negative total is a known dislike, which ALS
+  treats as preference 0 with that much confidence.
+* an item-to-item co-engagement table: cosine similarity between items over the viewers who engaged
+  positively with both, top ``co_engagement_neighbors`` per item (``implicit``'s all-pairs kNN).
+
+Viewer factors are not stored: serving folds a viewer in from their latest events at request time,
+which keeps snapshots free of per-user vectors and makes every new event count immediately.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from implicit.als import AlternatingLeastSquares
+from implicit.nearest_neighbours import CosineRecommender
+from implicit.utils import ParameterWarning
+from threadpoolctl import threadpool_limits
+
+from fyp.config import TrainingConfig
+from fyp.governance.gate import RegionHandle
+from fyp.signals import QUICK_SKIP_MS
+from fyp.storage.roles import Catalog
+
+log = logging.getLogger(__name__)
+
+MODEL_KIND = "als+cooccurrence"
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    region: str
+    version: str | None
+    events: int
+    users: int
+    items: int
+    seconds: float
+    skipped_reason: str | None = None
+
+
+def _preference_matrix(
+    handle: RegionHandle, catalog: Catalog, config: TrainingConfig
+) -> tuple[sp.csr_matrix, list[str], int, int]:
+    """Sum per-(viewer, item) preference weights over the region's recent events.
+
+    Returns the viewer x item matrix, the item ids of its columns, the event count and the last
+    event sequence number covered.
+    """
+    last_seq = handle.events.last_seq()
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    type_weight = dict(config.event_weights)
+    rows: list[npt.NDArray[np.int64]] = []
+    cols: list[npt.NDArray[np.int64]] = []
+    vals: list[npt.NDArray[np.float64]] = []
+    n_events = 0
+    durations: dict[str, float] = {}
+    for batch in handle.events.scan(config.max_events):
+        n_events += len(batch)
+        unknown = [e.item_id for e in batch if e.item_id not in durations]
+        if unknown:
+            records = catalog.get_items(list(dict.fromkeys(unknown)))
+            for item_id in unknown:
+                record = records.get(item_id)
+                durations[item_id] = record.duration_s if record else 0.0
+        r = np.fromiter(
+            (users.setdefault(e.user_id, len(users)) for e in batch), np.int64, len(batch)
+        )
+        c = np.fromiter(
+            (items.setdefault(e.item_id, len(items)) for e in batch), np.int64, len(batch)
+        )
+        base = np.fromiter((type_weight.get(e.type, 0.0) for e in batch), np.float64, len(batch))
+        is_play = np.fromiter((e.type == "play" for e in batch), bool, len(batch))
+        watch = np.fromiter(
+            (e.watch_ms if e.watch_ms is not None else -1 for e in batch), np.float64, len(batch)
+        )
+        dur = np.fromiter((durations[e.item_id] for e in batch), np.float64, len(batch))
+        known = is_play & (watch >= 0) & (dur > 0)
+        ratio = np.where(known, watch / np.maximum(dur * 1000.0, 1e-9), 0.0)
+        play_value = np.where(
+            watch < QUICK_SKIP_MS,
+            type_weight.get("skip", 0.0),
+            config.play_weight * np.minimum(ratio, 2.0),
+        )
+        weight = np.where(is_play, np.where(known, play_value, 0.0), base)
+        rows.append(r)
+        cols.append(c)
+        vals.append(weight)
+    if not n_events:
+        return sp.csr_matrix((0, 0), dtype=np.float32), [], 0, last_seq
+    matrix = sp.coo_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(users), len(items)),
+    ).tocsr()
+    matrix.sum_duplicates()
+    matrix.data[np.abs(matrix.data) < 1e-9] = 0.0
+    matrix.eliminate_zeros()
+    return matrix.astype(np.float32), list(items), n_events, last_seq
+
+
+def train_region(
+    handle: RegionHandle, catalog: Catalog, config: TrainingConfig, algorithm_hash: str
+) -> TrainReport:
+    """Train and save a new snapshot for ``handle.region`` (the handle must be opened for ``train``)."""
+    started = time.perf_counter()
+    matrix, item_ids, n_events, last_seq = _preference_matrix(handle, catalog, config)
+    if n_events < config.min_events or matrix.nnz == 0:
+        return TrainReport(
+            handle.region,
+            None,
+            n_events,
+            matrix.shape[0],
+            matrix.shape[1],
+            time.perf_counter() - started,
+            skipped_reason=f"{n_events} events; training needs at least {config.min_events}",
+        )
+    factors = min(config.factors, max(2, min(matrix.shape) - 1))
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(
+            factors=factors,
+            regularization=config.regularization,
+            alpha=config.alpha,
+            iterations=config.iterations,
+            random_state=config.seed,
+        )
+        als.fit(matrix, show_progress=False)
+        positives = matrix.copy()
+        positives.data = (positives.data > 0).astype(np.float32)
+        positives.eliminate_zeros()
+        knn = CosineRecommender(K=config.co_engagement_neighbors + 1)
+        with warnings.catch_warnings():
+            # implicit's own cosine normalisation hands itself a COO matrix and then warns.
+            warnings.simplefilter("ignore", ParameterWarning)
+            knn.fit(positives, show_progress=False)
+    similarity = sp.csr_matrix(knn.similarity)
+    similarity.setdiag(0.0)
+    similarity.eliminate_zeros()
+    similarity.sort_indices()
+    now = time.time()
+    version = f"{handle.region}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{int(now * 1e6) % 1_000_000:06d}"
+    arrays: dict[str, npt.NDArray[Any]] = {
+        "item_ids": np.asarray(item_ids, dtype=np.str_),
+        "item_factors": np.ascontiguousarray(als.item_factors, dtype=np.float32),
+        "neighbor_indptr": similarity.indptr.astype(np.int64),
+        "neighbor_indices": similarity.indices.astype(np.int32),
+        "neighbor_scores": similarity.data.astype(np.float32),
+    }
+    meta = {
+        "kind": MODEL_KIND,
+        "region": handle.region,
+        "trained_at": now,
+        "events": n_events,
+        "last_seq": last_seq,
+        "users": int(matrix.shape[0]),
+        "items": int(matrix.shape[1]),
+        "factors": factors,
+        "regularization": config.regularization,
+        "alpha": config.alpha,
+        "algorithm_hash": algorithm_hash,
+    }
+    handle.models.save(version, meta, arrays)
+    seconds = time.perf_counter() - started
+    log.info("trained %s on %d events in %.1fs", version, n_events, seconds)
+    return TrainReport(handle.region, version, n_events, matrix.shape[0], matrix.shape[1], seconds)

@@ -1,0 +1,1 @@
+"""Selectors: re-ranking rules. Each returns a subset of its input, without duplicates."""

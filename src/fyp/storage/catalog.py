@@ -1,0 +1,238 @@
+"""The global item catalog over SQL (SQLite by default, PostgreSQL by URL).
+
+Items are non-personal, so the catalog is the one store outside the governance gate. A bounded
+in-process cache keeps hot item records (the feed hydrates a few hundred per request); upserts
+invalidate it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any, Final
+
+import numpy as np
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    delete,
+    func,
+    select,
+)
+
+from fyp.storage.roles import ItemRecord, UpsertResult
+from fyp.storage.sql import Database, chunked, meta_table, upsert
+from fyp.types import Item, epoch
+
+CATALOG_SCHEMA_VERSION: Final = 1
+
+metadata = MetaData()
+meta_table(metadata)
+
+items = Table(
+    "items",
+    metadata,
+    Column("item_id", String(128), primary_key=True),
+    Column("creator_id", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("caption", Text, nullable=False),
+    Column("tags", Text, nullable=False),
+    Column("language", String(40)),
+    Column("regions", Text, nullable=False),
+    Column("vector", LargeBinary),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_items_created_at", "created_at"),
+    Index("ix_items_creator_created", "creator_id", "created_at"),
+)
+
+item_tags = Table(
+    "item_tags",
+    metadata,
+    Column("tag", String(64), nullable=False),
+    Column("item_id", String(128), nullable=False),
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("tag", "item_id"),
+    Index("ix_item_tags_tag_created", "tag", "created_at"),
+    Index("ix_item_tags_item", "item_id"),
+)
+
+_ITEM_COLUMNS = (
+    items.c.item_id,
+    items.c.creator_id,
+    items.c.created_at,
+    items.c.duration_s,
+    items.c.caption,
+    items.c.tags,
+    items.c.language,
+    items.c.regions,
+)
+
+
+def _record(row: Any) -> ItemRecord:
+    return ItemRecord(
+        item_id=row.item_id,
+        creator_id=row.creator_id,
+        created_at=row.created_at,
+        duration_s=row.duration_s,
+        caption=row.caption,
+        tags=tuple(json.loads(row.tags)),
+        language=row.language,
+        regions=tuple(json.loads(row.regions)),
+    )
+
+
+class SqlCatalog:
+    """:class:`fyp.storage.roles.Catalog` over SQL."""
+
+    def __init__(self, url: str, cache_size: int = 200_000) -> None:
+        self.db = Database(url, metadata, kind="catalog", version=CATALOG_SCHEMA_VERSION)
+        self._cache: OrderedDict[str, ItemRecord] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+        self._count: int | None = None
+
+    def upsert_items(self, batch: Sequence[Item]) -> UpsertResult:
+        if not batch:
+            return UpsertResult(0, 0)
+        latest = {item.item_id: item for item in batch}  # last write in a batch wins
+        ids = list(latest)
+        now = time.time()
+        rows = [
+            {
+                "item_id": it.item_id,
+                "creator_id": it.creator_id,
+                "created_at": epoch(it.created_at),
+                "duration_s": it.duration_s,
+                "caption": it.caption,
+                "tags": json.dumps(list(dict.fromkeys(it.tags))),
+                "language": it.language,
+                "regions": json.dumps(sorted(set(it.regions))),
+                "vector": None
+                if it.vector is None
+                else np.asarray(it.vector, dtype=np.float32).tobytes(),
+                "updated_at": now,
+            }
+            for it in latest.values()
+        ]
+        tag_rows = [
+            {"tag": tag, "item_id": it.item_id, "created_at": epoch(it.created_at)}
+            for it in latest.values()
+            for tag in dict.fromkeys(it.tags)
+        ]
+        with self.db.write() as conn:
+            existing: set[str] = set()
+            for part in chunked(ids):
+                existing.update(
+                    conn.execute(select(items.c.item_id).where(items.c.item_id.in_(part))).scalars()
+                )
+            stmt = upsert(
+                self.db,
+                items,
+                ["item_id"],
+                [c.name for c in items.columns if c.name != "item_id"],
+            )
+            conn.execute(stmt, rows)
+            for part in chunked(ids):
+                conn.execute(delete(item_tags).where(item_tags.c.item_id.in_(part)))
+            if tag_rows:
+                conn.execute(item_tags.insert(), tag_rows)
+        with self._cache_lock:
+            for item_id in ids:
+                self._cache.pop(item_id, None)
+            self._count = None
+        return UpsertResult(created=len(ids) - len(existing), updated=len(existing))
+
+    def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
+        found: dict[str, ItemRecord] = {}
+        missing: list[str] = []
+        with self._cache_lock:
+            for item_id in item_ids:
+                record = self._cache.get(item_id)
+                if record is None:
+                    missing.append(item_id)
+                else:
+                    found[item_id] = record
+        if missing:
+            loaded: list[ItemRecord] = []
+            with self.db.read() as conn:
+                for part in chunked(list(dict.fromkeys(missing))):
+                    rows = conn.execute(select(*_ITEM_COLUMNS).where(items.c.item_id.in_(part)))
+                    loaded.extend(_record(row) for row in rows)
+            with self._cache_lock:
+                for record in loaded:
+                    found[record.item_id] = record
+                    self._cache[record.item_id] = record
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return found
+
+    def get_item(self, item_id: str) -> ItemRecord | None:
+        return self.get_items([item_id]).get(item_id)
+
+    def get_vector(self, item_id: str) -> list[float] | None:
+        with self.db.read() as conn:
+            blob = conn.execute(
+                select(items.c.vector).where(items.c.item_id == item_id)
+            ).scalar_one_or_none()
+        if blob is None:
+            return None
+        return [float(x) for x in np.frombuffer(blob, dtype=np.float32)]
+
+    def recent_items(self, since: float, limit: int) -> list[ItemRecord]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(*_ITEM_COLUMNS)
+                .where(items.c.created_at >= since)
+                .order_by(items.c.created_at.desc())
+                .limit(limit)
+            )
+            return [_record(row) for row in rows]
+
+    def items_by_creators(self, creator_ids: Sequence[str], per_creator: int) -> list[ItemRecord]:
+        found: list[ItemRecord] = []
+        with self.db.read() as conn:
+            for creator in creator_ids:
+                rows = conn.execute(
+                    select(*_ITEM_COLUMNS)
+                    .where(items.c.creator_id == creator)
+                    .order_by(items.c.created_at.desc())
+                    .limit(per_creator)
+                )
+                found.extend(_record(row) for row in rows)
+        return found
+
+    def items_by_tags(self, tags: Sequence[str], per_tag: int) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        with self.db.read() as conn:
+            for tag in tags:
+                found[tag] = list(
+                    conn.execute(
+                        select(item_tags.c.item_id)
+                        .where(item_tags.c.tag == tag)
+                        .order_by(item_tags.c.created_at.desc())
+                        .limit(per_tag)
+                    ).scalars()
+                )
+        return found
+
+    def count_items(self) -> int:
+        if self._count is None:
+            with self.db.read() as conn:
+                self._count = int(
+                    conn.execute(select(func.count()).select_from(items)).scalar_one()
+                )
+        return self._count
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,599 @@
+"""One region's personal data over SQL: users, events, online state, item stats, audit entries.
+
+A :class:`SqlRegionStore` implements every regional role (``Users``, ``EventLog``, ``UserState``,
+``ItemStats``, ``AuditLog``) over one database, because an event must change the log, the viewer's
+state and the item stats in a single transaction. Nothing outside ``fyp.storage`` and
+``fyp.governance`` constructs one: the rest of fyp reaches it through a gate handle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    func,
+    select,
+    tuple_,
+)
+
+from fyp.signals import (
+    Folded,
+    FoldPolicy,
+    StatsDelta,
+    combine_decayed,
+    decay_factor,
+    fold,
+    logaddexp,
+)
+from fyp.storage.roles import (
+    AppendResult,
+    AuditRecord,
+    EventRecord,
+    ItemRecord,
+    ItemStatsRecord,
+    ServedItem,
+    UpsertResult,
+    UserRecord,
+    UserStateSnapshot,
+)
+from fyp.storage.sql import Database, chunked, insert_ignore, meta_table, upsert
+from fyp.types import POSITIVE_EVENT_TYPES, Event, User, epoch
+
+REGION_SCHEMA_VERSION: Final = 1
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants a 64-bit identity.
+_SEQ = BigInteger().with_variant(Integer, "sqlite")
+
+metadata = MetaData()
+meta_table(metadata)
+
+users = Table(
+    "users",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("attributes", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    Column("event_id", String(128), nullable=False, unique=True),
+    Column("user_id", String(128), nullable=False),
+    Column("item_id", String(128), nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("watch_ms", BigInteger),
+    Column("request_id", String(128)),
+    Column("received_at", Float, nullable=False),
+    Index("ix_events_user_ts", "user_id", "ts"),
+)
+
+seen = Table(
+    "seen",
+    metadata,
+    Column("user_id", String(128), nullable=False),
+    Column("item_id", String(128), nullable=False),
+    Column("ts", Float, nullable=False),
+    PrimaryKeyConstraint("user_id", "item_id"),
+)
+
+follows = Table(
+    "follows",
+    metadata,
+    Column("user_id", String(128), nullable=False),
+    Column("creator_id", String(128), nullable=False),
+    Column("ts", Float, nullable=False),
+    PrimaryKeyConstraint("user_id", "creator_id"),
+)
+
+hidden_items = Table(
+    "hidden_items",
+    metadata,
+    Column("user_id", String(128), nullable=False),
+    Column("item_id", String(128), nullable=False),
+    Column("ts", Float, nullable=False),
+    PrimaryKeyConstraint("user_id", "item_id"),
+)
+
+muted_creators = Table(
+    "muted_creators",
+    metadata,
+    Column("user_id", String(128), nullable=False),
+    Column("creator_id", String(128), nullable=False),
+    Column("until", Float, nullable=False),
+    PrimaryKeyConstraint("user_id", "creator_id"),
+)
+
+affinity = Table(
+    "affinity",
+    metadata,
+    Column("user_id", String(128), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("weight", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    PrimaryKeyConstraint("user_id", "key"),
+)
+
+feed_log = Table(
+    "feed_log",
+    metadata,
+    Column("request_id", String(64), nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("item_id", String(128), nullable=False),
+    Column("score", Float, nullable=False),
+    Column("model_version", String(128), nullable=False),
+    Column("reasons", Text, nullable=False),
+    Column("ts", Float, nullable=False),
+    PrimaryKeyConstraint("request_id", "position"),
+    Index("ix_feed_log_user_ts", "user_id", "ts"),
+)
+
+_COUNTERS: Final = ("views", "plays", "finishes", "likes", "shares", "skips", "not_interested")
+
+item_stats = Table(
+    "item_stats",
+    metadata,
+    Column("item_id", String(128), primary_key=True),
+    *(Column(name, BigInteger, nullable=False, default=0) for name in _COUNTERS),
+    Column("watch_ratio_sum", Float, nullable=False, default=0.0),
+    Column("trend_log", Float),
+    Index("ix_item_stats_trend", "trend_log"),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=True),
+    Column("ts", Float, nullable=False),
+    Column("principal", String(200), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("action", String(200), nullable=False),
+    Column("decision", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+
+def _event_record(row: Any) -> EventRecord:
+    return EventRecord(
+        seq=row.seq,
+        event_id=row.event_id,
+        user_id=row.user_id,
+        item_id=row.item_id,
+        type=row.type,
+        ts=row.ts,
+        watch_ms=row.watch_ms,
+        request_id=row.request_id,
+    )
+
+
+class SqlRegionStore:
+    """All regional roles over one SQL database (see the module docstring)."""
+
+    def __init__(self, url: str, region: str, policy: FoldPolicy) -> None:
+        self.region = region
+        self.policy = policy
+        self.db = Database(url, metadata, kind="region", version=REGION_SCHEMA_VERSION)
+
+    # ---- Users ----------------------------------------------------------------------------------
+
+    def upsert_users(self, batch: Sequence[User], now: float) -> UpsertResult:
+        latest = {u.user_id: u for u in batch}
+        ids = list(latest)
+        with self.db.write() as conn:
+            existing = self._existing(conn, users.c.user_id, ids)
+            new_rows = [
+                {
+                    "user_id": u.user_id,
+                    "attributes": json.dumps(u.attributes, sort_keys=True),
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for u in latest.values()
+                if u.user_id not in existing
+            ]
+            if new_rows:
+                conn.execute(users.insert(), new_rows)
+            for u in latest.values():
+                if u.user_id in existing:
+                    conn.execute(
+                        users.update()
+                        .where(users.c.user_id == u.user_id)
+                        .values(attributes=json.dumps(u.attributes, sort_keys=True), updated_at=now)
+                    )
+        return UpsertResult(created=len(new_rows), updated=len(existing))
+
+    def get_user(self, user_id: str) -> UserRecord | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(users).where(users.c.user_id == user_id)).first()
+        if row is None:
+            return None
+        return UserRecord(
+            user_id=row.user_id,
+            region=self.region,
+            attributes=json.loads(row.attributes),
+            created_at=row.created_at,
+        )
+
+    def has_users(self, user_ids: Sequence[str]) -> set[str]:
+        with self.db.read() as conn:
+            return self._existing(conn, users.c.user_id, list(user_ids))
+
+    def count_users(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
+
+    # ---- EventLog -------------------------------------------------------------------------------
+
+    def append(
+        self, batch: Sequence[Event], items: Mapping[str, ItemRecord], now: float
+    ) -> AppendResult:
+        unique: dict[str, Event] = {}
+        duplicates: list[str] = []
+        for ev in batch:
+            if ev.event_id in unique:
+                duplicates.append(ev.event_id)
+            else:
+                unique[ev.event_id] = ev
+        if not unique:
+            return AppendResult(accepted=[], duplicates=duplicates)
+        with self.db.write(durable=True) as conn:
+            stored = self._existing(conn, events.c.event_id, list(unique))
+            fresh = [ev for ev in unique.values() if ev.event_id not in stored]
+            duplicates.extend(ev.event_id for ev in unique.values() if ev.event_id in stored)
+            if fresh:
+                conn.execute(
+                    events.insert(),
+                    [
+                        {
+                            "event_id": ev.event_id,
+                            "user_id": ev.user_id,
+                            "item_id": ev.item_id,
+                            "type": ev.type,
+                            "ts": epoch(ev.ts),
+                            "watch_ms": ev.watch_ms,
+                            "request_id": ev.request_id,
+                            "received_at": now,
+                        }
+                        for ev in fresh
+                    ],
+                )
+                self._apply(conn, fold(fresh, items, self.policy), now)
+        return AppendResult(accepted=[ev.event_id for ev in fresh], duplicates=duplicates)
+
+    def recent_for_user(self, user_id: str, limit: int) -> list[EventRecord]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(events)
+                .where(events.c.user_id == user_id)
+                .order_by(events.c.ts.desc(), events.c.seq.desc())
+                .limit(limit)
+            )
+            return [_event_record(row) for row in rows]
+
+    def scan(self, max_events: int, batch: int = 50_000) -> Iterator[list[EventRecord]]:
+        last = self.last_seq()
+        cursor = max(0, last - max_events)
+        while cursor < last:
+            with self.db.read() as conn:
+                rows = conn.execute(
+                    select(events)
+                    .where(events.c.seq > cursor, events.c.seq <= last)
+                    .order_by(events.c.seq)
+                    .limit(batch)
+                ).all()
+            if not rows:
+                return
+            cursor = rows[-1].seq
+            yield [_event_record(row) for row in rows]
+
+    def last_seq(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(events.c.seq), 0))).scalar_one())
+
+    # ---- UserState ------------------------------------------------------------------------------
+
+    def hydrate(self, user_id: str, now: float) -> UserStateSnapshot:
+        half_life = self.policy.affinity_half_life_s
+        creator_aff: dict[str, float] = {}
+        tag_aff: dict[str, float] = {}
+        with self.db.read() as conn:
+            followed = frozenset(
+                conn.execute(
+                    select(follows.c.creator_id).where(follows.c.user_id == user_id)
+                ).scalars()
+            )
+            hidden = frozenset(
+                conn.execute(
+                    select(hidden_items.c.item_id).where(hidden_items.c.user_id == user_id)
+                ).scalars()
+            )
+            muted = frozenset(
+                conn.execute(
+                    select(muted_creators.c.creator_id).where(
+                        muted_creators.c.user_id == user_id, muted_creators.c.until > now
+                    )
+                ).scalars()
+            )
+            for key, weight, updated_at in conn.execute(
+                select(affinity.c.key, affinity.c.weight, affinity.c.updated_at).where(
+                    affinity.c.user_id == user_id
+                )
+            ):
+                value = weight * decay_factor(now - updated_at, half_life)
+                if key.startswith("c:"):
+                    creator_aff[key[2:]] = value
+                else:
+                    tag_aff[key[2:]] = value
+            recent_rows = conn.execute(
+                select(events.c.item_id)
+                .where(
+                    events.c.user_id == user_id,
+                    events.c.type.in_(sorted(POSITIVE_EVENT_TYPES)),
+                )
+                .order_by(events.c.ts.desc(), events.c.seq.desc())
+                .limit(self.policy.recent_positives * 3)
+            ).scalars()
+            recent = tuple(dict.fromkeys(recent_rows))[: self.policy.recent_positives]
+        return UserStateSnapshot(
+            as_of=now,
+            follows=followed,
+            hidden_items=hidden,
+            muted_creators=muted,
+            creator_affinity=creator_aff,
+            tag_affinity=tag_aff,
+            recent_positives=recent,
+        )
+
+    def seen_among(self, user_id: str, item_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        with self.db.read() as conn:
+            for part in chunked(list(item_ids)):
+                found.update(
+                    conn.execute(
+                        select(seen.c.item_id).where(
+                            seen.c.user_id == user_id, seen.c.item_id.in_(part)
+                        )
+                    ).scalars()
+                )
+        return found
+
+    def record_served(
+        self,
+        user_id: str,
+        request_id: str,
+        model_version: str,
+        served: Sequence[ServedItem],
+        now: float,
+    ) -> None:
+        if not served:
+            return
+        with self.db.write() as conn:
+            conn.execute(
+                feed_log.insert(),
+                [
+                    {
+                        "request_id": request_id,
+                        "position": s.position,
+                        "user_id": user_id,
+                        "item_id": s.item_id,
+                        "score": s.score,
+                        "model_version": model_version,
+                        "reasons": json.dumps(s.reasons),
+                        "ts": now,
+                    }
+                    for s in served
+                ],
+            )
+            changes = Folded(touched={(user_id, s.item_id) for s in served})
+            self._apply(conn, changes, now)
+
+    # ---- ItemStats ------------------------------------------------------------------------------
+
+    def stats(self, item_ids: Sequence[str]) -> dict[str, ItemStatsRecord]:
+        found: dict[str, ItemStatsRecord] = {}
+        with self.db.read() as conn:
+            for part in chunked(list(item_ids)):
+                for row in conn.execute(select(item_stats).where(item_stats.c.item_id.in_(part))):
+                    found[row.item_id] = ItemStatsRecord(
+                        **{name: getattr(row, name) for name in _COUNTERS},
+                        watch_ratio_sum=row.watch_ratio_sum,
+                    )
+        return found
+
+    def trending(self, limit: int) -> list[tuple[str, float]]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(item_stats.c.item_id, item_stats.c.trend_log)
+                .where(item_stats.c.trend_log.is_not(None))
+                .order_by(item_stats.c.trend_log.desc())
+                .limit(limit)
+            )
+            return [(row.item_id, float(row.trend_log)) for row in rows]
+
+    def totals(self) -> ItemStatsRecord:
+        sums = [func.coalesce(func.sum(item_stats.c[name]), 0) for name in _COUNTERS]
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(*sums, func.coalesce(func.sum(item_stats.c.watch_ratio_sum), 0.0))
+            ).one()
+        return ItemStatsRecord(
+            **{name: int(row[i]) for i, name in enumerate(_COUNTERS)},
+            watch_ratio_sum=float(row[len(_COUNTERS)]),
+        )
+
+    # ---- AuditLog -------------------------------------------------------------------------------
+
+    def append_audit(
+        self,
+        principal: str,
+        purpose: str,
+        action: str,
+        decision: str,
+        detail: Mapping[str, Any],
+        now: float,
+    ) -> int:
+        with self.db.write() as conn:
+            result = conn.execute(
+                audit.insert().values(
+                    ts=now,
+                    principal=principal,
+                    purpose=purpose,
+                    action=action,
+                    decision=decision,
+                    detail=json.dumps(dict(detail), sort_keys=True, default=str),
+                )
+            )
+            key = result.inserted_primary_key
+            return int(key[0]) if key else 0
+
+    def audit_tail(self, limit: int) -> list[AuditRecord]:
+        with self.db.read() as conn:
+            rows = conn.execute(select(audit).order_by(audit.c.seq.desc()).limit(limit)).all()
+        return [
+            AuditRecord(
+                seq=row.seq,
+                ts=row.ts,
+                principal=row.principal,
+                purpose=row.purpose,
+                action=row.action,
+                decision=row.decision,
+                detail=json.loads(row.detail),
+            )
+            for row in reversed(rows)
+        ]
+
+    def audit_count(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.count()).select_from(audit)).scalar_one())
+
+    def close(self) -> None:
+        self.db.close()
+
+    # ---- internals ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _existing(conn: Connection, column: Any, values: list[str]) -> set[str]:
+        found: set[str] = set()
+        for part in chunked(values):
+            found.update(conn.execute(select(column).where(column.in_(part))).scalars())
+        return found
+
+    def _apply(self, conn: Connection, changes: Folded, now: float) -> None:
+        """Write one batch of folded changes (inside the caller's transaction)."""
+        stats = changes.stats
+        if changes.touched:
+            pairs = sorted(changes.touched)
+            already: set[tuple[str, str]] = set()
+            for part in chunked(pairs, 400):
+                already.update(
+                    (row.user_id, row.item_id)
+                    for row in conn.execute(
+                        select(seen.c.user_id, seen.c.item_id).where(
+                            tuple_(seen.c.user_id, seen.c.item_id).in_(list(part))
+                        )
+                    )
+                )
+            new_pairs = [p for p in pairs if p not in already]
+            if new_pairs:
+                conn.execute(
+                    seen.insert(), [{"user_id": u, "item_id": i, "ts": now} for u, i in new_pairs]
+                )
+                for _, item_id in new_pairs:
+                    stats.setdefault(item_id, StatsDelta()).views += 1
+        if changes.affinity:
+            self._apply_affinity(conn, changes.affinity)
+        if changes.follows:
+            conn.execute(
+                insert_ignore(self.db, follows),
+                [
+                    {"user_id": u, "creator_id": c, "ts": ts}
+                    for (u, c), ts in changes.follows.items()
+                ],
+            )
+        if changes.hidden:
+            conn.execute(
+                insert_ignore(self.db, hidden_items),
+                [{"user_id": u, "item_id": i, "ts": ts} for (u, i), ts in changes.hidden.items()],
+            )
+        if changes.mutes:
+            self._apply_mutes(conn, changes.mutes)
+        if stats:
+            self._apply_stats(conn, stats)
+
+    def _apply_affinity(
+        self, conn: Connection, deltas: list[tuple[str, str, float, float]]
+    ) -> None:
+        half_life = self.policy.affinity_half_life_s
+        keys = sorted({(u, k) for u, k, _, _ in deltas})
+        current: dict[tuple[str, str], tuple[float, float]] = {}
+        for part in chunked(keys, 400):
+            for row in conn.execute(
+                select(affinity).where(tuple_(affinity.c.user_id, affinity.c.key).in_(list(part)))
+            ):
+                current[(row.user_id, row.key)] = (row.weight, row.updated_at)
+        for user_id, key, delta, ts in sorted(deltas, key=lambda d: d[3]):
+            value, value_ts = current.get((user_id, key), (0.0, ts))
+            current[(user_id, key)] = combine_decayed(value, value_ts, delta, ts, half_life)
+        rows = [
+            {"user_id": u, "key": k, "weight": current[(u, k)][0], "updated_at": current[(u, k)][1]}
+            for u, k in keys
+        ]
+        conn.execute(upsert(self.db, affinity, ["user_id", "key"], ["weight", "updated_at"]), rows)
+
+    def _apply_mutes(self, conn: Connection, mutes: Mapping[tuple[str, str], float]) -> None:
+        keys = sorted(mutes)
+        until = dict(mutes)
+        for part in chunked(keys, 400):
+            for row in conn.execute(
+                select(muted_creators).where(
+                    tuple_(muted_creators.c.user_id, muted_creators.c.creator_id).in_(list(part))
+                )
+            ):
+                pair = (row.user_id, row.creator_id)
+                until[pair] = max(until[pair], row.until)
+        conn.execute(
+            upsert(self.db, muted_creators, ["user_id", "creator_id"], ["until"]),
+            [{"user_id": u, "creator_id": c, "until": t} for (u, c), t in until.items()],
+        )
+
+    def _apply_stats(self, conn: Connection, deltas: Mapping[str, StatsDelta]) -> None:
+        ids = sorted(deltas)
+        current: dict[str, dict[str, Any]] = defaultdict(
+            lambda: {**dict.fromkeys(_COUNTERS, 0), "watch_ratio_sum": 0.0, "trend_log": None}
+        )
+        for part in chunked(ids):
+            for row in conn.execute(select(item_stats).where(item_stats.c.item_id.in_(part))):
+                current[row.item_id] = dict(row._mapping)
+        rows = []
+        for item_id in ids:
+            delta = deltas[item_id]
+            row = current[item_id]
+            row["item_id"] = item_id
+            for name in _COUNTERS:
+                row[name] = int(row[name]) + getattr(delta, name)
+            row["watch_ratio_sum"] = float(row["watch_ratio_sum"]) + delta.watch_ratio_sum
+            old = row["trend_log"] if row["trend_log"] is not None else -math.inf
+            combined = logaddexp(old, delta.trend_log)
+            row["trend_log"] = None if combined == -math.inf else combined
+            rows.append(row)
+        update_cols = [*_COUNTERS, "watch_ratio_sum", "trend_log"]
+        conn.execute(upsert(self.db, item_stats, ["item_id"], update_cols), rows)

@@ -1,0 +1,197 @@
+"""Storage by role: the narrow interfaces the rest of fyp sees, and the records they return.
+
+``Catalog`` is global and non-personal and may be used directly. Every other role holds personal
+data of one region and is reachable only through a gate handle (``fyp.governance.gate``).
+Records are plain frozen dataclasses, cheap to build on the feed's hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fyp.types import Event, Item, User
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRecord:
+    item_id: str
+    creator_id: str
+    created_at: float
+    duration_s: float
+    caption: str
+    tags: tuple[str, ...]
+    language: str | None
+    regions: tuple[str, ...]
+
+    def available_in(self, region: str) -> bool:
+        return not self.regions or region in self.regions
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "creator_id": self.creator_id,
+            "created_at": self.created_at,
+            "duration_s": self.duration_s,
+            "caption": self.caption,
+            "tags": list(self.tags),
+            "language": self.language,
+            "regions": list(self.regions),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    user_id: str
+    region: str
+    attributes: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    seq: int
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    ts: float
+    watch_ms: int | None
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    accepted: list[str]
+    duplicates: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertResult:
+    created: int
+    updated: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserStateSnapshot:
+    """What the feed knows about a viewer right now (affinities already decayed to ``as_of``)."""
+
+    as_of: float
+    follows: frozenset[str] = frozenset()
+    hidden_items: frozenset[str] = frozenset()
+    muted_creators: frozenset[str] = frozenset()
+    creator_affinity: Mapping[str, float] = field(default_factory=dict)
+    tag_affinity: Mapping[str, float] = field(default_factory=dict)
+    recent_positives: tuple[str, ...] = ()
+    """Most recent first."""
+
+
+@dataclass(frozen=True, slots=True)
+class ItemStatsRecord:
+    views: int = 0
+    plays: int = 0
+    finishes: int = 0
+    likes: int = 0
+    shares: int = 0
+    skips: int = 0
+    not_interested: int = 0
+    watch_ratio_sum: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServedItem:
+    item_id: str
+    position: int
+    score: float
+    reasons: list[dict[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    seq: int
+    ts: float
+    principal: str
+    purpose: str
+    action: str
+    decision: str
+    detail: dict[str, Any]
+
+
+class Catalog(Protocol):
+    """The global item catalog. Holds no personal data."""
+
+    def upsert_items(self, items: Sequence[Item]) -> UpsertResult: ...
+    def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]: ...
+    def recent_items(self, since: float, limit: int) -> list[ItemRecord]: ...
+    def items_by_creators(
+        self, creator_ids: Sequence[str], per_creator: int
+    ) -> list[ItemRecord]: ...
+    def items_by_tags(self, tags: Sequence[str], per_tag: int) -> dict[str, list[str]]: ...
+    def count_items(self) -> int: ...
+
+
+class Users(Protocol):
+    def upsert_users(self, users: Sequence[User], now: float) -> UpsertResult: ...
+    def get_user(self, user_id: str) -> UserRecord | None: ...
+    def has_users(self, user_ids: Sequence[str]) -> set[str]: ...
+    def count_users(self) -> int: ...
+
+
+class EventLog(Protocol):
+    def append(
+        self, events: Sequence[Event], items: Mapping[str, ItemRecord], now: float
+    ) -> AppendResult:
+        """Store new events and fold them into user state and item stats in one transaction.
+
+        Events whose ``event_id`` is already stored (or repeated in the batch) are duplicates and
+        change nothing. Returns only after the transaction is durable.
+        """
+        ...
+
+    def recent_for_user(self, user_id: str, limit: int) -> list[EventRecord]: ...
+    def scan(self, max_events: int, batch: int = 50_000) -> Iterator[list[EventRecord]]:
+        """The region's most recent ``max_events`` events, oldest first, in batches."""
+        ...
+
+    def last_seq(self) -> int: ...
+
+
+class UserState(Protocol):
+    def hydrate(self, user_id: str, now: float) -> UserStateSnapshot: ...
+    def seen_among(self, user_id: str, item_ids: Sequence[str]) -> set[str]: ...
+    def record_served(
+        self,
+        user_id: str,
+        request_id: str,
+        model_version: str,
+        served: Sequence[ServedItem],
+        now: float,
+    ) -> None:
+        """Log a feed response and mark its items seen, so they never return."""
+        ...
+
+
+class ItemStats(Protocol):
+    """Per-item engagement aggregated over one region's viewers (counts, not people)."""
+
+    def stats(self, item_ids: Sequence[str]) -> dict[str, ItemStatsRecord]: ...
+    def trending(self, limit: int) -> list[tuple[str, float]]:
+        """Items by time-decayed engagement, highest first, as ``(item_id, log_score)``."""
+        ...
+
+    def totals(self) -> ItemStatsRecord: ...
+
+
+class AuditLog(Protocol):
+    def append(
+        self,
+        principal: str,
+        purpose: str,
+        action: str,
+        decision: str,
+        detail: Mapping[str, Any],
+        now: float,
+    ) -> int: ...
+    def tail(self, limit: int) -> list[AuditRecord]: ...
+    def count(self) -> int: ...

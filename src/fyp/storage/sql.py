@@ -1,0 +1,190 @@
+"""SQL plumbing shared by the catalog and the regional stores.
+
+Databases are opened by URL (``sqlite:///path``, ``sqlite://`` for memory, ``postgresql://…``), and
+every table set carries a schema version checked at open: an fyp that finds a newer schema refuses
+to touch it rather than corrupt it. SQL is SQLAlchemy Core and portable; the only dialect-specific
+statements are the two upsert forms, and both SQLite and PostgreSQL spell them the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.dml import Insert
+
+from fyp.errors import BackendUnavailable, ConfigError, SchemaMismatch
+
+
+def meta_table(metadata: MetaData) -> Table:
+    """The key/value table holding ``schema_kind`` and ``schema_version``."""
+    return Table(
+        "fyp_meta",
+        metadata,
+        Column("key", String(64), primary_key=True),
+        Column("value", String(256), nullable=False),
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run while one writer commits; NORMAL sync is durable against process
+    # crashes, and durable writes (ingestion) switch to FULL per transaction, see Database.write().
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+    # Let SQLAlchemy's "begin" hook below emit BEGIN, so writes can take the lock up front.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    mode = "IMMEDIATE" if conn.get_execution_options().get("fyp_write") else "DEFERRED"
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def create_sql_engine(url: str) -> Engine:
+    """Create an engine for ``url``; the driver is chosen by scheme and imported lazily."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {url!r}") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(parsed, pool_size=8, max_overflow=16)
+        else:
+            engine = create_engine(
+                "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
+            )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_size=8, max_overflow=16, pool_pre_ping=True)
+    raise ConfigError(f"unsupported database URL scheme {parsed.drivername!r} in {url!r}")
+
+
+class Database:
+    """An engine plus the discipline fyp uses with it.
+
+    ``read()`` yields a connection in a read transaction. ``write()`` yields one in a write
+    transaction that commits on success and rolls back on any error, so a batch is never
+    half-written. Writers in this process take a lock first (SQLite has one writer anyway, and
+    waiting on a Python lock is cheaper than on SQLite's busy handler).
+    """
+
+    def __init__(self, url: str, metadata: MetaData, kind: str, version: int) -> None:
+        self.url = url
+        self.engine = create_sql_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._write_lock = threading.Lock()
+        self._metadata = metadata
+        self._meta = metadata.tables["fyp_meta"]
+        self._ensure_schema(kind, version)
+
+    def _ensure_schema(self, kind: str, version: int) -> None:
+        try:
+            with self.engine.connect() as conn:
+                has_meta = inspect(conn).has_table("fyp_meta")
+                found: dict[str, str] = {}
+                if has_meta:
+                    found = {
+                        k: v for k, v in conn.execute(select(self._meta.c.key, self._meta.c.value))
+                    }
+        except OperationalError as exc:
+            raise BackendUnavailable(f"cannot open database {self.url}: {exc.orig}") from exc
+        if found:
+            if found.get("schema_kind") != kind:
+                raise SchemaMismatch(
+                    f"{self.url} holds an fyp {found.get('schema_kind')!r} database, expected {kind!r}"
+                )
+            stored = int(found.get("schema_version", "0"))
+            if stored > version:
+                raise SchemaMismatch(
+                    f"{self.url} has schema version {stored}, newer than this fyp's {version}; "
+                    "upgrade fyp instead of opening it with an older release"
+                )
+        with self.write() as conn:
+            self._metadata.create_all(conn)
+            if not found:
+                conn.execute(
+                    self._meta.insert(),
+                    [
+                        {"key": "schema_kind", "value": kind},
+                        {"key": "schema_version", "value": str(version)},
+                    ],
+                )
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextlib.contextmanager
+    def write(self, durable: bool = False) -> Iterator[Connection]:
+        """A write transaction; ``durable`` waits for the disk (fsync) before returning."""
+        with self._write_lock, self.engine.connect() as conn:
+            conn = conn.execution_options(fyp_write=True)
+            if self.dialect == "sqlite":
+                # Outside any transaction (SQLite refuses the pragma inside one), on the raw
+                # connection so SQLAlchemy does not open a transaction for it.
+                raw = conn.connection.driver_connection
+                assert raw is not None
+                raw.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            with conn.begin():
+                yield conn
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def insert_ignore(db: Database, table: Table) -> Insert:
+    """``INSERT … ON CONFLICT DO NOTHING`` for the database's dialect."""
+    if db.dialect == "postgresql":
+        return pg_dialect.insert(table).on_conflict_do_nothing()
+    return sqlite_dialect.insert(table).on_conflict_do_nothing()
+
+
+def upsert(db: Database, table: Table, keys: Sequence[str], update: Sequence[str]) -> Insert:
+    """``INSERT … ON CONFLICT (keys) DO UPDATE SET col = excluded.col`` for ``update`` columns."""
+    stmt: Any
+    stmt = pg_dialect.insert(table) if db.dialect == "postgresql" else sqlite_dialect.insert(table)
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
+    )
+
+
+def chunked(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    """Split long ``IN (...)`` lists: SQLite caps bound parameters per statement."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def rows_by(rows: Sequence[Mapping[str, Any]], key: str) -> dict[Any, Mapping[str, Any]]:
+    return {row[key]: row for row in rows}
