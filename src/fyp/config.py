@@ -58,7 +58,7 @@ def _default_regions() -> list[RegionConfig]:
 class SourceConfig(_Section):
     enabled: bool = True
     """Whether this source contributes candidates."""
-    k: int = Field(default=200, ge=1, le=5000)
+    k: int = Field(default=100, ge=1, le=5000)
     """How many candidates the source returns at most."""
     fail_open: bool = True
     """On an error the feed continues without this source (recorded in the trace)."""
@@ -70,6 +70,7 @@ class SourceConfig(_Section):
 
 class TrendingConfig(SourceConfig):
     prior: float = Field(default=0.45, ge=0, le=1)
+    k: int = Field(default=100, ge=1, le=5000)
     half_life_hours: float = Field(default=24.0, gt=0)
     """Engagement loses half its weight in trending after this many hours."""
     engagement_weights: dict[str, float] = Field(
@@ -87,13 +88,14 @@ class TrendingConfig(SourceConfig):
 
 class FreshConfig(SourceConfig):
     prior: float = Field(default=0.3, ge=0, le=1)
-    k: int = Field(default=100, ge=1, le=5000)
+    k: int = Field(default=60, ge=1, le=5000)
     max_age_hours: float = Field(default=72.0, gt=0)
     """An item is fresh while younger than this."""
 
 
 class CoEngagementConfig(SourceConfig):
     prior: float = Field(default=0.9, ge=0, le=1)
+    k: int = Field(default=120, ge=1, le=5000)
     anchors: int = Field(default=10, ge=1, le=100)
     """How many of the viewer's most recent positive items seed the lookup."""
     per_anchor: int = Field(default=40, ge=1, le=500)
@@ -102,22 +104,23 @@ class CoEngagementConfig(SourceConfig):
 
 class FollowingConfig(SourceConfig):
     prior: float = Field(default=0.8, ge=0, le=1)
-    k: int = Field(default=100, ge=1, le=5000)
+    k: int = Field(default=60, ge=1, le=5000)
     per_creator: int = Field(default=10, ge=1, le=200)
     """Newest items taken per followed creator."""
 
 
 class InterestTagsConfig(SourceConfig):
     prior: float = Field(default=0.7, ge=0, le=1)
-    k: int = Field(default=150, ge=1, le=5000)
+    k: int = Field(default=100, ge=1, le=5000)
     top_tags: int = Field(default=5, ge=1, le=50)
     """The viewer's strongest tags (by online affinity) used as queries."""
-    per_tag: int = Field(default=40, ge=1, le=1000)
+    per_tag: int = Field(default=30, ge=1, le=1000)
     """Newest items taken per tag."""
 
 
 class EmbeddingConfig(SourceConfig):
     prior: float = Field(default=1.0, ge=0, le=1)
+    k: int = Field(default=150, ge=1, le=5000)
     history: int = Field(default=200, ge=1, le=10_000)
     """Most recent events used to fold the viewer into the learned embedding space at request time."""
 
@@ -346,7 +349,10 @@ def load_config(data_dir: Path | str | None = None, **overrides: Any) -> FypConf
     if api_key:
         raw.setdefault("server", {})["api_key"] = api_key
     for key, value in overrides.items():
-        raw[key] = value
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw[key] = {**raw[key], **value}  # a section given in both: the override's keys win
+        else:
+            raw[key] = value
     try:
         return FypConfig.model_validate(raw)
     except ValidationError as exc:

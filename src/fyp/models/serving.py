@@ -24,6 +24,9 @@ from fyp.storage.models import ModelSnapshot
 # Exact search is fast enough below this many items; above it an IVF index keeps queries ~1 ms.
 _EXACT_SEARCH_MAX_ITEMS = 50_000
 
+# One query at a time per request thread: OpenMP fan-out only adds contention on a busy server.
+faiss.omp_set_num_threads(1)
+
 
 def _build_index(vectors: npt.NDArray[np.float32]) -> Any:
     n, dim = vectors.shape
@@ -107,7 +110,10 @@ class ServingModel:
         cols = self.neighbors.indices[start:end]
         vals = self.neighbors.data[start:end]
         order = np.argsort(-vals)[:k]
-        return [(self.item_ids[int(cols[j])], float(vals[j])) for j in order]
+        ids = self.item_ids
+        return [
+            (ids[c], v) for c, v in zip(cols[order].tolist(), vals[order].tolist(), strict=True)
+        ]
 
 
 class ModelSlot:

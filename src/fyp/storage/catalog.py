@@ -35,6 +35,7 @@ from fyp.storage.sql import Database, chunked, meta_table, upsert
 from fyp.types import Item, epoch
 
 CATALOG_SCHEMA_VERSION: Final = 1
+TAG_CACHE_TTL_S: Final = 10.0
 
 metadata = MetaData()
 meta_table(metadata)
@@ -101,6 +102,7 @@ class SqlCatalog:
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
         self._count: int | None = None
+        self._tag_cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
 
     def upsert_items(self, batch: Sequence[Item]) -> UpsertResult:
         if not batch:
@@ -213,9 +215,21 @@ class SqlCatalog:
         return found
 
     def items_by_tags(self, tags: Sequence[str], per_tag: int) -> dict[str, list[str]]:
+        """Newest items per tag; lists may lag an upsert by up to ``TAG_CACHE_TTL_S``."""
         found: dict[str, list[str]] = {}
-        with self.db.read() as conn:
+        now = time.monotonic()
+        missing: list[str] = []
+        with self._cache_lock:
             for tag in tags:
+                cached = self._tag_cache.get((tag, per_tag))
+                if cached is not None and cached[0] > now:
+                    found[tag] = cached[1]
+                else:
+                    missing.append(tag)
+        if not missing:
+            return found
+        with self.db.read() as conn:
+            for tag in missing:
                 found[tag] = list(
                     conn.execute(
                         select(item_tags.c.item_id)
@@ -224,6 +238,11 @@ class SqlCatalog:
                         .limit(per_tag)
                     ).scalars()
                 )
+        with self._cache_lock:
+            if len(self._tag_cache) > 100_000:
+                self._tag_cache.clear()
+            for tag in missing:
+                self._tag_cache[(tag, per_tag)] = (now + TAG_CACHE_TTL_S, found[tag])
         return found
 
     def count_items(self) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
@@ -28,7 +30,6 @@ from sqlalchemy import (
     Text,
     func,
     select,
-    tuple_,
 )
 
 from fyp.signals import (
@@ -55,6 +56,8 @@ from fyp.storage.sql import Database, chunked, insert_ignore, meta_table, upsert
 from fyp.types import POSITIVE_EVENT_TYPES, Event, User, epoch
 
 REGION_SCHEMA_VERSION: Final = 1
+STATS_CACHE_TTL_S: Final = 15.0
+_STATS_CACHE_MAX: Final = 500_000
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants a 64-bit identity.
 _SEQ = BigInteger().with_variant(Integer, "sqlite")
@@ -172,6 +175,34 @@ audit = Table(
 )
 
 
+def _pairs_present(
+    conn: Connection, first: Any, second: Any, pairs: Sequence[tuple[str, str]], *extra: Any
+) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """Stored rows whose (first, second) key is among ``pairs``, with ``extra`` column values.
+
+    Queries ``first IN (...) AND second IN (...)``, which both SQLite and PostgreSQL answer from
+    the composite primary key, then keeps exact pairs (a row-value ``IN`` would scan the table).
+    """
+    wanted = set(pairs)
+    by_first: dict[str, set[str]] = defaultdict(set)
+    for a, b in wanted:
+        by_first[a].add(b)
+    found: list[tuple[str, str, tuple[Any, ...]]] = []
+    firsts = sorted(by_first)
+    for part in chunked(firsts, 200):
+        seconds = sorted({b for a in part for b in by_first[a]})
+        for chunk in chunked(seconds, 400):
+            query = select(first, second, *extra).where(first.in_(part), second.in_(chunk))
+            for row in conn.execute(query):
+                if (row[0], row[1]) in wanted:
+                    found.append((row[0], row[1], tuple(row[2:])))
+    return found
+
+
+_NO_STATS: Final = ItemStatsRecord()
+"""Cached marker for "this item has no stats row yet"."""
+
+
 def _event_record(row: Any) -> EventRecord:
     return EventRecord(
         seq=row.seq,
@@ -188,10 +219,17 @@ def _event_record(row: Any) -> EventRecord:
 class SqlRegionStore:
     """All regional roles over one SQL database (see the module docstring)."""
 
-    def __init__(self, url: str, region: str, policy: FoldPolicy) -> None:
+    def __init__(
+        self, url: str, region: str, policy: FoldPolicy, stats_ttl_s: float = STATS_CACHE_TTL_S
+    ) -> None:
         self.region = region
         self.policy = policy
         self.db = Database(url, metadata, kind="region", version=REGION_SCHEMA_VERSION)
+        # Item stats are read for hundreds of candidates per feed and tolerate a few seconds of
+        # staleness, so they are cached; this process's own writes update the cache on commit.
+        self._stats_ttl = stats_ttl_s
+        self._stats_cache: dict[str, tuple[float, ItemStatsRecord]] = {}
+        self._stats_lock = threading.Lock()
 
     # ---- Users ----------------------------------------------------------------------------------
 
@@ -255,6 +293,7 @@ class SqlRegionStore:
                 unique[ev.event_id] = ev
         if not unique:
             return AppendResult(accepted=[], duplicates=duplicates)
+        written: list[dict[str, Any]] = []
         with self.db.write(durable=True) as conn:
             stored = self._existing(conn, events.c.event_id, list(unique))
             fresh = [ev for ev in unique.values() if ev.event_id not in stored]
@@ -276,7 +315,8 @@ class SqlRegionStore:
                         for ev in fresh
                     ],
                 )
-                self._apply(conn, fold(fresh, items, self.policy), now)
+                written = self._apply(conn, fold(fresh, items, self.policy), now)
+        self._cache_stats(written)
         return AppendResult(accepted=[ev.event_id for ev in fresh], duplicates=duplicates)
 
     def recent_for_user(self, user_id: str, limit: int) -> list[EventRecord]:
@@ -404,20 +444,54 @@ class SqlRegionStore:
                 ],
             )
             changes = Folded(touched={(user_id, s.item_id) for s in served})
-            self._apply(conn, changes, now)
+            written = self._apply(conn, changes, now)
+        self._cache_stats(written)
 
     # ---- ItemStats ------------------------------------------------------------------------------
 
     def stats(self, item_ids: Sequence[str]) -> dict[str, ItemStatsRecord]:
+        """Stats of the given items that have any; at most ``stats_ttl_s`` old."""
         found: dict[str, ItemStatsRecord] = {}
+        missing: list[str] = []
+        now = time.monotonic()
+        with self._stats_lock:
+            for item_id in item_ids:
+                cached = self._stats_cache.get(item_id)
+                if cached is not None and cached[0] > now:
+                    if cached[1] is not _NO_STATS:
+                        found[item_id] = cached[1]
+                else:
+                    missing.append(item_id)
+        if not missing:
+            return found
+        loaded: dict[str, ItemStatsRecord] = {}
+        columns = [item_stats.c.item_id, *(item_stats.c[n] for n in _COUNTERS)]
         with self.db.read() as conn:
-            for part in chunked(list(item_ids)):
-                for row in conn.execute(select(item_stats).where(item_stats.c.item_id.in_(part))):
-                    found[row.item_id] = ItemStatsRecord(
-                        **{name: getattr(row, name) for name in _COUNTERS},
-                        watch_ratio_sum=row.watch_ratio_sum,
-                    )
+            for part in chunked(list(dict.fromkeys(missing))):
+                query = select(*columns, item_stats.c.watch_ratio_sum).where(
+                    item_stats.c.item_id.in_(part)
+                )
+                for row in conn.execute(query):
+                    loaded[row[0]] = ItemStatsRecord(*row[1:])
+        found.update(loaded)
+        expiry = now + self._stats_ttl
+        with self._stats_lock:
+            if len(self._stats_cache) > _STATS_CACHE_MAX:
+                self._stats_cache.clear()
+            for item_id in missing:
+                self._stats_cache[item_id] = (expiry, loaded.get(item_id, _NO_STATS))
         return found
+
+    def _cache_stats(self, rows: list[dict[str, Any]]) -> None:
+        expiry = time.monotonic() + self._stats_ttl
+        with self._stats_lock:
+            for row in rows:
+                self._stats_cache[row["item_id"]] = (
+                    expiry,
+                    ItemStatsRecord(
+                        *(int(row[n]) for n in _COUNTERS), float(row["watch_ratio_sum"])
+                    ),
+                )
 
     def trending(self, limit: int) -> list[tuple[str, float]]:
         with self.db.read() as conn:
@@ -497,21 +571,17 @@ class SqlRegionStore:
             found.update(conn.execute(select(column).where(column.in_(part))).scalars())
         return found
 
-    def _apply(self, conn: Connection, changes: Folded, now: float) -> None:
-        """Write one batch of folded changes (inside the caller's transaction)."""
+    def _apply(self, conn: Connection, changes: Folded, now: float) -> list[dict[str, Any]]:
+        """Write one batch of folded changes (inside the caller's transaction).
+
+        Returns the item stats rows as written, for the caller to cache once committed.
+        """
         stats = changes.stats
         if changes.touched:
             pairs = sorted(changes.touched)
-            already: set[tuple[str, str]] = set()
-            for part in chunked(pairs, 400):
-                already.update(
-                    (row.user_id, row.item_id)
-                    for row in conn.execute(
-                        select(seen.c.user_id, seen.c.item_id).where(
-                            tuple_(seen.c.user_id, seen.c.item_id).in_(list(part))
-                        )
-                    )
-                )
+            already = {
+                (u, i) for u, i, _ in _pairs_present(conn, seen.c.user_id, seen.c.item_id, pairs)
+            }
             new_pairs = [p for p in pairs if p not in already]
             if new_pairs:
                 conn.execute(
@@ -536,20 +606,24 @@ class SqlRegionStore:
             )
         if changes.mutes:
             self._apply_mutes(conn, changes.mutes)
-        if stats:
-            self._apply_stats(conn, stats)
+        return self._apply_stats(conn, stats) if stats else []
 
     def _apply_affinity(
         self, conn: Connection, deltas: list[tuple[str, str, float, float]]
     ) -> None:
         half_life = self.policy.affinity_half_life_s
         keys = sorted({(u, k) for u, k, _, _ in deltas})
-        current: dict[tuple[str, str], tuple[float, float]] = {}
-        for part in chunked(keys, 400):
-            for row in conn.execute(
-                select(affinity).where(tuple_(affinity.c.user_id, affinity.c.key).in_(list(part)))
-            ):
-                current[(row.user_id, row.key)] = (row.weight, row.updated_at)
+        current: dict[tuple[str, str], tuple[float, float]] = {
+            (u, k): (weight, updated_at)
+            for u, k, (weight, updated_at) in _pairs_present(
+                conn,
+                affinity.c.user_id,
+                affinity.c.key,
+                keys,
+                affinity.c.weight,
+                affinity.c.updated_at,
+            )
+        }
         for user_id, key, delta, ts in sorted(deltas, key=lambda d: d[3]):
             value, value_ts = current.get((user_id, key), (0.0, ts))
             current[(user_id, key)] = combine_decayed(value, value_ts, delta, ts, half_life)
@@ -562,20 +636,22 @@ class SqlRegionStore:
     def _apply_mutes(self, conn: Connection, mutes: Mapping[tuple[str, str], float]) -> None:
         keys = sorted(mutes)
         until = dict(mutes)
-        for part in chunked(keys, 400):
-            for row in conn.execute(
-                select(muted_creators).where(
-                    tuple_(muted_creators.c.user_id, muted_creators.c.creator_id).in_(list(part))
-                )
-            ):
-                pair = (row.user_id, row.creator_id)
-                until[pair] = max(until[pair], row.until)
+        for u, c, (stored,) in _pairs_present(
+            conn,
+            muted_creators.c.user_id,
+            muted_creators.c.creator_id,
+            keys,
+            muted_creators.c.until,
+        ):
+            until[(u, c)] = max(until[(u, c)], stored)
         conn.execute(
             upsert(self.db, muted_creators, ["user_id", "creator_id"], ["until"]),
             [{"user_id": u, "creator_id": c, "until": t} for (u, c), t in until.items()],
         )
 
-    def _apply_stats(self, conn: Connection, deltas: Mapping[str, StatsDelta]) -> None:
+    def _apply_stats(
+        self, conn: Connection, deltas: Mapping[str, StatsDelta]
+    ) -> list[dict[str, Any]]:
         ids = sorted(deltas)
         current: dict[str, dict[str, Any]] = defaultdict(
             lambda: {**dict.fromkeys(_COUNTERS, 0), "watch_ratio_sum": 0.0, "trend_log": None}
@@ -597,3 +673,4 @@ class SqlRegionStore:
             rows.append(row)
         update_cols = [*_COUNTERS, "watch_ratio_sum", "trend_log"]
         conn.execute(upsert(self.db, item_stats, ["item_id"], update_cols), rows)
+        return rows

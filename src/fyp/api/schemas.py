@@ -1,0 +1,115 @@
+"""Request and response bodies of API v1 (they are also the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fyp.types import MAX_BATCH, Item, User
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ItemsIn(_Body):
+    items: list[Item] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class UsersIn(_Body):
+    users: list[User] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EventsIn(_Body):
+    events: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_BATCH)
+    """Validated one by one, so a bad event does not stop the good ones."""
+
+
+class UpsertOut(BaseModel):
+    created: int
+    updated: int
+
+
+class EventErrorOut(BaseModel):
+    index: int
+    detail: str
+
+
+class EventsOut(BaseModel):
+    accepted: int
+    duplicates: int
+    errors: list[EventErrorOut]
+
+
+class ItemOut(BaseModel):
+    item_id: str
+    creator_id: str
+    created_at: float
+    duration_s: float
+    caption: str
+    tags: list[str]
+    language: str | None
+    regions: list[str]
+
+
+class UserOut(BaseModel):
+    user_id: str
+    region: str
+    attributes: dict[str, Any]
+    created_at: float
+
+
+class ReasonOut(BaseModel):
+    code: str
+    text: str
+
+
+class FeedItemOut(BaseModel):
+    item_id: str
+    score: float
+    reasons: list[ReasonOut]
+    item: ItemOut | None = None
+    """Present with ``?details=true``."""
+
+
+class FeedOut(BaseModel):
+    request_id: str
+    user_id: str
+    region: str
+    model_version: str
+    algorithm_hash: str
+    items: list[FeedItemOut]
+    trace: dict[str, Any] | None = None
+    """Present with ``?trace=true``: every stage, component, timing and removal."""
+
+
+class RegionOut(BaseModel):
+    name: str
+    description: str
+    model_version: str
+
+
+class RegionsOut(BaseModel):
+    regions: list[RegionOut]
+
+
+class TrainReportOut(BaseModel):
+    region: str
+    version: str | None
+    events: int
+    users: int
+    items: int
+    seconds: float
+    skipped_reason: str | None
+
+
+class TrainOut(BaseModel):
+    reports: list[TrainReportOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+    version: str
+    regions: list[str]
+    model_versions: dict[str, str]

@@ -1,0 +1,291 @@
+"""The ``fyp`` command: serve, import, train, feed, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fyp import __version__
+from fyp.config import FypConfig, load_config
+from fyp.errors import FypError
+
+DEMO_DATA_DIR = Path("fyp-demo-data")
+_DEMO_MARKER = "demo-world.json"
+
+log = logging.getLogger("fyp")
+
+
+def _is_loopback_host(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def _serve(config: FypConfig, background_training: bool = True) -> None:
+    import uvicorn
+
+    from fyp.api.app import create_app
+    from fyp.engine import Engine
+
+    host, port = config.server.host, config.server.port
+    if config.server.api_key is None and not _is_loopback_host(host):
+        raise FypError(
+            f"refusing to listen on {host}: without an API key fyp serves loopback only; "
+            "set FYP_API_KEY to accept remote clients"
+        )
+    engine = Engine(config)
+    app = create_app(engine, background_training=background_training)
+    if config.server.api_key is None:
+        print("fyp: no FYP_API_KEY set, so serving loopback clients only", file=sys.stderr)
+    print(f"fyp: serving {config.data_dir} on http://{host}:{port}  (docs at /docs)", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = load_config(args.data_dir, server=_server_overrides(args))
+    _serve(config, background_training=not args.no_background_training)
+    return 0
+
+
+def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"host": args.host, "port": args.port}
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from fyp.engine import Engine
+    from fyp.ingest.importer import import_file
+
+    engine = Engine(load_config(args.data_dir))
+    try:
+        report = import_file(
+            engine,
+            args.kind,
+            Path(args.file),
+            format=args.format,
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
+    finally:
+        engine.close()
+    for error in report.errors:
+        print(f"error: {error}", file=sys.stderr)
+    if report.error_count > len(report.errors):
+        print(f"... and {report.error_count - len(report.errors)} more errors", file=sys.stderr)
+    rate = report.records / report.seconds if report.seconds > 0 else 0.0
+    if args.kind == "events":
+        summary = f"{report.accepted} accepted, {report.duplicates} duplicates"
+    else:
+        summary = f"{report.created} created, {report.updated} updated"
+    print(
+        f"{args.kind}: {report.records} records, {summary}, {report.error_count} errors "
+        f"in {report.seconds:.1f}s ({rate:,.0f} records/s)"
+    )
+    return 2 if report.error_count else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fyp.engine import Engine
+
+    engine = Engine(load_config(args.data_dir))
+    try:
+        reports = engine.train([args.region] if args.region else None)
+    finally:
+        engine.close()
+    for r in reports:
+        if r.version is None:
+            print(f"{r.region}: not trained ({r.skipped_reason})")
+        else:
+            print(
+                f"{r.region}: {r.version} from {r.events:,} events, {r.users:,} users, "
+                f"{r.items:,} items in {r.seconds:.1f}s"
+            )
+    return 0
+
+
+def cmd_feed(args: argparse.Namespace) -> int:
+    from fyp.engine import Engine
+
+    engine = Engine(load_config(args.data_dir))
+    try:
+        result = engine.feed(args.user_id, args.n)
+        records = engine.catalog.get_items([i.item_id for i in result.items])
+    finally:
+        engine.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "request_id": result.request_id,
+                    "region": result.region,
+                    "model_version": result.model_version,
+                    "items": [
+                        {
+                            "item_id": i.item_id,
+                            "score": i.score,
+                            "reasons": [{"code": r.code, "text": r.text} for r in i.reasons],
+                        }
+                        for i in result.items
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"For You · {result.user_id} · region {result.region} · model {result.model_version}")
+    for position, item in enumerate(result.items, 1):
+        record = records.get(item.item_id)
+        caption = record.caption if record else ""
+        creator = record.creator_id if record else "?"
+        tags = " ".join(f"#{t}" for t in record.tags) if record else ""
+        print(f"\n{position:>2}. {caption}  (@{creator}, {item.item_id}, score {item.score:.3f})")
+        if tags:
+            print(f"    {tags}")
+        for reason in item.reasons:
+            print(f"    - {reason.text}  [{reason.code}]")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from fyp.engine import Engine
+    from fyp.ingest.importer import import_file
+    from fyp.sim.world import WorldConfig, build_world, write_world
+
+    data_dir = Path(args.data_dir)
+    marker = data_dir / _DEMO_MARKER
+    config = load_config(data_dir, server=_server_overrides(args))
+    if args.fresh or not marker.exists():
+        if data_dir.exists() and any(data_dir.iterdir()) and not marker.exists() and not args.fresh:
+            raise FypError(f"{data_dir} holds data that is not a demo world; pass --fresh to replace it")
+        _reset_demo_dir(data_dir)
+        started = time.perf_counter()
+        world_config = WorldConfig(seed=args.seed, **_DEMO_SIZES[args.size])
+        world = build_world(world_config)
+        files = write_world(world, data_dir / "demo-input")
+        print(
+            f"demo world: {len(world.items):,} videos by {len(world.creators):,} creators, "
+            f"{len(world.users):,} viewers, {len(world.history):,} past events",
+            file=sys.stderr,
+        )
+        engine = Engine(config)
+        try:
+            for kind in ("items", "users", "events"):
+                report = import_file(engine, kind, files[kind], progress=True)
+                print(
+                    f"imported {kind}: {report.records:,} records, {report.error_count} errors "
+                    f"in {report.seconds:.1f}s",
+                    file=sys.stderr,
+                )
+            for r in engine.train():
+                print(f"trained {r.region}: {r.version} ({r.seconds:.1f}s)", file=sys.stderr)
+        finally:
+            engine.close()
+        sample = [u.user_id for u in world.users[:5]]
+        marker.write_text(json.dumps({"seed": args.seed, "size": args.size, "sample_users": sample}))
+        print(f"demo ready in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    sample_users = json.loads(marker.read_text()).get("sample_users", [])
+    print(
+        f"\nOpen http://{config.server.host}:{config.server.port}/ and load a user, "
+        f"e.g. {', '.join(sample_users[:3])}.\n"
+        f"  curl http://{config.server.host}:{config.server.port}/v1/users/"
+        f"{sample_users[0] if sample_users else 'viewer0001'}/feed?n=5\n",
+        file=sys.stderr,
+    )
+    if args.no_serve:
+        return 0
+    _serve(config)
+    return 0
+
+
+_DEMO_SIZES: dict[str, dict[str, int]] = {
+    "small": {"n_creators": 60, "n_items": 1500, "n_viewers": 200},
+    "default": {},
+}
+
+
+def _reset_demo_dir(data_dir: Path) -> None:
+    import shutil
+
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fyp", description="A self-hosted For You feed engine.")
+    parser.add_argument("--version", action="version", version=f"fyp {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_dir_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
+        p.add_argument(
+            "--data-dir",
+            default=default,
+            help="data directory (default: $FYP_DATA_DIR or ./fyp-data)",
+        )
+
+    def server_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+        p.add_argument("--port", type=int, default=8000, help="port to listen on")
+
+    p = sub.add_parser("serve", help="serve the HTTP API")
+    data_dir_arg(p)
+    server_args(p)
+    p.add_argument(
+        "--no-background-training", action="store_true", help="do not retrain while serving"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("import", help="import items, users or events from CSV, JSONL or Parquet")
+    p.add_argument("kind", choices=["items", "users", "events"])
+    p.add_argument("file")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default=None)
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("train", help="train the learned candidate sources of each region")
+    p.add_argument("--region", default=None)
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("feed", help="print a user's feed with reasons")
+    p.add_argument("user_id")
+    p.add_argument("-n", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_feed)
+
+    p = sub.add_parser("demo", help="build the demo world, import it, train, and serve")
+    data_dir_arg(p, default=str(DEMO_DATA_DIR))
+    server_args(p)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--size", choices=sorted(_DEMO_SIZES), default="default")
+    p.add_argument("--fresh", action="store_true", help="rebuild the demo world from scratch")
+    p.add_argument("--no-serve", action="store_true", help="prepare the demo and exit")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.func(args)
+    except FypError as exc:
+        print(f"fyp: {exc.detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
