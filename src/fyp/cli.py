@@ -9,11 +9,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fyp import __version__
 from fyp.config import FypConfig, load_config
 from fyp.errors import FypError
+
+if TYPE_CHECKING:
+    from fyp.sim.world import WorldConfig
 
 DEMO_DATA_DIR = Path("fyp-demo-data")
 _DEMO_MARKER = "demo-world.json"
@@ -152,7 +155,7 @@ def cmd_feed(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from fyp.engine import Engine
     from fyp.ingest.importer import import_file
-    from fyp.sim.world import WorldConfig, build_world, write_world
+    from fyp.sim.world import build_world, write_world
 
     data_dir = Path(args.data_dir)
     marker = data_dir / _DEMO_MARKER
@@ -162,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise FypError(f"{data_dir} holds data that is not a demo world; pass --fresh to replace it")
         _reset_demo_dir(data_dir)
         started = time.perf_counter()
-        world_config = WorldConfig(seed=args.seed, **_DEMO_SIZES[args.size])
+        world_config = _demo_world_config(args.seed, args.size)
         world = build_world(world_config)
         files = write_world(world, data_dir / "demo-input")
         print(
@@ -200,10 +203,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_DEMO_SIZES: dict[str, dict[str, int]] = {
-    "small": {"n_creators": 60, "n_items": 1500, "n_viewers": 200},
-    "default": {},
-}
+_DEMO_SIZES = ("small", "default")
+
+
+def _demo_world_config(seed: int, size: str) -> WorldConfig:
+    from fyp.sim.world import WorldConfig
+
+    if size == "small":
+        return WorldConfig(seed=seed, n_creators=60, n_items=1500, n_viewers=200)
+    return WorldConfig(seed=seed)
 
 
 def _reset_demo_dir(data_dir: Path) -> None:
@@ -264,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir_arg(p, default=str(DEMO_DATA_DIR))
     server_args(p)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--size", choices=sorted(_DEMO_SIZES), default="default")
+    p.add_argument("--size", choices=_DEMO_SIZES, default="default")
     p.add_argument("--fresh", action="store_true", help="rebuild the demo world from scratch")
     p.add_argument("--no-serve", action="store_true", help="prepare the demo and exit")
     p.set_defaults(func=cmd_demo)

@@ -16,6 +16,8 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from threadpoolctl import threadpool_limits
+
 from fyp.config import FypConfig
 from fyp.errors import Conflict, InvalidInput, NotFound
 from fyp.governance.gate import Gate
@@ -61,6 +63,9 @@ class Engine:
     def __init__(self, config: FypConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.clock = clock
+        # Every request solves tiny problems (64 x 64); BLAS thread pools only add contention.
+        # implicit parallelises training with its own threads and asks for BLAS at 1 as well.
+        threadpool_limits(1, "blas")
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.catalog = SqlCatalog(config.resolved_catalog_url())
         policy = fold_policy(config)
@@ -97,6 +102,12 @@ class Engine:
             raise InvalidInput(
                 f"unknown region(s) {unknown}; configured: {self.config.region_names}"
             )
+        claimed: dict[str, str] = {}
+        for user in users:
+            if claimed.setdefault(user.user_id, user.region) != user.region:
+                raise InvalidInput(
+                    f"user {user.user_id!r} appears twice in the batch with different regions"
+                )
         homes = self.gate.locate_many([u.user_id for u in users])
         moving = [u.user_id for u in users if homes.get(u.user_id, u.region) != u.region]
         if moving:

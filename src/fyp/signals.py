@@ -35,7 +35,7 @@ def watch_ratio(watch_ms: int | None, duration_s: float) -> float | None:
 
 
 def decay_factor(elapsed_s: float, half_life_s: float) -> float:
-    return 0.5 ** (max(elapsed_s, 0.0) / half_life_s)
+    return math.pow(0.5, max(elapsed_s, 0.0) / half_life_s)
 
 
 def combine_decayed(

@@ -12,6 +12,7 @@ import dataclasses
 import hmac
 import ipaddress
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
 from typing import Annotated, Any
@@ -53,25 +54,42 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodyLimit:
-    """Refuses request bodies over ``MAX_BODY_BYTES`` before they are read (pure ASGI, cheap)."""
+class Edge:
+    """Pure ASGI middleware (cheap on the hot path) for what every request gets:
+
+    * bodies over ``MAX_BODY_BYTES`` are refused before they are read;
+    * the response carries ``Server-Timing: app;dur=<ms>``, the time spent inside the server,
+      which load tests read to separate server latency from client and network time.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope.get("headers", ()):
-                if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                    response = problems.problem(
-                        413,
-                        "payload-too-large",
-                        "Payload too large",
-                        f"request bodies are limited to {MAX_BODY_BYTES} bytes",
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
+                response = problems.problem(
+                    413,
+                    "payload-too-large",
+                    "Payload too large",
+                    f"request bodies are limited to {MAX_BODY_BYTES} bytes",
+                )
+                await response(scope, receive, send)
+                return
+        started = time.perf_counter()
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                elapsed_ms = (time.perf_counter() - started) * 1000.0
+                headers = list(message.get("headers", ()))
+                headers.append((b"server-timing", f"app;dur={elapsed_ms:.3f}".encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -92,8 +110,14 @@ def _check_id(kind: str, value: str) -> None:
         raise InvalidInput(f"{value!r} is not a valid {kind} id")
 
 
-def create_app(engine: Engine, background_training: bool = False) -> FastAPI:
-    """Build the app around ``engine``. The app closes the engine when it shuts down."""
+def create_app(
+    engine: Engine, background_training: bool = False, close_engine: bool = True
+) -> FastAPI:
+    """Build the app around ``engine``.
+
+    ``background_training`` starts the retrainer with the app; ``close_engine`` closes the engine
+    when the app shuts down (pass False when the caller keeps using the engine).
+    """
     api_key = engine.config.server.api_key
 
     @contextlib.asynccontextmanager
@@ -103,7 +127,9 @@ def create_app(engine: Engine, background_training: bool = False) -> FastAPI:
         try:
             yield
         finally:
-            engine.close()
+            engine.retrainer.stop()
+            if close_engine:
+                engine.close()
 
     app = FastAPI(
         title="fyp",
@@ -111,7 +137,7 @@ def create_app(engine: Engine, background_training: bool = False) -> FastAPI:
         summary="A self-hosted For You feed engine with region-pinned user data.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit)
+    app.add_middleware(Edge)
     problems.install(app)
 
     def authorize(request: Request) -> None:
@@ -186,7 +212,7 @@ def create_app(engine: Engine, background_training: bool = False) -> FastAPI:
                 parsed.append(Event.model_validate(raw))
             except ValidationError as exc:
                 parsed.append(None)
-                details = problems.validation_errors(list(exc.errors()))
+                details = problems.validation_errors(exc.errors())
                 errors.append((index, "; ".join(f"{d['field']}: {d['detail']}" for d in details)))
         result = engine.ingest(parsed, errors)
         return EventsOut(

@@ -7,6 +7,7 @@ Every error response has ``Content-Type: application/problem+json`` and a stable
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -52,7 +53,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def validation_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Pydantic errors as ``{"field", "detail"}`` with a dotted path such as ``items.3.duration_s``."""
     return [
         {"field": _location(tuple(err.get("loc", ()))), "detail": str(err.get("msg", "invalid"))}
@@ -67,7 +68,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = validation_errors(list(exc.errors()))
+        errors = validation_errors(exc.errors())
         first = errors[0] if errors else {"field": "body", "detail": "invalid"}
         return problem(
             422,

@@ -30,6 +30,7 @@ faiss.omp_set_num_threads(1)
 
 def _build_index(vectors: npt.NDArray[np.float32]) -> Any:
     n, dim = vectors.shape
+    index: Any
     if n <= _EXACT_SEARCH_MAX_ITEMS:
         index = faiss.IndexFlatIP(dim)
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Final, TypeVar
 
 from fyp.pipeline.contracts import (
@@ -60,9 +61,9 @@ class FeedPipeline:
 
     def run(self, query: FeedQuery) -> FeedResult:
         for gate in self.gates:
-            self._timed(query, "gates", gate.name, lambda g=gate: g.check(query))
+            self._timed(query, "gates", gate.name, partial(gate.check, query))
         for hydrator in self.hydrators:
-            self._timed(query, "hydrators", hydrator.name, lambda h=hydrator: h.hydrate(query))
+            self._timed(query, "hydrators", hydrator.name, partial(hydrator.hydrate, query))
         candidates = self._run_sources(query)
         for flt in self.filters:
             candidates = self._run_filter(query, flt, candidates)
@@ -70,9 +71,9 @@ class FeedPipeline:
             self._run_scorer(query, scorer, candidates)
         for selector in self.selectors:
             candidates = self._run_selector(query, selector, candidates)
-        result = self._timed(query, "explain", "explain", lambda: explain(query, candidates))
+        result = self._timed(query, "explain", "explain", partial(explain, query, candidates))
         for effect in self.side_effects:
-            self._timed(query, "side_effects", effect.name, lambda e=effect: e.run(query, result))
+            self._timed(query, "side_effects", effect.name, partial(effect.run, query, result))
         return result
 
     # ---- stages ---------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    and_,
     func,
+    or_,
     select,
 )
 
@@ -180,23 +182,43 @@ def _pairs_present(
 ) -> list[tuple[str, str, tuple[Any, ...]]]:
     """Stored rows whose (first, second) key is among ``pairs``, with ``extra`` column values.
 
-    Queries ``first IN (...) AND second IN (...)``, which both SQLite and PostgreSQL answer from
-    the composite primary key, then keeps exact pairs (a row-value ``IN`` would scan the table).
+    Asks ``(first = a AND second IN (...)) OR ...`` per group of keys sharing ``first``: exact,
+    answered from the composite primary key by SQLite and PostgreSQL alike (a row-value ``IN``
+    would scan the table, and ``first IN .. AND second IN ..`` over-fetches on busy stores).
     """
-    wanted = set(pairs)
-    by_first: dict[str, set[str]] = defaultdict(set)
-    for a, b in wanted:
-        by_first[a].add(b)
+    by_first: dict[str, list[str]] = defaultdict(list)
+    for a, b in dict.fromkeys(pairs):
+        by_first[a].append(b)
     found: list[tuple[str, str, tuple[Any, ...]]] = []
-    firsts = sorted(by_first)
-    for part in chunked(firsts, 200):
-        seconds = sorted({b for a in part for b in by_first[a]})
-        for chunk in chunked(seconds, 400):
-            query = select(first, second, *extra).where(first.in_(part), second.in_(chunk))
-            for row in conn.execute(query):
-                if (row[0], row[1]) in wanted:
-                    found.append((row[0], row[1], tuple(row[2:])))
+    groups = sorted(by_first.items())
+    batch: list[Any] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if batch:
+            query = select(first, second, *extra).where(or_(*batch))
+            found.extend((row[0], row[1], tuple(row[2:])) for row in conn.execute(query))
+        batch.clear()
+        size = 0
+
+    for a, bs in groups:
+        for chunk in chunked(bs, 400):
+            batch.append(and_(first == a, second.in_(chunk)))
+            size += len(chunk) + 1
+            if size >= 450:  # stay under SQLite's bound-parameter limit per statement
+                flush()
+    flush()
     return found
+
+
+_STATS_FIELDS: Final = (*_COUNTERS, "watch_ratio_sum")
+
+
+def _stats_record(values: Sequence[Any]) -> ItemStatsRecord:
+    """An ``ItemStatsRecord`` from values in ``_STATS_FIELDS`` order."""
+    counters = {name: int(value) for name, value in zip(_COUNTERS, values, strict=False)}
+    return ItemStatsRecord(**counters, watch_ratio_sum=float(values[len(_COUNTERS)]))
 
 
 _NO_STATS: Final = ItemStatsRecord()
@@ -472,7 +494,7 @@ class SqlRegionStore:
                     item_stats.c.item_id.in_(part)
                 )
                 for row in conn.execute(query):
-                    loaded[row[0]] = ItemStatsRecord(*row[1:])
+                    loaded[row[0]] = _stats_record(row[1:])
         found.update(loaded)
         expiry = now + self._stats_ttl
         with self._stats_lock:
@@ -486,12 +508,8 @@ class SqlRegionStore:
         expiry = time.monotonic() + self._stats_ttl
         with self._stats_lock:
             for row in rows:
-                self._stats_cache[row["item_id"]] = (
-                    expiry,
-                    ItemStatsRecord(
-                        *(int(row[n]) for n in _COUNTERS), float(row["watch_ratio_sum"])
-                    ),
-                )
+                values = [row[n] for n in _STATS_FIELDS]
+                self._stats_cache[row["item_id"]] = (expiry, _stats_record(values))
 
     def trending(self, limit: int) -> list[tuple[str, float]]:
         with self.db.read() as conn:
@@ -657,9 +675,9 @@ class SqlRegionStore:
             lambda: {**dict.fromkeys(_COUNTERS, 0), "watch_ratio_sum": 0.0, "trend_log": None}
         )
         for part in chunked(ids):
-            for row in conn.execute(select(item_stats).where(item_stats.c.item_id.in_(part))):
-                current[row.item_id] = dict(row._mapping)
-        rows = []
+            for stored in conn.execute(select(item_stats).where(item_stats.c.item_id.in_(part))):
+                current[stored.item_id] = dict(stored._mapping)
+        rows: list[dict[str, Any]] = []
         for item_id in ids:
             delta = deltas[item_id]
             row = current[item_id]
