@@ -1,4 +1,4 @@
-"""End to end on the demo world: import files, train, serve feeds, post events, watch the feed adapt.
+"""End to end on the demo world: import, train, serve feeds, post events, watch the feed adapt.
 
 The world is small (a few seconds to build, import and train) but every step is the real one: the
 JSONL files go through ``fyp.ingest``, training runs ALS and the co-engagement kNN, feeds run the
@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -44,7 +44,10 @@ def _serve(config: FypConfig, background_training: bool = True) -> None:
     app = create_app(engine, background_training=background_training)
     if config.server.api_key is None:
         print("fyp: no FYP_API_KEY set, so serving loopback clients only", file=sys.stderr)
-    print(f"fyp: serving {config.data_dir} on http://{host}:{port}  (docs at /docs)", file=sys.stderr)
+    print(
+        f"fyp: serving {config.data_dir} on http://{host}:{port} (API docs at /docs)",
+        file=sys.stderr,
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
@@ -162,7 +165,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config = load_config(data_dir, server=_server_overrides(args))
     if args.fresh or not marker.exists():
         if data_dir.exists() and any(data_dir.iterdir()) and not marker.exists() and not args.fresh:
-            raise FypError(f"{data_dir} holds data that is not a demo world; pass --fresh to replace it")
+            raise FypError(
+                f"{data_dir} holds data that is not a demo world; pass --fresh to replace it"
+            )
         _reset_demo_dir(data_dir)
         started = time.perf_counter()
         world_config = _demo_world_config(args.seed, args.size)
@@ -187,7 +192,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         finally:
             engine.close()
         sample = [u.user_id for u in world.users[:5]]
-        marker.write_text(json.dumps({"seed": args.seed, "size": args.size, "sample_users": sample}))
+        marker.write_text(
+            json.dumps({"seed": args.seed, "size": args.size, "sample_users": sample})
+        )
         print(f"demo ready in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     sample_users = json.loads(marker.read_text()).get("sample_users", [])
     print(

@@ -1,9 +1,9 @@
 """Typed settings for the whole engine.
 
-One :class:`FypConfig` describes a deployment: where data lives, which regions exist, and every knob
-of the feed algorithm. It loads from ``<data_dir>/fyp.toml`` when that file exists (any section may be
-omitted) and from a few ``FYP_*`` environment variables. Unknown keys are errors, so a typo in a
-config file cannot silently fall back to a default.
+One :class:`FypConfig` describes a deployment: where data lives, which regions exist, and every
+knob of the feed algorithm. It loads from ``<data_dir>/fyp.toml`` when that file exists (any
+section may be omitted) and from a few ``FYP_*`` environment variables. Unknown keys are errors,
+so a typo in a config file cannot silently fall back to a default.
 
 The *algorithm* sections (sources, scoring, selectors, affinity, training) are hashed; the hash
 travels with every feed response, logged impression and model snapshot, so any ranking can be traced
@@ -122,7 +122,7 @@ class EmbeddingConfig(SourceConfig):
     prior: float = Field(default=1.0, ge=0, le=1)
     k: int = Field(default=150, ge=1, le=5000)
     history: int = Field(default=200, ge=1, le=10_000)
-    """Most recent events used to fold the viewer into the learned embedding space at request time."""
+    """Most recent events used to fold the viewer into the embedding space at request time."""
 
 
 class SourcesConfig(_Section):
@@ -176,7 +176,7 @@ class AffinityConfig(_Section):
 
 
 class ScoringConfig(_Section):
-    """The first value model: a weighted sum of per-candidate features, each scaled to about [0, 1]."""
+    """The first value model: a weighted sum of per-candidate features, each about [-1, 1]."""
 
     weights: dict[str, float] = Field(
         default_factory=lambda: {
@@ -267,7 +267,7 @@ class TrainingConfig(_Section):
     """A running server retrains a region with new events at least this often."""
     retrain_min_new_events: int = Field(default=5_000, ge=1)
     """...or as soon as this many new events arrived since the last training."""
-    check_interval_s: float = Field(default=5.0, gt=0)
+    check_interval_s: float = Field(default=30.0, gt=0)
     """How often the background retrainer looks for work."""
     seed: int = 0
 

@@ -216,7 +216,7 @@ class Engine:
         return reports
 
     def reload_model(self, region: str) -> str:
-        """Load the region's current snapshot and swap it in; requests in flight keep the old one."""
+        """Load the region's current snapshot and swap it in; requests in flight keep theirs."""
         handle = self.gate.open(region, Principal.service(region), "serve_feed")
         snapshot = handle.models.load_current()
         slot = self.slots[region]

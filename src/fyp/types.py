@@ -152,7 +152,7 @@ class User(_Strict):
 
 
 class Item(_Strict):
-    """A piece of content (a short video, a song, a post). The catalog is global and non-personal."""
+    """A piece of content (a short video, a song, a post); the catalog is global, non-personal."""
 
     item_id: Id
     creator_id: Id

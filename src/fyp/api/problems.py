@@ -54,7 +54,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
 
 
 def validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Pydantic errors as ``{"field", "detail"}`` with a dotted path such as ``items.3.duration_s``."""
+    """Pydantic errors as ``{"field", "detail"}``, fields as dotted paths (``items.3.tags``)."""
     return [
         {"field": _location(tuple(err.get("loc", ()))), "detail": str(err.get("msg", "invalid"))}
         for err in errors

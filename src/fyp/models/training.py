@@ -114,7 +114,7 @@ def _preference_matrix(
 def train_region(
     handle: RegionHandle, catalog: Catalog, config: TrainingConfig, algorithm_hash: str
 ) -> TrainReport:
-    """Train and save a new snapshot for ``handle.region`` (the handle must be opened for ``train``)."""
+    """Train and save a new snapshot for ``handle.region`` (a handle opened for ``train``)."""
     started = time.perf_counter()
     matrix, item_ids, n_events, last_seq = _preference_matrix(handle, catalog, config)
     if n_events < config.min_events or matrix.nnz == 0:
@@ -150,7 +150,8 @@ def train_region(
     similarity.eliminate_zeros()
     similarity.sort_indices()
     now = time.time()
-    version = f"{handle.region}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}-{int(now * 1e6) % 1_000_000:06d}"
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+    version = f"{handle.region}-{stamp}-{int(now * 1e6) % 1_000_000:06d}"
     arrays: dict[str, npt.NDArray[Any]] = {
         "item_ids": np.asarray(item_ids, dtype=np.str_),
         "item_factors": np.ascontiguousarray(als.item_factors, dtype=np.float32),

@@ -162,7 +162,8 @@ class FeedPipeline:
             scores = scorer.score(query, candidates)
             if len(scores) != len(candidates):
                 raise RuntimeError(
-                    f"scorer {scorer.name} returned {len(scores)} scores for {len(candidates)} candidates"
+                    f"scorer {scorer.name} returned {len(scores)} scores "
+                    f"for {len(candidates)} candidates"
                 )
         except Exception as exc:
             if not scorer.fail_open:

@@ -5,7 +5,7 @@
 * ``creator_affinity`` / ``tag_affinity``: the viewer's online affinity (decayed, moved by every
   event), squashed with ``tanh(affinity / affinity_scale)``. Not-interested drives them negative.
 * ``engagement``: the item's finish, like and share rates and skip rate in the viewer's region,
-  smoothed toward the region's averages with ``prior_views`` pseudo-views and expressed as a log-lift.
+  smoothed toward the region's averages with ``prior_views`` pseudo-views, as a log-lift.
 * ``freshness``: ``0.5 ** (age / freshness_half_life)``.
 * ``popularity``: views in the region, log-scaled against the most viewed candidate.
 """

@@ -50,7 +50,7 @@ class DiversifyTags:
         heapq.heapify(heap)
         out: list[Candidate] = []
         while heap:
-            neg, i, stamp = heapq.heappop(heap)
+            _, i, stamp = heapq.heappop(heap)
             if stamp != len(out):
                 heapq.heappush(heap, (-adjusted(head[i]), i, len(out)))
                 continue

@@ -35,7 +35,7 @@ from fyp.storage.sql import Database, chunked, meta_table, upsert
 from fyp.types import Item, epoch
 
 CATALOG_SCHEMA_VERSION: Final = 1
-TAG_CACHE_TTL_S: Final = 10.0
+NEWEST_CACHE_TTL_S: Final = 10.0
 
 metadata = MetaData()
 meta_table(metadata)
@@ -102,7 +102,7 @@ class SqlCatalog:
         self._cache_size = cache_size
         self._cache_lock = threading.Lock()
         self._count: int | None = None
-        self._tag_cache: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self._newest_cache: dict[tuple[str, str], tuple[float, int, list[str]]] = {}
 
     def upsert_items(self, batch: Sequence[Item]) -> UpsertResult:
         if not batch:
@@ -152,6 +152,10 @@ class SqlCatalog:
         with self._cache_lock:
             for item_id in ids:
                 self._cache.pop(item_id, None)
+            for it in latest.values():
+                self._newest_cache.pop(("creator", it.creator_id), None)
+                for tag in it.tags:
+                    self._newest_cache.pop(("tag", tag), None)
             self._count = None
         return UpsertResult(created=len(ids) - len(existing), updated=len(existing))
 
@@ -202,47 +206,51 @@ class SqlCatalog:
             return [_record(row) for row in rows]
 
     def items_by_creators(self, creator_ids: Sequence[str], per_creator: int) -> list[ItemRecord]:
-        found: list[ItemRecord] = []
-        with self.db.read() as conn:
-            for creator in creator_ids:
-                rows = conn.execute(
-                    select(*_ITEM_COLUMNS)
-                    .where(items.c.creator_id == creator)
-                    .order_by(items.c.created_at.desc())
-                    .limit(per_creator)
-                )
-                found.extend(_record(row) for row in rows)
-        return found
+        """Each creator's newest items (other processes' upserts show within the cache TTL)."""
+        newest = self._newest("creator", creator_ids, per_creator)
+        ids = [item_id for creator in creator_ids for item_id in newest.get(creator, [])]
+        records = self.get_items(ids)
+        return [records[i] for i in ids if i in records]
 
     def items_by_tags(self, tags: Sequence[str], per_tag: int) -> dict[str, list[str]]:
-        """Newest items per tag; lists may lag an upsert by up to ``TAG_CACHE_TTL_S``."""
+        """Newest item ids per tag (other processes' upserts show within the cache TTL)."""
+        return self._newest("tag", tags, per_tag)
+
+    def _newest(self, kind: str, keys: Sequence[str], limit: int) -> dict[str, list[str]]:
+        # The same short lists serve every viewer who follows a creator or likes a tag, so they
+        # are cached briefly instead of being queried once per feed request.
         found: dict[str, list[str]] = {}
         now = time.monotonic()
         missing: list[str] = []
         with self._cache_lock:
-            for tag in tags:
-                cached = self._tag_cache.get((tag, per_tag))
-                if cached is not None and cached[0] > now:
-                    found[tag] = cached[1]
+            for key in keys:
+                cached = self._newest_cache.get((kind, key))
+                if cached is not None and cached[0] > now and cached[1] >= limit:
+                    found[key] = cached[2][:limit]
                 else:
-                    missing.append(tag)
+                    missing.append(key)
         if not missing:
             return found
         with self.db.read() as conn:
-            for tag in missing:
-                found[tag] = list(
-                    conn.execute(
+            for key in missing:
+                if kind == "tag":
+                    query = (
                         select(item_tags.c.item_id)
-                        .where(item_tags.c.tag == tag)
+                        .where(item_tags.c.tag == key)
                         .order_by(item_tags.c.created_at.desc())
-                        .limit(per_tag)
-                    ).scalars()
-                )
+                    )
+                else:
+                    query = (
+                        select(items.c.item_id)
+                        .where(items.c.creator_id == key)
+                        .order_by(items.c.created_at.desc())
+                    )
+                found[key] = list(conn.execute(query.limit(limit)).scalars())
         with self._cache_lock:
-            if len(self._tag_cache) > 100_000:
-                self._tag_cache.clear()
-            for tag in missing:
-                self._tag_cache[(tag, per_tag)] = (now + TAG_CACHE_TTL_S, found[tag])
+            if len(self._newest_cache) > 200_000:
+                self._newest_cache.clear()
+            for key in missing:
+                self._newest_cache[(kind, key)] = (now + NEWEST_CACHE_TTL_S, limit, found[key])
         return found
 
     def count_items(self) -> int:

@@ -120,15 +120,15 @@ class Database:
                 has_meta = inspect(conn).has_table("fyp_meta")
                 found: dict[str, str] = {}
                 if has_meta:
-                    found = {
-                        k: v for k, v in conn.execute(select(self._meta.c.key, self._meta.c.value))
-                    }
+                    rows = conn.execute(select(self._meta.c.key, self._meta.c.value))
+                    found = {str(k): str(v) for k, v in rows}
         except OperationalError as exc:
             raise BackendUnavailable(f"cannot open database {self.url}: {exc.orig}") from exc
         if found:
             if found.get("schema_kind") != kind:
                 raise SchemaMismatch(
-                    f"{self.url} holds an fyp {found.get('schema_kind')!r} database, expected {kind!r}"
+                    f"{self.url} holds an fyp {found.get('schema_kind')!r} database, "
+                    f"expected {kind!r}"
                 )
             stored = int(found.get("schema_version", "0"))
             if stored > version:
