@@ -34,6 +34,11 @@ def watch_ratio(watch_ms: int | None, duration_s: float) -> float | None:
     return watch_ms / (duration_s * 1000.0)
 
 
+def is_quick_skip(watch_ms: int | None) -> bool:
+    """A play shorter than ``QUICK_SKIP_MS`` is a swipe-away, whatever the item's length."""
+    return watch_ms is not None and watch_ms < QUICK_SKIP_MS
+
+
 def decay_factor(elapsed_s: float, half_life_s: float) -> float:
     return math.pow(0.5, max(elapsed_s, 0.0) / half_life_s)
 
@@ -71,6 +76,8 @@ class FoldPolicy:
 
     def affinity_delta(self, event: Event, item: ItemRecord) -> float:
         if event.type == "play":
+            if is_quick_skip(event.watch_ms):
+                return min(self.affinity_weights.get("skip", 0.0), 0.0)
             ratio = watch_ratio(event.watch_ms, item.duration_s)
             if ratio is None:
                 return 0.0
@@ -80,6 +87,8 @@ class FoldPolicy:
     def trend_weight(self, event: Event, item: ItemRecord) -> float:
         base = self.trend_weights.get(event.type, 0.0)
         if event.type == "play":
+            if is_quick_skip(event.watch_ms):
+                return 0.0
             ratio = watch_ratio(event.watch_ms, item.duration_s)
             return base * min(ratio, 1.0) if ratio is not None else 0.0
         return base
@@ -178,11 +187,10 @@ def preference_weight(
 ) -> float:
     """Training preference contributed by one event; summed per (viewer, item)."""
     if event_type == "play":
+        if is_quick_skip(watch_ms):
+            return weights.get("skip", 0.0)
         ratio = watch_ratio(watch_ms, duration_s)
         if ratio is None:
             return 0.0
-        if watch_ms is not None and watch_ms < QUICK_SKIP_MS:
-            # A quick skip is a dislike whatever the item's length.
-            return weights.get("skip", 0.0)
         return play_weight * min(ratio, 2.0)
     return weights.get(event_type, 0.0)

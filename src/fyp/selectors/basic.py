@@ -88,18 +88,24 @@ class ReserveExploration:
         if self.slots <= 0 or not candidates:
             return list(candidates)
         page, rest = list(candidates[:n]), list(candidates[n:])
-        needed = self.slots - sum(1 for c in page if self.eligible(query, c))
-        if needed <= 0:
-            return page + rest
-        promoted = [c for c in rest if self.eligible(query, c)][:needed]
+        needed = min(self.slots, n) - sum(1 for c in page if self.eligible(query, c))
+        promoted = [c for c in rest if self.eligible(query, c)][: max(needed, 0)]
         if not promoted:
             return page + rest
+        # Make room by moving the page's lowest-ranked ineligible items just below the fold.
+        bumped: list[Candidate] = []
+        for index in range(len(page) - 1, -1, -1):
+            if len(bumped) == len(promoted):
+                break
+            if not self.eligible(query, page[index]):
+                bumped.insert(0, page.pop(index))
         spacing = max(1, n // self.slots)
         for k, cand in enumerate(promoted):
             cand.exploration = True
+            # len(page) < n before every insert, so the slot always lands on the page.
             page.insert(min(self.position + k * spacing, len(page)), cand)
         promoted_ids = {c.item_id for c in promoted}
-        return page + [c for c in rest if c.item_id not in promoted_ids]
+        return page + bumped + [c for c in rest if c.item_id not in promoted_ids]
 
 
 class SpaceCreators:

@@ -133,11 +133,14 @@ class SqlCatalog:
             for tag in dict.fromkeys(it.tags)
         ]
         with self.db.write() as conn:
-            existing: set[str] = set()
+            # What the items were before: their old creator and tags lose them from the cache too.
+            previous: dict[str, tuple[str, list[str]]] = {}
             for part in chunked(ids):
-                existing.update(
-                    conn.execute(select(items.c.item_id).where(items.c.item_id.in_(part))).scalars()
+                query = select(items.c.item_id, items.c.creator_id, items.c.tags).where(
+                    items.c.item_id.in_(part)
                 )
+                for item_id, creator_id, tags in conn.execute(query):
+                    previous[item_id] = (creator_id, json.loads(tags))
             stmt = upsert(
                 self.db,
                 items,
@@ -152,12 +155,15 @@ class SqlCatalog:
         with self._cache_lock:
             for item_id in ids:
                 self._cache.pop(item_id, None)
-            for it in latest.values():
-                self._newest_cache.pop(("creator", it.creator_id), None)
-                for tag in it.tags:
-                    self._newest_cache.pop(("tag", tag), None)
+            stale_keys = {("creator", it.creator_id) for it in latest.values()}
+            stale_keys.update(("tag", tag) for it in latest.values() for tag in it.tags)
+            for creator_id, tags in previous.values():
+                stale_keys.add(("creator", creator_id))
+                stale_keys.update(("tag", tag) for tag in tags)
+            for key in stale_keys:
+                self._newest_cache.pop(key, None)
             self._count = None
-        return UpsertResult(created=len(ids) - len(existing), updated=len(existing))
+        return UpsertResult(created=len(ids) - len(previous), updated=len(previous))
 
     def get_items(self, item_ids: Sequence[str]) -> dict[str, ItemRecord]:
         found: dict[str, ItemRecord] = {}

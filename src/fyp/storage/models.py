@@ -20,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 _CURRENT: Final = "CURRENT"
+_HISTORY: Final = "HISTORY"
+"""Saved versions, one per line, in save order: pruning follows it, not file timestamps."""
 _KEEP: Final = 3
 
 
@@ -52,10 +54,22 @@ class ModelStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        pointer = self.root / f".{_CURRENT}.tmp"
-        pointer.write_text(version)
-        pointer.replace(self.root / _CURRENT)
-        self._prune(keep=version)
+        history = [*self._history(), version]
+        self._write_atomically(_HISTORY, "\n".join(history) + "\n")
+        self._write_atomically(_CURRENT, version)
+        self._prune(history)
+
+    def _write_atomically(self, name: str, text: str) -> None:
+        staging = self.root / f".{name}.tmp"
+        staging.write_text(text)
+        staging.replace(self.root / name)
+
+    def _history(self) -> list[str]:
+        try:
+            lines = (self.root / _HISTORY).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [line for line in lines if line and (self.root / line).is_dir()]
 
     def current_version(self) -> str | None:
         try:
@@ -74,14 +88,14 @@ class ModelStore:
             arrays = {name: data[name] for name in data.files}
         return ModelSnapshot(version=version, meta=meta, arrays=arrays)
 
-    def _prune(self, keep: str) -> None:
-        versions = sorted(
-            (p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-            key=lambda p: p.stat().st_mtime,
-        )
-        for old in versions[:-_KEEP]:
-            if old.name != keep:
-                shutil.rmtree(old, ignore_errors=True)
-        for stale in self.root.glob(".*.*"):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+    def _prune(self, history: list[str]) -> None:
+        """Keep the last ``_KEEP`` saves (by save order) and remove staging left by a crash."""
+        keep = set(history[-_KEEP:])
+        for path in self.root.iterdir():
+            if not path.is_dir():
+                continue
+            if path.name.startswith("."):
+                shutil.rmtree(path, ignore_errors=True)  # a save that died before its rename
+            elif path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+        self._write_atomically(_HISTORY, "\n".join(history[-_KEEP:]) + "\n")

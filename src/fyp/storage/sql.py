@@ -117,8 +117,14 @@ class Database:
     def _ensure_schema(self, kind: str, version: int) -> None:
         try:
             with self.engine.connect() as conn:
-                has_meta = inspect(conn).has_table("fyp_meta")
+                tables = set(inspect(conn).get_table_names())
+                has_meta = "fyp_meta" in tables
                 found: dict[str, str] = {}
+                if tables and not has_meta:
+                    raise SchemaMismatch(
+                        f"{self.url} holds tables ({', '.join(sorted(tables)[:5])}) but is not an "
+                        "fyp database; point fyp at an empty database of its own"
+                    )
                 if has_meta:
                     rows = conn.execute(select(self._meta.c.key, self._meta.c.value))
                     found = {str(k): str(v) for k, v in rows}

@@ -1,0 +1,405 @@
+"""Conformance of the catalog and the regional store, run on every SQLite flavour (file, memory).
+
+A new backend joins by adding its URL to ``BACKENDS``: every test in both classes then runs on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fyp.config import FypConfig
+from fyp.engine import fold_policy
+from fyp.signals import trend_now
+from fyp.storage.catalog import SqlCatalog
+from fyp.storage.region import SqlRegionStore
+from fyp.storage.roles import ItemRecord, ServedItem, UpsertResult
+from fyp.types import from_epoch
+
+HOUR = 3600.0
+CONFIG = FypConfig()
+BACKENDS = {
+    "sqlite-file": lambda tmp, name: f"sqlite:///{tmp}/{name}.db",
+    "sqlite-memory": lambda tmp, name: "sqlite://",
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """URL of a named database on the backend under test."""
+    make = BACKENDS[request.param]
+    return lambda name: make(tmp_path, name)
+
+
+@pytest.fixture
+def catalog(db_url: Callable[[str], str]) -> Iterator[SqlCatalog]:
+    store = SqlCatalog(db_url("catalog"))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def region(db_url: Callable[[str], str]) -> Iterator[SqlRegionStore]:
+    store = SqlRegionStore(db_url("region-us"), "us", fold_policy(CONFIG))
+    yield store
+    store.close()
+
+
+class TestCatalogConformance:
+    def test_upsert_then_get_returns_normalized_records(
+        self, catalog: SqlCatalog, make_item: Any, now: float
+    ) -> None:
+        item = make_item(
+            "v1", "alice", age_hours=2, tags=["#Cats", "cats", "Funny"], regions=["us", "eu", "us"]
+        )
+        assert catalog.upsert_items([item]) == UpsertResult(created=1, updated=0)
+        record = catalog.get_items(["v1", "missing"])
+        assert list(record) == ["v1"]
+        v1 = record["v1"]
+        assert isinstance(v1, ItemRecord)
+        assert (v1.creator_id, v1.duration_s, v1.caption) == ("alice", 30.0, item.caption)
+        assert v1.created_at == pytest.approx(now - 2 * HOUR)
+        assert v1.tags == ("cats", "funny")
+        assert v1.regions == ("eu", "us")
+        assert catalog.get_item("missing") is None
+        assert catalog.count_items() == 1
+
+    def test_upsert_counts_created_and_updated_and_replaces_the_record(
+        self, catalog: SqlCatalog, make_item: Any
+    ) -> None:
+        catalog.upsert_items([make_item("v1", "alice"), make_item("v2", "bob")])
+        assert catalog.get_item("v1").creator_id == "alice"  # type: ignore[union-attr]
+        result = catalog.upsert_items([make_item("v1", "carol"), make_item("v3", "dan")])
+        assert (result.created, result.updated) == (1, 1)
+        assert catalog.get_item("v1").creator_id == "carol"  # type: ignore[union-attr]
+        assert catalog.count_items() == 3
+
+    def test_last_write_in_a_batch_wins(self, catalog: SqlCatalog, make_item: Any) -> None:
+        result = catalog.upsert_items([make_item("v1", "alice"), make_item("v1", "bob")])
+        assert (result.created, result.updated) == (1, 0)
+        assert catalog.get_item("v1").creator_id == "bob"  # type: ignore[union-attr]
+
+    def test_recent_items_are_newest_first_since_a_time(
+        self, catalog: SqlCatalog, make_item: Any, now: float
+    ) -> None:
+        catalog.upsert_items([make_item(f"v{h}", age_hours=h) for h in (5, 1, 30, 3, 10)])
+        recent = catalog.recent_items(since=now - 10 * HOUR, limit=10)
+        assert [r.item_id for r in recent] == ["v1", "v3", "v5", "v10"]
+        assert [r.item_id for r in catalog.recent_items(since=0.0, limit=2)] == ["v1", "v3"]
+
+    def test_items_by_creators_takes_the_newest_per_creator(
+        self, catalog: SqlCatalog, make_item: Any
+    ) -> None:
+        catalog.upsert_items(
+            [make_item(f"a{h}", "alice", age_hours=h) for h in (1, 2, 3)]
+            + [make_item(f"b{h}", "bob", age_hours=h) for h in (4, 5)]
+            + [make_item("c1", "carol")]
+        )
+        found = catalog.items_by_creators(["alice", "bob", "nobody"], per_creator=2)
+        assert [r.item_id for r in found] == ["a1", "a2", "b4", "b5"]
+
+    def test_items_by_tags_lists_the_newest_items_per_tag(
+        self, catalog: SqlCatalog, make_item: Any
+    ) -> None:
+        catalog.upsert_items(
+            [
+                make_item("v1", age_hours=1, tags=["cats"]),
+                make_item("v2", age_hours=2, tags=["cats", "dogs"]),
+                make_item("v3", age_hours=3, tags=["dogs"]),
+                make_item("v4", age_hours=4, tags=["cats"]),
+            ]
+        )
+        assert catalog.items_by_tags(["cats", "dogs", "fish"], per_tag=2) == {
+            "cats": ["v1", "v2"],
+            "dogs": ["v2", "v3"],
+            "fish": [],
+        }
+
+    def test_a_reupsert_moves_an_item_between_tags(
+        self, catalog: SqlCatalog, make_item: Any
+    ) -> None:
+        catalog.upsert_items([make_item("v1", tags=["cats"])])
+        catalog.upsert_items([make_item("v1", tags=["dogs"])])
+        assert catalog.items_by_tags(["cats", "dogs"], per_tag=5) == {"cats": [], "dogs": ["v1"]}
+        assert catalog.get_item("v1").tags == ("dogs",)  # type: ignore[union-attr]
+
+    def test_vectors_round_trip_as_float32(self, catalog: SqlCatalog, make_item: Any) -> None:
+        catalog.upsert_items([make_item("v1", vector=[0.5, -1.25, 3.0]), make_item("v2")])
+        assert catalog.get_vector("v1") == [0.5, -1.25, 3.0]
+        assert catalog.get_vector("v2") is None
+
+
+class TestRegionStoreConformance:
+    @pytest.fixture
+    def items(self, make_record: Any) -> dict[str, ItemRecord]:
+        return {
+            "v1": make_record("v1", "alice", tags=["cats", "funny"]),
+            "v2": make_record("v2", "bob", tags=["cooking"]),
+            "v3": make_record("v3", "carol", tags=["cats"]),
+            "v4": make_record("v4", "alice"),
+        }
+
+    def test_upsert_users_reports_created_and_updated(
+        self, region: SqlRegionStore, make_user: Any, now: float
+    ) -> None:
+        result = region.upsert_users([make_user("u1", plan="free"), make_user("u2")], now)
+        assert (result.created, result.updated) == (2, 0)
+        result = region.upsert_users([make_user("u1", plan="pro"), make_user("u3")], now + 5)
+        assert (result.created, result.updated) == (1, 1)
+        u1 = region.get_user("u1")
+        assert u1 is not None
+        assert (u1.region, u1.attributes, u1.created_at) == ("us", {"plan": "pro"}, now)
+        assert region.get_user("nobody") is None
+        assert region.has_users(["u1", "u3", "nobody"]) == {"u1", "u3"}
+        assert region.count_users() == 3
+
+    def test_append_is_idempotent_within_a_batch(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float
+    ) -> None:
+        first = make_event("u1", "v1", "like", event_id="e1", ts=now)
+        again = make_event("u1", "v1", "like", event_id="e1", ts=now)
+        other = make_event("u1", "v2", "finish", event_id="e2", ts=now)
+        result = region.append([first, again, other], items, now)
+        assert result.accepted == ["e1", "e2"]
+        assert result.duplicates == ["e1"]
+        assert region.last_seq() == 2
+        assert region.stats(["v1"])["v1"].likes == 1
+
+    def test_append_is_idempotent_across_batches(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float
+    ) -> None:
+        region.append([make_event("u1", "v1", "like", event_id="e1", ts=now)], items, now)
+        before = (region.last_seq(), region.stats(["v1"]), region.hydrate("u1", now))
+        result = region.append(
+            [
+                make_event("u1", "v1", "like", event_id="e1", ts=now),
+                make_event("u1", "v2", "like", event_id="e2", ts=now),
+            ],
+            items,
+            now,
+        )
+        assert (result.accepted, result.duplicates) == (["e2"], ["e1"])
+        assert region.last_seq() == before[0] + 1
+        assert region.stats(["v1"]) == before[1], "a duplicate changes no counter"
+        assert region.hydrate("u1", now).creator_affinity["alice"] == pytest.approx(
+            before[2].creator_affinity["alice"]
+        )
+
+    def test_an_empty_batch_stores_nothing(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], now: float
+    ) -> None:
+        result = region.append([], items, now)
+        assert (result.accepted, result.duplicates) == ([], [])
+        assert region.last_seq() == 0
+        assert list(region.scan(100)) == []
+
+    def test_appended_events_are_readable_in_order(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float
+    ) -> None:
+        events = [
+            make_event("u1", "v1", "play", event_id="e1", ts=now - 30, watch_ms=12_000),
+            make_event("u2", "v2", "like", event_id="e2", ts=now - 20),
+            make_event("u1", "v3", "skip", event_id="e3", ts=now - 10),
+        ]
+        region.append(events, items, now)
+        region.append([make_event("u1", "v4", "finish", event_id="e4", ts=now - 40)], items, now)
+        recent = region.recent_for_user("u1", limit=10)
+        assert [e.event_id for e in recent] == ["e3", "e1", "e4"], "newest first by event time"
+        assert (recent[1].type, recent[1].watch_ms, recent[1].ts) == ("play", 12_000, now - 30)
+        assert [e.event_id for e in region.recent_for_user("u1", limit=1)] == ["e3"]
+        batches = list(region.scan(max_events=100, batch=3))
+        assert [[e.event_id for e in b] for b in batches] == [["e1", "e2", "e3"], ["e4"]]
+        assert [e.seq for b in batches for e in b] == [1, 2, 3, 4]
+        tail = [e.event_id for b in region.scan(max_events=2) for e in b]
+        assert tail == ["e3", "e4"], "scan keeps the most recent events, oldest first"
+
+    def test_record_served_marks_items_seen_and_counts_views(
+        self, region: SqlRegionStore, now: float
+    ) -> None:
+        served = [
+            ServedItem("v1", 0, 0.9, [{"code": "fresh", "text": "New."}]),
+            ServedItem("v2", 1, 0.5, []),
+        ]
+        region.record_served("u1", "req-1", "m1", served, now)
+        assert region.seen_among("u1", ["v1", "v2", "v3"]) == {"v1", "v2"}
+        assert region.seen_among("u2", ["v1"]) == set()
+        region.record_served("u1", "req-2", "m1", [ServedItem("v1", 0, 0.9, [])], now)
+        assert region.stats(["v1", "v2"])["v1"].views == 1, "a second serving is not a new view"
+        assert region.totals().views == 2
+
+    def test_many_pairs_are_marked_seen_exactly_once(
+        self, region: SqlRegionStore, make_record: Any, make_event: Any, now: float
+    ) -> None:
+        # Enough (viewer, item) pairs to span several lookup statements.
+        items = {f"i{k}": make_record(f"i{k}") for k in range(700)}
+        users = ("u1", "u2", "u3")
+        served = [ServedItem(f"i{k}", k, 0.0, []) for k in range(0, 700, 2)]
+        region.record_served("u1", "req-1", "m1", served, now)
+        events = [
+            make_event(u, f"i{k}", "impression", ts=now) for u in users for k in range(0, 700, 3)
+        ]
+        region.append(events, items, now)
+        ids = list(items)
+        assert region.seen_among("u1", ids) == {
+            f"i{k}" for k in range(700) if k % 2 == 0 or k % 3 == 0
+        }
+        assert region.seen_among("u2", ids) == {f"i{k}" for k in range(0, 700, 3)}
+        stats = region.stats(ids)
+        assert stats["i6"].views == 3, "u1 saw it once (served, then an impression), u2 and u3 once"
+        assert stats["i2"].views == 1
+        assert "i1" not in stats
+        assert region.totals().views == 350 + 3 * 234 - 117
+
+    def test_events_mark_their_items_seen(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float
+    ) -> None:
+        region.append([make_event("u1", "v3", "impression", ts=now)], items, now)
+        assert region.seen_among("u1", ["v1", "v3"]) == {"v3"}
+        assert region.stats(["v3"])["v3"].views == 1
+
+    def test_hydrate_reflects_follows_hides_mutes_affinity_and_recent_positives(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float
+    ) -> None:
+        region.append(
+            [
+                make_event("u1", "v1", "like", ts=now - 300),
+                make_event("u1", "v4", "follow", ts=now - 200),
+                make_event("u1", "v3", "finish", ts=now - 100),
+                make_event("u1", "v2", "not_interested", ts=now - 50),
+                make_event("u2", "v2", "like", ts=now - 10),
+            ],
+            items,
+            now,
+        )
+        state = region.hydrate("u1", now)
+        assert state.as_of == now
+        assert state.follows == {"alice"}
+        assert state.hidden_items == {"v2"}
+        assert state.muted_creators == {"bob"}
+        assert state.recent_positives == ("v3", "v4", "v1")
+        assert set(state.creator_affinity) == {"alice", "bob", "carol"}
+        assert state.creator_affinity["alice"] > 0
+        assert state.creator_affinity["bob"] < 0
+        assert set(state.tag_affinity) == {"cats", "funny", "cooking"}
+        assert state.tag_affinity["cats"] > state.tag_affinity["funny"] > 0
+        assert state.tag_affinity["cooking"] < 0
+        other = region.hydrate("u2", now)
+        assert other.muted_creators == frozenset() and other.recent_positives == ("v2",)
+        assert region.hydrate("nobody", now).creator_affinity == {}
+
+    def test_affinity_decays_and_mutes_expire(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float
+    ) -> None:
+        region.append([make_event("u1", "v2", "not_interested", ts=now)], items, now)
+        region.append([make_event("u1", "v1", "like", ts=now)], items, now)
+        half_life = CONFIG.affinity.half_life_hours * HOUR
+        mute = CONFIG.affinity.creator_mute_hours * HOUR
+        fresh = region.hydrate("u1", now)
+        later = region.hydrate("u1", now + half_life)
+        assert later.creator_affinity["alice"] == pytest.approx(fresh.creator_affinity["alice"] / 2)
+        assert region.hydrate("u1", now + mute - 1).muted_creators == {"bob"}
+        assert region.hydrate("u1", now + mute + 1).muted_creators == frozenset()
+        assert region.hydrate("u1", now + mute + 1).hidden_items == {"v2"}, "hidden stays hidden"
+
+    def test_trending_orders_items_by_decayed_engagement(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float
+    ) -> None:
+        half_life = CONFIG.sources.trending.half_life_hours * HOUR
+        weights = CONFIG.sources.trending.engagement_weights
+        region.append(
+            [
+                # v1: a share two half-lives ago is worth 3/4 now; v2: a like now (2);
+                # v3: a finish now (1); v4: only a skip, which is not engagement.
+                make_event("u1", "v1", "share", ts=now - 2 * half_life),
+                make_event("u1", "v2", "like", ts=now),
+                make_event("u2", "v3", "finish", ts=now),
+                make_event("u2", "v4", "skip", ts=now),
+            ],
+            items,
+            now,
+        )
+        trending = region.trending(limit=10)
+        assert [item_id for item_id, _ in trending] == ["v2", "v3", "v1"]
+        decayed = {i: trend_now(log, now, half_life) for i, log in trending}
+        assert decayed["v2"] == pytest.approx(weights["like"])
+        assert decayed["v1"] == pytest.approx(weights["share"] / 4)
+        assert [i for i, _ in region.trending(limit=1)] == ["v2"]
+
+    def test_late_engagement_counts_what_it_would_have_on_time(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float
+    ) -> None:
+        half_life = CONFIG.sources.trending.half_life_hours * HOUR
+        region.append([make_event("u1", "v1", "like", ts=now)], items, now)
+        region.append([make_event("u2", "v1", "like", ts=now - half_life)], items, now)
+        [(_, log)] = region.trending(limit=1)
+        like = CONFIG.sources.trending.engagement_weights["like"]
+        assert trend_now(log, now, half_life) == pytest.approx(like * 1.5)
+        assert math.isfinite(log)
+
+    def test_totals_sum_the_counters_over_items(
+        self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float
+    ) -> None:
+        region.append(
+            [
+                make_event("u1", "v1", "like", ts=now),
+                make_event("u1", "v2", "like", ts=now),
+                make_event("u2", "v2", "skip", ts=now),
+                make_event("u2", "v3", "play", ts=now, watch_ms=15_000),
+            ],
+            items,
+            now,
+        )
+        totals = region.totals()
+        assert (totals.views, totals.likes, totals.skips, totals.plays) == (4, 2, 1, 1)
+        assert totals.watch_ratio_sum == pytest.approx(0.5)
+
+    def test_audit_entries_append_in_order(self, region: SqlRegionStore, now: float) -> None:
+        first = region.append_audit("svc", "train", "open", "allow", {"reason": "ok"}, now)
+        second = region.append_audit("op", "audit", "open", "deny", {"reason": "no"}, now + 1)
+        assert second > first
+        assert region.audit_count() == 2
+        tail = region.audit_tail(10)
+        assert [(r.principal, r.decision, r.detail) for r in tail] == [
+            ("svc", "allow", {"reason": "ok"}),
+            ("op", "deny", {"reason": "no"}),
+        ]
+        assert [r.principal for r in region.audit_tail(1)] == ["op"]
+
+
+def test_committed_events_are_visible_to_a_new_store_on_the_same_file(
+    tmp_path: Path, make_record: Any, make_user: Any, make_event: Any, now: float
+) -> None:
+    url = f"sqlite:///{tmp_path}/region.db"
+    items = {"v1": make_record("v1", "alice")}
+    writer = SqlRegionStore(url, "us", fold_policy(CONFIG))
+    writer.upsert_users([make_user("u1")], now)
+    writer.append([make_event("u1", "v1", "like", event_id="e1", ts=now)], items, now)
+    writer.close()
+    reader = SqlRegionStore(url, "us", fold_policy(CONFIG))
+    try:
+        assert [e.event_id for e in reader.recent_for_user("u1", 5)] == ["e1"]
+        assert reader.hydrate("u1", now).recent_positives == ("v1",)
+        assert reader.get_user("u1") is not None
+    finally:
+        reader.close()
+
+
+def test_items_persist_across_catalog_instances(tmp_path: Path, make_item: Any, now: float) -> None:
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    first = SqlCatalog(url)
+    first.upsert_items([make_item("v1", "alice", tags=["cats"])])
+    first.close()
+    second = SqlCatalog(url)
+    try:
+        assert second.get_item("v1").created_at == pytest.approx(now - HOUR)  # type: ignore[union-attr]
+        assert second.count_items() == 1
+    finally:
+        second.close()
+
+
+def test_timestamps_round_trip_through_epoch_seconds(now: float) -> None:
+    assert from_epoch(now).timestamp() == now
