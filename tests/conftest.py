@@ -9,13 +9,17 @@ no test depends on the wall clock.
 from __future__ import annotations
 
 import itertools
+import os
 import random
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from fyp.config import FypConfig, load_config
 from fyp.engine import Engine
@@ -239,3 +243,45 @@ def make_candidate() -> Callable[..., Candidate]:
 @pytest.fixture(scope="session")
 def make_query() -> Callable[..., FeedQuery]:
     return _make_query
+
+
+# ---- PostgreSQL: throwaway schemas in the database named by FYP_TEST_POSTGRES_URL ---------------
+
+POSTGRES_ENV = "FYP_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[Callable[[str], str]]:
+    """``name -> URL`` of a fresh PostgreSQL schema per name, all dropped after the test.
+
+    Each "database" a test asks for is a new schema reached through the same URL with the schema
+    as its ``search_path``. Without ``FYP_TEST_POSTGRES_URL`` the test is skipped with the reason.
+    """
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(
+            f"PostgreSQL tests need {POSTGRES_ENV} (e.g. postgresql://postgres@127.0.0.1/test)"
+        )
+    url = make_url(base)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    admin = create_engine(url)
+    created: list[str] = []
+    prefix = f"fyp_test_{uuid.uuid4().hex[:10]}"
+
+    def schema_url(name: str) -> str:
+        schema = f"{prefix}_{name.replace('-', '_')}"
+        if schema not in created:
+            with admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+            created.append(schema)
+        with_path = url.update_query_dict({"options": f"-csearch_path={schema}"})
+        return with_path.render_as_string(hide_password=False)
+
+    try:
+        yield schema_url
+    finally:
+        with admin.begin() as conn:
+            for schema in created:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()

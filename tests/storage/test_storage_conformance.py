@@ -1,6 +1,8 @@
-"""Conformance of the catalog and the regional store, run on every SQLite flavour (file, memory).
+"""Conformance of the catalog and the regional store on every backend.
 
-A new backend joins by adding its URL to ``BACKENDS``: every test in both classes then runs on it.
+SQLite (file and memory) always runs; PostgreSQL runs when ``FYP_TEST_POSTGRES_URL`` is set, each
+test in fresh schemas that are dropped afterwards. A new backend joins by adding its URL maker to
+``BACKENDS``: every test in both classes then runs on it.
 """
 
 from __future__ import annotations
@@ -28,11 +30,14 @@ BACKENDS = {
 }
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+@pytest.fixture(params=[*sorted(BACKENDS), "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[str], str]]:
     """URL of a named database on the backend under test."""
-    make = BACKENDS[request.param]
-    return lambda name: make(tmp_path, name)
+    if request.param != "postgresql":
+        make = BACKENDS[request.param]
+        yield lambda name: make(tmp_path, name)
+        return
+    yield request.getfixturevalue("pg_schema_url")
 
 
 @pytest.fixture
