@@ -249,3 +249,54 @@ def test_without_key_only_loopback_is_served(tmp_path: Path) -> None:
     with TestClient(create_app(engine), client=("198.51.100.7", 5555)) as c:
         _assert_problem(c.get("/v1/regions"), 403, "access-denied")
         assert c.get("/healthz").status_code == 200
+
+
+def test_a_running_server_learns_without_being_asked(tmp_path: Path) -> None:
+    """The background retrainer picks up posted events and serves a new model; no restart."""
+    import time
+
+    config = load_config(
+        tmp_path,
+        training={
+            "check_interval_s": 0.05,
+            "retrain_min_new_events": 30,
+            "min_events": 30,
+            "factors": 4,
+            "iterations": 2,
+        },
+    )
+    engine = Engine(config)
+    with TestClient(create_app(engine, background_training=True), client=LOCAL) as c:
+        assert c.put("/v1/items", json={"items": _items(60)}).status_code == 200
+        users = [{"user_id": f"u{k}", "region": "us"} for k in range(6)]
+        assert c.put("/v1/users", json={"users": users}).status_code == 200
+        before = c.get("/v1/users/u0/feed?n=3").json()["model_version"]
+        assert before == "untrained"
+        events = [
+            {
+                "event_id": f"bg-{k}-{i}",
+                "user_id": f"u{k}",
+                "item_id": f"v{i}",
+                "type": "like",
+                "ts": T0,
+            }
+            for k in range(6)
+            for i in range(k, 60, 6)
+        ]
+        assert c.post("/v1/events", json={"events": events}).json()["accepted"] == 60
+        deadline = time.monotonic() + 60  # a liveness bound, not a performance claim
+        version = before
+        while version == "untrained" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            version = c.get("/healthz").json()["model_versions"]["us"]
+        assert version.startswith("us-")
+        feed = c.get("/v1/users/u1/feed?n=3").json()
+        assert feed["model_version"] == version
+
+
+def test_every_response_says_how_long_the_server_took(seeded: TestClient) -> None:
+    for response in (seeded.get("/healthz"), seeded.get("/v1/users/alice/feed?n=2")):
+        timing = response.headers["server-timing"]
+        assert timing.startswith("app;dur=")
+        assert float(timing.split("=", 1)[1]) >= 0.0
+    assert "server-timing" in seeded.get("/v1/users/ghost/feed").headers
