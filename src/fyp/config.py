@@ -43,6 +43,10 @@ class RegionConfig(_Section):
     """Shown on /v1/regions and in the transparency report."""
     storage_url: str | None = None
     """Database URL for this region's personal data; default ``sqlite:///<data_dir>/region-<name>.db``."""
+    audit_url: str | None = None
+    """Database URL of the region's audit log; default ``storage_url`` when that is set, else
+    ``sqlite:///<data_dir>/region-<name>-audit.db`` (a file of its own, so appends never wait
+    behind data writes)."""
 
 
 def _default_regions() -> list[RegionConfig]:
@@ -312,6 +316,14 @@ class FypConfig(_Section):
     def region_url(self, name: str) -> str:
         url = self.region(name).storage_url
         return url or f"sqlite:///{self.data_dir / f'region-{name}.db'}"
+
+    def audit_url(self, name: str) -> str:
+        region = self.region(name)
+        if region.audit_url:
+            return region.audit_url
+        if region.storage_url:
+            return region.storage_url
+        return f"sqlite:///{self.data_dir / f'region-{name}-audit.db'}"
 
     def resolved_catalog_url(self) -> str:
         return self.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"

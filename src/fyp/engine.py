@@ -28,6 +28,7 @@ from fyp.pipeline.contracts import FeedContext, FeedQuery, FeedResult
 from fyp.pipeline.for_you import for_you_pipeline
 from fyp.pipeline.trace import Trace
 from fyp.signals import FoldPolicy
+from fyp.storage.audit import SqlAuditLog
 from fyp.storage.catalog import SqlCatalog
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
@@ -74,7 +75,8 @@ class Engine:
             for name in config.region_names
         }
         model_stores = {name: ModelStore(config.models_dir(name)) for name in config.region_names}
-        self.gate = Gate(stores, model_stores, RegionPolicy(), clock=clock)
+        audit_logs = {name: SqlAuditLog(config.audit_url(name)) for name in config.region_names}
+        self.gate = Gate(stores, model_stores, audit_logs, RegionPolicy(), clock=clock)
         self.pipeline = for_you_pipeline(config)
         self.slots = {name: ModelSlot() for name in config.region_names}
         self._train_locks = {name: threading.Lock() for name in config.region_names}

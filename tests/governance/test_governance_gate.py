@@ -15,6 +15,7 @@ from fyp.engine import Engine, fold_policy
 from fyp.errors import AccessDenied, NotFound
 from fyp.governance.gate import Gate
 from fyp.governance.policy import KIND_PURPOSES, PURPOSE_OPERATIONS, Principal, RegionPolicy
+from fyp.storage.audit import SqlAuditLog
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
 
@@ -53,11 +54,14 @@ class World:
     def __init__(self, root: Path) -> None:
         policy = fold_policy(FypConfig())
         self.stores = {r: SqlRegionStore("sqlite://", r, policy) for r in REGIONS}
+        self.audit = {r: SqlAuditLog("sqlite://") for r in REGIONS}
         models = {r: ModelStore(root / r) for r in REGIONS}
-        self.gate = Gate(self.stores, models, RegionPolicy(), clock=lambda: 1_700_000_000.0)
+        self.gate = Gate(
+            self.stores, models, self.audit, RegionPolicy(), clock=lambda: 1_700_000_000.0
+        )
 
     def audit_counts(self) -> dict[str, int]:
-        return {r: s.audit_count() for r, s in self.stores.items()}
+        return {r: log.count() for r, log in self.audit.items()}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +86,7 @@ def test_every_open_decision_is_audited_once_in_the_target_region(
             world.gate.open(region, principal, purpose)  # type: ignore[arg-type]
     after = world.audit_counts()
     assert after == {r: before[r] + (r == region) for r in REGIONS}
-    [entry] = world.stores[region].audit_tail(1)
+    [entry] = world.audit[region].tail(1)
     assert (entry.principal, entry.purpose, entry.action) == (principal.id, purpose, "open")
     assert entry.decision == ("allow" if allowed else "deny")
     assert entry.detail["principal_region"] == principal.region
@@ -96,19 +100,19 @@ def test_a_handle_permits_exactly_its_purposes_operations(
     kind = "auditor" if purpose == "audit" else "service"
     principal = Principal(id=f"{kind}:{region}", kind=kind, region=region)  # type: ignore[arg-type]
     handle = world.gate.open(region, principal, purpose)  # type: ignore[arg-type]
-    store = world.stores[region]
+    log = world.audit[region]
     for role, operations in ROLE_OPERATIONS.items():
         for operation in operations:
             name = f"{role}.{operation}"
-            before = store.audit_count()
+            before = log.count()
             if name in PURPOSE_OPERATIONS[purpose]:
                 assert callable(getattr(getattr(handle, role), operation))
-                assert store.audit_count() == before
+                assert log.count() == before
             else:
                 with pytest.raises(AccessDenied):
                     getattr(getattr(handle, role), operation)
-                assert store.audit_count() == before + 1
-                [entry] = store.audit_tail(1)
+                assert log.count() == before + 1
+                [entry] = log.tail(1)
                 assert (entry.action, entry.decision, entry.purpose) == (name, "deny", purpose)
 
 
@@ -118,7 +122,7 @@ def test_a_feed_handle_cannot_scan_the_event_log(world: World) -> None:
     with pytest.raises(AccessDenied, match=r"events\.scan"):
         list(handle.events.scan(10))
     assert world.audit_counts() == {"us": before["us"] + 1, "eu": before["eu"]}
-    [entry] = world.stores["us"].audit_tail(1)
+    [entry] = world.audit["us"].tail(1)
     assert (entry.principal, entry.action, entry.decision) == ("service:us", "events.scan", "deny")
 
 

@@ -17,6 +17,7 @@ import pytest
 from fyp.config import FypConfig
 from fyp.engine import fold_policy
 from fyp.signals import trend_now
+from fyp.storage.audit import SqlAuditLog
 from fyp.storage.catalog import SqlCatalog
 from fyp.storage.region import SqlRegionStore
 from fyp.storage.roles import ItemRecord, ServedItem, UpsertResult
@@ -362,17 +363,19 @@ class TestRegionStoreConformance:
         assert (totals.views, totals.likes, totals.skips, totals.plays) == (4, 2, 1, 1)
         assert totals.watch_ratio_sum == pytest.approx(0.5)
 
-    def test_audit_entries_append_in_order(self, region: SqlRegionStore, now: float) -> None:
-        first = region.append_audit("svc", "train", "open", "allow", {"reason": "ok"}, now)
-        second = region.append_audit("op", "audit", "open", "deny", {"reason": "no"}, now + 1)
+    def test_audit_entries_append_in_order(self, db_url: Callable[[str], str], now: float) -> None:
+        log = SqlAuditLog(db_url("audit-us"))
+        first = log.append("svc", "train", "open", "allow", {"reason": "ok"}, now)
+        second = log.append("op", "audit", "open", "deny", {"reason": "no"}, now + 1)
         assert second > first
-        assert region.audit_count() == 2
-        tail = region.audit_tail(10)
+        assert log.count() == 2
+        tail = log.tail(10)
         assert [(r.principal, r.decision, r.detail) for r in tail] == [
             ("svc", "allow", {"reason": "ok"}),
             ("op", "deny", {"reason": "no"}),
         ]
-        assert [r.principal for r in region.audit_tail(1)] == ["op"]
+        assert [r.principal for r in log.tail(1)] == ["op"]
+        log.close()
 
 
 def test_committed_events_are_visible_to_a_new_store_on_the_same_file(

@@ -11,6 +11,7 @@ import pytest
 from fyp.config import FypConfig
 from fyp.engine import fold_policy
 from fyp.errors import ConfigError, SchemaMismatch
+from fyp.storage.audit import SqlAuditLog
 from fyp.storage.catalog import CATALOG_SCHEMA_VERSION, SqlCatalog
 from fyp.storage.region import REGION_SCHEMA_VERSION, SqlRegionStore
 
@@ -42,12 +43,10 @@ def test_a_new_database_is_stamped_with_its_kind_and_version(tmp_path: Path) -> 
     open_region(tmp_path / "region.db").close()
     open_catalog(tmp_path / "catalog.db").close()
     assert read_meta(tmp_path / "region.db") == {
-        "schema_kind": "region",
-        "schema_version": str(REGION_SCHEMA_VERSION),
+        "region.schema_version": str(REGION_SCHEMA_VERSION)
     }
     assert read_meta(tmp_path / "catalog.db") == {
-        "schema_kind": "catalog",
-        "schema_version": str(CATALOG_SCHEMA_VERSION),
+        "catalog.schema_version": str(CATALOG_SCHEMA_VERSION)
     }
 
 
@@ -65,24 +64,41 @@ def test_reopening_a_database_of_the_same_version_keeps_its_data(
 
 
 @pytest.mark.parametrize(
-    ("opener", "version"),
-    [(open_region, REGION_SCHEMA_VERSION), (open_catalog, CATALOG_SCHEMA_VERSION)],
+    ("opener", "kind", "version"),
+    [
+        (open_region, "region", REGION_SCHEMA_VERSION),
+        (open_catalog, "catalog", CATALOG_SCHEMA_VERSION),
+    ],
     ids=["region", "catalog"],
 )
-def test_a_newer_schema_version_is_refused(tmp_path: Path, opener: Any, version: int) -> None:
+def test_a_newer_schema_version_is_refused(
+    tmp_path: Path, opener: Any, kind: str, version: int
+) -> None:
     path = tmp_path / "x.db"
+    key = f"{kind}.schema_version"
     opener(path).close()
-    set_meta(path, "schema_version", str(version + 1))
+    set_meta(path, key, str(version + 1))
     with pytest.raises(SchemaMismatch, match="newer"):
         opener(path)
-    assert read_meta(path)["schema_version"] == str(version + 1), "the database is left alone"
+    assert read_meta(path)[key] == str(version + 1), "the database is left alone"
 
 
-def test_an_older_schema_version_opens(tmp_path: Path) -> None:
+def test_an_older_schema_version_opens_and_is_brought_up_to_date(tmp_path: Path) -> None:
     path = tmp_path / "x.db"
     open_region(path).close()
-    set_meta(path, "schema_version", "0")
+    set_meta(path, "region.schema_version", "0")
     open_region(path).close()
+    assert read_meta(path)["region.schema_version"] == str(REGION_SCHEMA_VERSION)
+
+
+def test_a_region_and_its_audit_log_may_share_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"
+    open_region(path).close()
+    log = SqlAuditLog(f"sqlite:///{path}")
+    log.append("svc", "serve_feed", "open", "allow", {}, 0.0)
+    log.close()
+    open_region(path).close()
+    assert set(read_meta(path)) == {"region.schema_version", "audit.schema_version"}
 
 
 def test_a_catalog_database_cannot_be_opened_as_a_region(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any, Final, cast
 
 from fyp.errors import AccessDenied, NotFound
 from fyp.governance.policy import PURPOSE_OPERATIONS, Decision, Policy, Principal, Purpose
+from fyp.storage.audit import SqlAuditLog
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
 from fyp.storage.roles import AuditLog, EventLog, ItemStats, Users, UserState
@@ -31,30 +32,6 @@ _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
     "models": frozenset({"save", "load_current", "current_version"}),
     "audit": frozenset({"append", "tail", "count"}),
 }
-
-
-class _AuditView:
-    """Adapts the store's audit methods to the ``AuditLog`` role."""
-
-    def __init__(self, store: SqlRegionStore) -> None:
-        self._store = store
-
-    def append(
-        self,
-        principal: str,
-        purpose: str,
-        action: str,
-        decision: str,
-        detail: Mapping[str, Any],
-        now: float,
-    ) -> int:
-        return self._store.append_audit(principal, purpose, action, decision, detail, now)
-
-    def tail(self, limit: int) -> list[Any]:
-        return self._store.audit_tail(limit)
-
-    def count(self) -> int:
-        return self._store.audit_count()
 
 
 class _Guarded:
@@ -85,6 +62,7 @@ class RegionHandle:
         purpose: Purpose,
         store: SqlRegionStore,
         models: ModelStore,
+        audit: SqlAuditLog,
     ) -> None:
         self.region = region
         self.principal = principal
@@ -96,7 +74,7 @@ class RegionHandle:
         self.state = cast(UserState, _Guarded("state", store, self._check))
         self.stats = cast(ItemStats, _Guarded("stats", store, self._check))
         self.models = cast(ModelStore, _Guarded("models", models, self._check))
-        self.audit = cast(AuditLog, _Guarded("audit", _AuditView(store), self._check))
+        self.audit = cast(AuditLog, _Guarded("audit", audit, self._check))
 
     def _check(self, operation: str) -> None:
         if operation not in self._allowed:
@@ -124,11 +102,13 @@ class Gate:
         self,
         stores: Mapping[str, SqlRegionStore],
         model_stores: Mapping[str, ModelStore],
+        audit_logs: Mapping[str, SqlAuditLog],
         policy: Policy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._stores = dict(stores)
         self._models = dict(model_stores)
+        self._audit = dict(audit_logs)
         self._policy = policy
         self._clock = clock
         self._home: dict[str, str] = {}
@@ -148,12 +128,14 @@ class Gate:
             raise AccessDenied(
                 f"{principal.id} may not open region {region!r} for {purpose!r}: {decision.reason}"
             )
-        return RegionHandle(self, region, principal, purpose, store, self._models[region])
+        return RegionHandle(
+            self, region, principal, purpose, store, self._models[region], self._audit[region]
+        )
 
     def record(
         self, region: str, principal: Principal, purpose: str, action: str, decision: Decision
     ) -> None:
-        self._stores[region].append_audit(
+        self._audit[region].append(
             principal.id,
             purpose,
             action,
@@ -195,3 +177,5 @@ class Gate:
     def close(self) -> None:
         for store in self._stores.values():
             store.close()
+        for log in self._audit.values():
+            log.close()

@@ -66,6 +66,7 @@ item_tags = Table(
     PrimaryKeyConstraint("tag", "item_id"),
     Index("ix_item_tags_tag_created", "tag", "created_at"),
     Index("ix_item_tags_item", "item_id"),
+    sqlite_with_rowid=False,
 )
 
 _ITEM_COLUMNS = (

@@ -1,7 +1,7 @@
-"""One region's personal data over SQL: users, events, online state, item stats, audit entries.
+"""One region's personal data over SQL: users, events, online state and item stats.
 
-A :class:`SqlRegionStore` implements every regional role (``Users``, ``EventLog``, ``UserState``,
-``ItemStats``, ``AuditLog``) over one database, because an event must change the log, the viewer's
+A :class:`SqlRegionStore` implements the regional data roles (``Users``, ``EventLog``,
+``UserState``, ``ItemStats``) over one database, because an event must change the log, the viewer's
 state and the item stats in a single transaction. Nothing outside ``fyp.storage`` and
 ``fyp.governance`` constructs one: the rest of fyp reaches it through a gate handle.
 """
@@ -45,7 +45,6 @@ from fyp.signals import (
 )
 from fyp.storage.roles import (
     AppendResult,
-    AuditRecord,
     EventRecord,
     ItemRecord,
     ItemStatsRecord,
@@ -54,7 +53,7 @@ from fyp.storage.roles import (
     UserRecord,
     UserStateSnapshot,
 )
-from fyp.storage.sql import Database, chunked, insert_ignore, meta_table, upsert
+from fyp.storage.sql import Database, chunked, insert_ignore, insert_or_add, meta_table, upsert
 from fyp.types import POSITIVE_EVENT_TYPES, Event, User, epoch
 
 REGION_SCHEMA_VERSION: Final = 1
@@ -62,6 +61,8 @@ STATS_CACHE_TTL_S: Final = 15.0
 _STATS_CACHE_MAX: Final = 500_000
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants a 64-bit identity.
+# Tables keyed by (user, thing) are WITHOUT ROWID on SQLite: the primary key is the table, so each
+# write updates one B-tree instead of two and a user's rows sit together on disk.
 _SEQ = BigInteger().with_variant(Integer, "sqlite")
 
 metadata = MetaData()
@@ -74,6 +75,7 @@ users = Table(
     Column("attributes", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    sqlite_with_rowid=False,
 )
 
 events = Table(
@@ -98,6 +100,7 @@ seen = Table(
     Column("item_id", String(128), nullable=False),
     Column("ts", Float, nullable=False),
     PrimaryKeyConstraint("user_id", "item_id"),
+    sqlite_with_rowid=False,
 )
 
 follows = Table(
@@ -107,6 +110,7 @@ follows = Table(
     Column("creator_id", String(128), nullable=False),
     Column("ts", Float, nullable=False),
     PrimaryKeyConstraint("user_id", "creator_id"),
+    sqlite_with_rowid=False,
 )
 
 hidden_items = Table(
@@ -116,6 +120,7 @@ hidden_items = Table(
     Column("item_id", String(128), nullable=False),
     Column("ts", Float, nullable=False),
     PrimaryKeyConstraint("user_id", "item_id"),
+    sqlite_with_rowid=False,
 )
 
 muted_creators = Table(
@@ -125,6 +130,7 @@ muted_creators = Table(
     Column("creator_id", String(128), nullable=False),
     Column("until", Float, nullable=False),
     PrimaryKeyConstraint("user_id", "creator_id"),
+    sqlite_with_rowid=False,
 )
 
 affinity = Table(
@@ -135,6 +141,7 @@ affinity = Table(
     Column("weight", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     PrimaryKeyConstraint("user_id", "key"),
+    sqlite_with_rowid=False,
 )
 
 feed_log = Table(
@@ -150,6 +157,7 @@ feed_log = Table(
     Column("ts", Float, nullable=False),
     PrimaryKeyConstraint("request_id", "position"),
     Index("ix_feed_log_user_ts", "user_id", "ts"),
+    sqlite_with_rowid=False,
 )
 
 _COUNTERS: Final = ("views", "plays", "finishes", "likes", "shares", "skips", "not_interested")
@@ -162,18 +170,17 @@ item_stats = Table(
     Column("watch_ratio_sum", Float, nullable=False, default=0.0),
     Column("trend_log", Float),
     Index("ix_item_stats_trend", "trend_log"),
+    sqlite_with_rowid=False,
 )
 
-audit = Table(
-    "audit",
+# The region's sums over item_stats, kept in step by the same transactions, so that reading them
+# (the engagement feature's priors) costs one row instead of a scan over every item.
+stats_totals = Table(
+    "stats_totals",
     metadata,
-    Column("seq", _SEQ, primary_key=True, autoincrement=True),
-    Column("ts", Float, nullable=False),
-    Column("principal", String(200), nullable=False),
-    Column("purpose", String(64), nullable=False),
-    Column("action", String(200), nullable=False),
-    Column("decision", String(16), nullable=False),
-    Column("detail", Text, nullable=False),
+    Column("id", Integer, primary_key=True),
+    *(Column(name, BigInteger, nullable=False, default=0) for name in _COUNTERS),
+    Column("watch_ratio_sum", Float, nullable=False, default=0.0),
 )
 
 
@@ -522,60 +529,10 @@ class SqlRegionStore:
             return [(row.item_id, float(row.trend_log)) for row in rows]
 
     def totals(self) -> ItemStatsRecord:
-        sums = [func.coalesce(func.sum(item_stats.c[name]), 0) for name in _COUNTERS]
+        columns = [stats_totals.c[name] for name in _STATS_FIELDS]
         with self.db.read() as conn:
-            row = conn.execute(
-                select(*sums, func.coalesce(func.sum(item_stats.c.watch_ratio_sum), 0.0))
-            ).one()
-        return ItemStatsRecord(
-            **{name: int(row[i]) for i, name in enumerate(_COUNTERS)},
-            watch_ratio_sum=float(row[len(_COUNTERS)]),
-        )
-
-    # ---- AuditLog -------------------------------------------------------------------------------
-
-    def append_audit(
-        self,
-        principal: str,
-        purpose: str,
-        action: str,
-        decision: str,
-        detail: Mapping[str, Any],
-        now: float,
-    ) -> int:
-        with self.db.write() as conn:
-            result = conn.execute(
-                audit.insert().values(
-                    ts=now,
-                    principal=principal,
-                    purpose=purpose,
-                    action=action,
-                    decision=decision,
-                    detail=json.dumps(dict(detail), sort_keys=True, default=str),
-                )
-            )
-            key = result.inserted_primary_key
-            return int(key[0]) if key else 0
-
-    def audit_tail(self, limit: int) -> list[AuditRecord]:
-        with self.db.read() as conn:
-            rows = conn.execute(select(audit).order_by(audit.c.seq.desc()).limit(limit)).all()
-        return [
-            AuditRecord(
-                seq=row.seq,
-                ts=row.ts,
-                principal=row.principal,
-                purpose=row.purpose,
-                action=row.action,
-                decision=row.decision,
-                detail=json.loads(row.detail),
-            )
-            for row in reversed(rows)
-        ]
-
-    def audit_count(self) -> int:
-        with self.db.read() as conn:
-            return int(conn.execute(select(func.count()).select_from(audit)).scalar_one())
+            row = conn.execute(select(*columns).where(stats_totals.c.id == 1)).first()
+        return _NO_STATS if row is None else _stats_record(row)
 
     def close(self) -> None:
         self.db.close()
@@ -691,4 +648,9 @@ class SqlRegionStore:
             rows.append(row)
         update_cols = [*_COUNTERS, "watch_ratio_sum", "trend_log"]
         conn.execute(upsert(self.db, item_stats, ["item_id"], update_cols), rows)
+        sums: dict[str, Any] = {"id": 1}
+        for name in _STATS_FIELDS:
+            sums[name] = sum(getattr(delta, name) for delta in deltas.values())
+        stmt = insert_or_add(self.db, stats_totals, ["id"], list(_STATS_FIELDS))
+        conn.execute(stmt, [sums])
         return rows

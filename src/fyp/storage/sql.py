@@ -54,7 +54,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection
+    cursor.execute("PRAGMA cache_size=-16384")  # 16 MiB page cache per connection
     cursor.execute("PRAGMA mmap_size=268435456")
     cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
@@ -81,7 +81,7 @@ def create_sql_engine(url: str) -> Engine:
         database = parsed.database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(parsed, pool_size=8, max_overflow=16)
+            engine = create_engine(parsed, pool_size=4, max_overflow=8)
         else:
             engine = create_engine(
                 "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
@@ -94,6 +94,11 @@ def create_sql_engine(url: str) -> Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")
         return create_engine(parsed, pool_size=8, max_overflow=16, pool_pre_ping=True)
     raise ConfigError(f"unsupported database URL scheme {parsed.drivername!r} in {url!r}")
+
+
+SHAREABLE: dict[str, set[str]] = {"region": {"region", "audit"}, "audit": {"region", "audit"}}
+"""Kinds of fyp table sets that may live in one database (a region's data and its audit log);
+any other kind wants a database of its own."""
 
 
 class Database:
@@ -130,27 +135,27 @@ class Database:
                     found = {str(k): str(v) for k, v in rows}
         except OperationalError as exc:
             raise BackendUnavailable(f"cannot open database {self.url}: {exc.orig}") from exc
-        if found:
-            if found.get("schema_kind") != kind:
-                raise SchemaMismatch(
-                    f"{self.url} holds an fyp {found.get('schema_kind')!r} database, "
-                    f"expected {kind!r}"
-                )
-            stored = int(found.get("schema_version", "0"))
-            if stored > version:
-                raise SchemaMismatch(
-                    f"{self.url} has schema version {stored}, newer than this fyp's {version}; "
-                    "upgrade fyp instead of opening it with an older release"
-                )
+        kinds = {k.removesuffix(".schema_version") for k in found if k.endswith(".schema_version")}
+        if kinds and not kinds <= SHAREABLE.get(kind, {kind}):
+            raise SchemaMismatch(
+                f"{self.url} holds an fyp {'/'.join(sorted(kinds))} database, "
+                f"which cannot also hold the {kind!r} tables"
+            )
+        key = f"{kind}.schema_version"
+        stored = int(found.get(key, "0"))
+        if stored > version:
+            raise SchemaMismatch(
+                f"{self.url} has {kind} schema version {stored}, newer than this fyp's {version}; "
+                "upgrade fyp instead of opening it with an older release"
+            )
         with self.write() as conn:
+            # New tables of a newer schema appear here; in-place migrations would run here too.
             self._metadata.create_all(conn)
-            if not found:
+            if key not in found:
+                conn.execute(self._meta.insert(), [{"key": key, "value": str(version)}])
+            elif stored < version:
                 conn.execute(
-                    self._meta.insert(),
-                    [
-                        {"key": "schema_kind", "value": kind},
-                        {"key": "schema_version", "value": str(version)},
-                    ],
+                    self._meta.update().where(self._meta.c.key == key).values(value=str(version))
                 )
 
     @contextlib.contextmanager
@@ -190,6 +195,15 @@ def upsert(db: Database, table: Table, keys: Sequence[str], update: Sequence[str
     stmt = pg_dialect.insert(table) if db.dialect == "postgresql" else sqlite_dialect.insert(table)
     return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
         index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
+    )
+
+
+def insert_or_add(db: Database, table: Table, keys: Sequence[str], add: Sequence[str]) -> Insert:
+    """``INSERT … ON CONFLICT (keys) DO UPDATE SET col = table.col + excluded.col``: counters."""
+    stmt: Any
+    stmt = pg_dialect.insert(table) if db.dialect == "postgresql" else sqlite_dialect.insert(table)
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in add}
     )
 
 
