@@ -41,6 +41,12 @@ def _serve(config: FypConfig, background_training: bool = True) -> None:
             "set FYP_API_KEY to accept remote clients"
         )
     engine = Engine(config)
+    started = time.perf_counter()
+    warmed = engine.warm()
+    print(
+        f"fyp: loaded {warmed:,} catalog items into memory in {time.perf_counter() - started:.1f}s",
+        file=sys.stderr,
+    )
     app = create_app(engine, background_training=background_training)
     if config.server.api_key is None:
         print("fyp: no FYP_API_KEY set, so serving loopback clients only", file=sys.stderr)

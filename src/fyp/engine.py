@@ -229,6 +229,10 @@ class Engine:
             slot.swap(ServingModel(snapshot))
         return slot.version
 
+    def warm(self) -> int:
+        """Bring hot read paths into memory before serving; returns the catalog items loaded."""
+        return self.catalog.warm()
+
     def model_versions(self) -> dict[str, str]:
         return {region: slot.version for region, slot in self.slots.items()}
 

@@ -100,22 +100,24 @@ class EngagementScorer(_Feature):
             "shares": max(totals.shares / views, 0.001),
             "skips": max(totals.skips / views, 0.01),
         }
-        empty = ItemStatsRecord()
         prior = self._prior
+        finish, like, share, skip = avg["finishes"], avg["likes"], avg["shares"], avg["skips"]
+        log, tanh = math.log, math.tanh
         out: list[float] = []
         for cand in candidates:
-            s = cand.stats or empty
-
-            def rate(name: str, count: int, s_views: int = s.views) -> float:
-                return (count + prior * avg[name]) / (s_views + prior) / avg[name]
-
+            s = cand.stats
+            if s is None or (s.views == 0 and s.finishes == s.likes == s.shares == s.skips == 0):
+                out.append(0.0)  # no evidence: exactly the region's average
+                continue
+            denominator = s.views + prior
+            # Each rate is smoothed toward the region's average and divided by it (a lift).
             lift = (
-                math.log(rate("finishes", s.finishes))
-                + math.log(rate("likes", s.likes))
-                + 0.5 * math.log(rate("shares", s.shares))
-                - 0.5 * math.log(rate("skips", s.skips))
+                log((s.finishes + prior * finish) / denominator / finish)
+                + log((s.likes + prior * like) / denominator / like)
+                + 0.5 * log((s.shares + prior * share) / denominator / share)
+                - 0.5 * log((s.skips + prior * skip) / denominator / skip)
             ) / 2.0
-            out.append(math.tanh(lift))
+            out.append(tanh(lift))
         return out
 
 

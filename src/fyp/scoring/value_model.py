@@ -19,5 +19,12 @@ class ValueModel:
         self.weights = dict(scoring.weights)
 
     def score(self, query: FeedQuery, candidates: list[Candidate]) -> list[float]:
-        weights = self.weights.items()
-        return [sum(w * c.features.get(f, 0.0) for f, w in weights) for c in candidates]
+        weights = [(f, w) for f, w in self.weights.items() if w]
+        out: list[float] = []
+        for cand in candidates:
+            features = cand.features
+            total = 0.0
+            for feature, weight in weights:
+                total += weight * features.get(feature, 0.0)
+            out.append(total)
+        return out

@@ -8,6 +8,7 @@ invalidate it.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -81,23 +82,30 @@ _ITEM_COLUMNS = (
 )
 
 
+_NO_REGIONS: tuple[str, ...] = ()
+
+
 def _record(row: Any) -> ItemRecord:
+    # Creators, tags, languages and regions repeat across many items: interning them lets a
+    # catalog-sized cache share one copy of each string.
+    intern = sys.intern
+    regions = row.regions
     return ItemRecord(
         item_id=row.item_id,
-        creator_id=row.creator_id,
+        creator_id=intern(row.creator_id),
         created_at=row.created_at,
         duration_s=row.duration_s,
         caption=row.caption,
-        tags=tuple(json.loads(row.tags)),
-        language=row.language,
-        regions=tuple(json.loads(row.regions)),
+        tags=tuple(intern(t) for t in json.loads(row.tags)),
+        language=intern(row.language) if row.language else None,
+        regions=_NO_REGIONS if regions == "[]" else tuple(intern(r) for r in json.loads(regions)),
     )
 
 
 class SqlCatalog:
     """:class:`fyp.storage.roles.Catalog` over SQL."""
 
-    def __init__(self, url: str, cache_size: int = 200_000) -> None:
+    def __init__(self, url: str, cache_size: int = 2_000_000) -> None:
         self.db = Database(url, metadata, kind="catalog", version=CATALOG_SCHEMA_VERSION)
         self._cache: OrderedDict[str, ItemRecord] = OrderedDict()
         self._cache_size = cache_size
@@ -189,6 +197,24 @@ class SqlCatalog:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return found
+
+    def warm(self) -> int:
+        """Load the newest items (up to the cache size) into memory; returns how many.
+
+        A feed hydrates a few hundred random catalog items per request; with the catalog in
+        memory that is a dictionary lookup instead of a query and a parse per item.
+        """
+        loaded = 0
+        with self.db.read() as conn:
+            query = select(*_ITEM_COLUMNS).order_by(items.c.created_at.desc())
+            result = conn.execution_options(yield_per=20_000).execute(query.limit(self._cache_size))
+            for partition in result.partitions():
+                records = [_record(row) for row in partition]
+                with self._cache_lock:
+                    for record in records:
+                        self._cache.setdefault(record.item_id, record)
+                loaded += len(records)
+        return loaded
 
     def get_item(self, item_id: str) -> ItemRecord | None:
         return self.get_items([item_id]).get(item_id)

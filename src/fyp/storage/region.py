@@ -14,6 +14,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -57,7 +58,7 @@ from fyp.storage.sql import Database, chunked, insert_ignore, insert_or_add, met
 from fyp.types import POSITIVE_EVENT_TYPES, Event, User, epoch
 
 REGION_SCHEMA_VERSION: Final = 1
-STATS_CACHE_TTL_S: Final = 15.0
+STATS_CACHE_TTL_S: Final = 120.0
 _STATS_CACHE_MAX: Final = 500_000
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants a 64-bit identity.
@@ -472,9 +473,29 @@ class SqlRegionStore:
                     for s in served
                 ],
             )
-            changes = Folded(touched={(user_id, s.item_id) for s in served})
-            written = self._apply(conn, changes, now)
-        self._cache_stats(written)
+            # Mark seen; RETURNING names the rows that were new, i.e. the items' new views.
+            fresh = list(
+                conn.execute(
+                    insert_ignore(self.db, seen).returning(seen.c.item_id),
+                    [{"user_id": user_id, "item_id": s.item_id, "ts": now} for s in served],
+                ).scalars()
+            )
+            if fresh:
+                views = insert_or_add(self.db, item_stats, ["item_id"], ["views"])
+                conn.execute(views, [{"item_id": item_id, "views": 1} for item_id in fresh])
+                totals = insert_or_add(self.db, stats_totals, ["id"], ["views"])
+                conn.execute(totals, [{"id": 1, "views": len(fresh)}])
+        self._count_views(fresh)
+
+    def _count_views(self, item_ids: Sequence[str]) -> None:
+        """Add one view to the cached stats of ``item_ids`` (committed already)."""
+        with self._stats_lock:
+            for item_id in item_ids:
+                cached = self._stats_cache.get(item_id)
+                if cached is not None:
+                    record = cached[1]
+                    views = replace(record, views=record.views + 1)
+                    self._stats_cache[item_id] = (cached[0], views)
 
     # ---- ItemStats ------------------------------------------------------------------------------
 

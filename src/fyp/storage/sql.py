@@ -9,6 +9,7 @@ statements are the two upsert forms, and both SQLite and PostgreSQL spell them t
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -182,29 +183,44 @@ class Database:
         self.engine.dispose()
 
 
+# Statement objects are immutable and cost more to build than to run on a hot path, so each
+# (dialect, table, shape) is built once.
+
+
+@functools.cache
+def _insert_ignore(dialect: str, table: Table) -> Insert:
+    module: Any = pg_dialect if dialect == "postgresql" else sqlite_dialect
+    return module.insert(table).on_conflict_do_nothing()  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _upsert(
+    dialect: str, table: Table, keys: tuple[str, ...], update: tuple[str, ...], add: bool
+) -> Insert:
+    module: Any = pg_dialect if dialect == "postgresql" else sqlite_dialect
+    stmt = module.insert(table)
+    if add:
+        values = {c: table.c[c] + stmt.excluded[c] for c in update}
+    else:
+        values = {c: stmt.excluded[c] for c in update}
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=list(keys), set_=values
+    )
+
+
 def insert_ignore(db: Database, table: Table) -> Insert:
     """``INSERT … ON CONFLICT DO NOTHING`` for the database's dialect."""
-    if db.dialect == "postgresql":
-        return pg_dialect.insert(table).on_conflict_do_nothing()
-    return sqlite_dialect.insert(table).on_conflict_do_nothing()
+    return _insert_ignore(db.dialect, table)
 
 
 def upsert(db: Database, table: Table, keys: Sequence[str], update: Sequence[str]) -> Insert:
     """``INSERT … ON CONFLICT (keys) DO UPDATE SET col = excluded.col`` for ``update`` columns."""
-    stmt: Any
-    stmt = pg_dialect.insert(table) if db.dialect == "postgresql" else sqlite_dialect.insert(table)
-    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
-        index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}
-    )
+    return _upsert(db.dialect, table, tuple(keys), tuple(update), False)
 
 
 def insert_or_add(db: Database, table: Table, keys: Sequence[str], add: Sequence[str]) -> Insert:
     """``INSERT … ON CONFLICT (keys) DO UPDATE SET col = table.col + excluded.col``: counters."""
-    stmt: Any
-    stmt = pg_dialect.insert(table) if db.dialect == "postgresql" else sqlite_dialect.insert(table)
-    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
-        index_elements=list(keys), set_={c: table.c[c] + stmt.excluded[c] for c in add}
-    )
+    return _upsert(db.dialect, table, tuple(keys), tuple(add), True)
 
 
 def chunked(values: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
