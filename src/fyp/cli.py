@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,10 +29,11 @@ def _is_loopback_host(host: str) -> bool:
     return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
 
 
-def _serve(config: FypConfig, background_training: bool = True) -> None:
+def _serve(config: FypConfig, background_training: bool = True, workers: int = 1) -> None:
     import uvicorn
 
     from fyp.api.app import create_app
+    from fyp.api.asgi import BACKGROUND_TRAINING_ENV
     from fyp.engine import Engine
 
     host, port = config.server.host, config.server.port
@@ -40,6 +42,27 @@ def _serve(config: FypConfig, background_training: bool = True) -> None:
             f"refusing to listen on {host}: without an API key fyp serves loopback only; "
             "set FYP_API_KEY to accept remote clients"
         )
+    if config.server.api_key is None:
+        print("fyp: no FYP_API_KEY set, so serving loopback clients only", file=sys.stderr)
+    if workers > 1:
+        # Each worker process builds its own engine from the environment (fyp.api.asgi).
+        os.environ["FYP_DATA_DIR"] = str(config.data_dir)
+        os.environ[BACKGROUND_TRAINING_ENV] = "1" if background_training else "0"
+        print(
+            f"fyp: serving {config.data_dir} on http://{host}:{port} with {workers} workers "
+            "(API docs at /docs)",
+            file=sys.stderr,
+        )
+        uvicorn.run(
+            "fyp.api.asgi:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+            access_log=False,
+        )
+        return
     engine = Engine(config)
     started = time.perf_counter()
     warmed = engine.warm()
@@ -48,8 +71,6 @@ def _serve(config: FypConfig, background_training: bool = True) -> None:
         file=sys.stderr,
     )
     app = create_app(engine, background_training=background_training)
-    if config.server.api_key is None:
-        print("fyp: no FYP_API_KEY set, so serving loopback clients only", file=sys.stderr)
     print(
         f"fyp: serving {config.data_dir} on http://{host}:{port} (API docs at /docs)",
         file=sys.stderr,
@@ -59,7 +80,7 @@ def _serve(config: FypConfig, background_training: bool = True) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(args.data_dir, server=_server_overrides(args))
-    _serve(config, background_training=not args.no_background_training)
+    _serve(config, background_training=not args.no_background_training, workers=args.workers)
     return 0
 
 
@@ -257,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     server_args(p)
     p.add_argument(
         "--no-background-training", action="store_true", help="do not retrain while serving"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the data directory (each holds the catalog in memory)",
     )
     p.set_defaults(func=cmd_serve)
 

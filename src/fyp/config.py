@@ -295,6 +295,8 @@ class FypConfig(_Section):
     selectors: SelectorsConfig = SelectorsConfig()
     training: TrainingConfig = TrainingConfig()
     server: ServerConfig = ServerConfig()
+    sync_interval_s: float = Field(default=2.0, gt=0)
+    """How often a serving process picks up catalog changes and models made by other processes."""
 
     @model_validator(mode="after")
     def _unique_regions(self) -> FypConfig:

@@ -8,6 +8,7 @@ enough new events arrived (or enough time passed) and swaps the new model in wit
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 import time
@@ -15,6 +16,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from threadpoolctl import threadpool_limits
 
@@ -81,6 +83,8 @@ class Engine:
         self.slots = {name: ModelSlot() for name in config.region_names}
         self._train_locks = {name: threading.Lock() for name in config.region_names}
         self.retrainer = Retrainer(self)
+        self._sync_stop = threading.Event()
+        self._sync_thread: threading.Thread | None = None
         for region in config.region_names:
             self.reload_model(region)
 
@@ -233,11 +237,47 @@ class Engine:
         """Bring hot read paths into memory before serving; returns the catalog items loaded."""
         return self.catalog.warm()
 
+    def sync(self) -> None:
+        """Catch up with other processes: changed catalog items and newly trained models.
+
+        Several server workers (or a worker and an import) share the data directory; each keeps
+        in-memory copies, and this is how they converge.
+        """
+        self.catalog.refresh_changed()
+        for region, slot in self.slots.items():
+            if self.gate.model_version(region) not in (None, slot.version):
+                self.reload_model(region)
+
+    def start_background(self, train: bool) -> None:
+        """Start the sync loop and, if ``train``, the retrainer (one process per data directory)."""
+        if self._sync_thread is None:
+            self._sync_stop.clear()
+            self._sync_thread = threading.Thread(
+                target=self._sync_loop, name="fyp-sync", daemon=True
+            )
+            self._sync_thread.start()
+        if train:
+            self.retrainer.start()
+
+    def stop_background(self) -> None:
+        self.retrainer.stop()
+        self._sync_stop.set()
+        if self._sync_thread is not None:
+            self._sync_thread.join(timeout=30)
+            self._sync_thread = None
+
+    def _sync_loop(self) -> None:
+        while not self._sync_stop.wait(self.config.sync_interval_s):
+            try:
+                self.sync()
+            except Exception:  # keep serving; the next round tries again
+                log.exception("background sync failed")
+
     def model_versions(self) -> dict[str, str]:
         return {region: slot.version for region, slot in self.slots.items()}
 
     def close(self) -> None:
-        self.retrainer.stop()
+        self.stop_background()
         self.gate.close()
         self.catalog.close()
 
@@ -253,22 +293,49 @@ class Retrainer:
         self.trained_seq: dict[str, int] = {}
         self.trained_at: dict[str, float] = {}
         self.reports: list[TrainReport] = []
+        self._lock_file: TextIO | None = None
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start retraining in the background; False if another process already does.
+
+        Only one process per data directory retrains (an exclusive lock on a file there); the
+        others pick up its models through ``Engine.sync``.
+        """
         if self._thread is not None:
-            return
+            return True
+        if not self._take_lock():
+            log.info(
+                "another process retrains %s; this one only serves", self._engine.config.data_dir
+            )
+            return False
+        self._stop.clear()
         for region, slot in self._engine.slots.items():
             model = slot.current
             self.trained_seq[region] = int(model.meta.get("last_seq", 0)) if model else 0
             self.trained_at[region] = float(model.meta.get("trained_at", 0.0)) if model else 0.0
         self._thread = threading.Thread(target=self._loop, name="fyp-retrainer", daemon=True)
         self._thread.start()
+        return True
+
+    def _take_lock(self) -> bool:
+        path = self._engine.config.data_dir / ".retrainer.lock"
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._lock_file = handle
+        return True
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
             self._thread = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the lock
+            self._lock_file = None
 
     def due(self, region: str) -> bool:
         config = self._engine.config.training

@@ -122,12 +122,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if background_training:
-            engine.retrainer.start()
+        engine.start_background(train=background_training)
         try:
             yield
         finally:
-            engine.retrainer.stop()
+            engine.stop_background()
             if close_engine:
                 engine.close()
 

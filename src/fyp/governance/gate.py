@@ -144,6 +144,15 @@ class Gate:
             self._clock(),
         )
 
+    def model_version(self, region: str) -> str | None:
+        """The region's current model version, read without opening the region.
+
+        The pointer only names a snapshot (no person's data), so serving processes may poll it to
+        notice a model trained by another process; loading the snapshot still goes through
+        ``open``.
+        """
+        return self._models[region].current_version()
+
     def locate(self, user_id: str) -> str | None:
         """The user's home region, or ``None`` when no region holds them."""
         return self.locate_many([user_id]).get(user_id)

@@ -37,6 +37,8 @@ from fyp.types import Item, epoch
 
 CATALOG_SCHEMA_VERSION: Final = 1
 NEWEST_CACHE_TTL_S: Final = 10.0
+SYNC_OVERLAP_S: Final = 5.0
+"""Changes are re-read this far behind the newest one seen: writers' clocks may differ a little."""
 
 metadata = MetaData()
 meta_table(metadata)
@@ -56,6 +58,7 @@ items = Table(
     Column("updated_at", Float, nullable=False),
     Index("ix_items_created_at", "created_at"),
     Index("ix_items_creator_created", "creator_id", "created_at"),
+    Index("ix_items_updated_at", "updated_at"),
 )
 
 item_tags = Table(
@@ -112,6 +115,9 @@ class SqlCatalog:
         self._cache_lock = threading.Lock()
         self._count: int | None = None
         self._newest_cache: dict[tuple[str, str], tuple[float, int, list[str]]] = {}
+        with self.db.read() as conn:
+            newest = conn.execute(select(func.max(items.c.updated_at))).scalar_one_or_none()
+        self._synced_to = float(newest or 0.0)
 
     def upsert_items(self, batch: Sequence[Item]) -> UpsertResult:
         if not batch:
@@ -197,6 +203,35 @@ class SqlCatalog:
                 while len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
         return found
+
+    def refresh_changed(self) -> int:
+        """Pick up items another process (a second server worker, an import) changed.
+
+        Cached records of changed items are replaced and the cached newest-lists of their old and
+        new creators and tags dropped. Returns how many changed items were read.
+        """
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(*_ITEM_COLUMNS, items.c.updated_at).where(
+                    items.c.updated_at > self._synced_to - SYNC_OVERLAP_S
+                )
+            ).all()
+        if not rows:
+            return 0
+        records = [_record(row) for row in rows]
+        with self._cache_lock:
+            for record in records:
+                old = self._cache.get(record.item_id)
+                stale = [record] if old is None else [record, old]
+                for r in stale:
+                    self._newest_cache.pop(("creator", r.creator_id), None)
+                    for tag in r.tags:
+                        self._newest_cache.pop(("tag", tag), None)
+                if old is not None:
+                    self._cache[record.item_id] = record
+            self._count = None
+        self._synced_to = max(self._synced_to, max(float(row.updated_at) for row in rows))
+        return len(records)
 
     def warm(self) -> int:
         """Load the newest items (up to the cache size) into memory; returns how many.
