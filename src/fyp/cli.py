@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["items", "users", "events"])
     p.add_argument("file")
     p.add_argument("--format", choices=["csv", "jsonl", "parquet"], default=None)
-    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=5000, help="records per transaction")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     data_dir_arg(p)
     p.set_defaults(func=cmd_import)

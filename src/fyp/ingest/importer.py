@@ -336,7 +336,7 @@ def import_file(
     kind: Kind,
     path: Path,
     format: str | None = None,
-    batch_size: int = 1000,
+    batch_size: int = 5000,
     progress: bool = False,
 ) -> ImportReport:
     """Import the ``kind`` records of ``path`` into ``engine``; see the module docstring.

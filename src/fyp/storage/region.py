@@ -31,7 +31,6 @@ from sqlalchemy import (
     Text,
     and_,
     func,
-    or_,
     select,
 )
 
@@ -185,38 +184,42 @@ stats_totals = Table(
 )
 
 
+# Scratch table for key lookups by pairs (per connection; TEMP tables are private to it).
+_pairs = Table(
+    "fyp_pairs",
+    MetaData(),
+    Column("a", String(200), nullable=False),
+    Column("b", String(200), nullable=False),
+)
+_CREATE_PAIRS: Final = "CREATE TEMP TABLE IF NOT EXISTS fyp_pairs (a VARCHAR(200), b VARCHAR(200))"
+
+
 def _pairs_present(
-    conn: Connection, first: Any, second: Any, pairs: Sequence[tuple[str, str]], *extra: Any
+    db: Database,
+    conn: Connection,
+    first: Any,
+    second: Any,
+    pairs: Sequence[tuple[str, str]],
+    *extra: Any,
 ) -> list[tuple[str, str, tuple[Any, ...]]]:
     """Stored rows whose (first, second) key is among ``pairs``, with ``extra`` column values.
 
-    Asks ``(first = a AND second IN (...)) OR ...`` per group of keys sharing ``first``: exact,
-    answered from the composite primary key by SQLite and PostgreSQL alike (a row-value ``IN``
-    would scan the table, and ``first IN .. AND second IN ..`` over-fetches on busy stores).
+    The pairs go into a per-connection temporary table that is joined on the composite primary
+    key: one cheap statement however many pairs and users a batch spans (a row-value ``IN`` would
+    scan the table, and one expression per pair costs more to build than to run).
     """
-    by_first: dict[str, list[str]] = defaultdict(list)
-    for a, b in dict.fromkeys(pairs):
-        by_first[a].append(b)
-    found: list[tuple[str, str, tuple[Any, ...]]] = []
-    groups = sorted(by_first.items())
-    batch: list[Any] = []
-    size = 0
-
-    def flush() -> None:
-        nonlocal size
-        if batch:
-            query = select(first, second, *extra).where(or_(*batch))
-            found.extend((row[0], row[1], tuple(row[2:])) for row in conn.execute(query))
-        batch.clear()
-        size = 0
-
-    for a, bs in groups:
-        for chunk in chunked(bs, 400):
-            batch.append(and_(first == a, second.in_(chunk)))
-            size += len(chunk) + 1
-            if size >= 450:  # stay under SQLite's bound-parameter limit per statement
-                flush()
-    flush()
+    wanted = list(dict.fromkeys(pairs))
+    if not wanted:
+        return []
+    conn.exec_driver_sql(_CREATE_PAIRS)
+    conn.execute(_pairs.delete())
+    db.executemany(conn, _pairs.insert(), [{"a": a, "b": b} for a, b in wanted])
+    table = first.table
+    query = select(first, second, *extra).select_from(
+        table.join(_pairs, and_(first == _pairs.c.a, second == _pairs.c.b))
+    )
+    found = [(row[0], row[1], tuple(row[2:])) for row in conn.execute(query)]
+    conn.execute(_pairs.delete())
     return found
 
 
@@ -329,7 +332,8 @@ class SqlRegionStore:
             fresh = [ev for ev in unique.values() if ev.event_id not in stored]
             duplicates.extend(ev.event_id for ev in unique.values() if ev.event_id in stored)
             if fresh:
-                conn.execute(
+                self.db.executemany(
+                    conn,
                     events.insert(),
                     [
                         {
@@ -576,12 +580,15 @@ class SqlRegionStore:
         if changes.touched:
             pairs = sorted(changes.touched)
             already = {
-                (u, i) for u, i, _ in _pairs_present(conn, seen.c.user_id, seen.c.item_id, pairs)
+                (u, i)
+                for u, i, _ in _pairs_present(self.db, conn, seen.c.user_id, seen.c.item_id, pairs)
             }
             new_pairs = [p for p in pairs if p not in already]
             if new_pairs:
-                conn.execute(
-                    seen.insert(), [{"user_id": u, "item_id": i, "ts": now} for u, i in new_pairs]
+                self.db.executemany(
+                    conn,
+                    seen.insert(),
+                    [{"user_id": u, "item_id": i, "ts": now} for u, i in new_pairs],
                 )
                 for _, item_id in new_pairs:
                     stats.setdefault(item_id, StatsDelta()).views += 1
@@ -612,6 +619,7 @@ class SqlRegionStore:
         current: dict[tuple[str, str], tuple[float, float]] = {
             (u, k): (weight, updated_at)
             for u, k, (weight, updated_at) in _pairs_present(
+                self.db,
                 conn,
                 affinity.c.user_id,
                 affinity.c.key,
@@ -627,12 +635,14 @@ class SqlRegionStore:
             {"user_id": u, "key": k, "weight": current[(u, k)][0], "updated_at": current[(u, k)][1]}
             for u, k in keys
         ]
-        conn.execute(upsert(self.db, affinity, ["user_id", "key"], ["weight", "updated_at"]), rows)
+        stmt = upsert(self.db, affinity, ["user_id", "key"], ["weight", "updated_at"])
+        self.db.executemany(conn, stmt, rows)
 
     def _apply_mutes(self, conn: Connection, mutes: Mapping[tuple[str, str], float]) -> None:
         keys = sorted(mutes)
         until = dict(mutes)
         for u, c, (stored,) in _pairs_present(
+            self.db,
             conn,
             muted_creators.c.user_id,
             muted_creators.c.creator_id,
@@ -668,7 +678,7 @@ class SqlRegionStore:
             row["trend_log"] = None if combined == -math.inf else combined
             rows.append(row)
         update_cols = [*_COUNTERS, "watch_ratio_sum", "trend_log"]
-        conn.execute(upsert(self.db, item_stats, ["item_id"], update_cols), rows)
+        self.db.executemany(conn, upsert(self.db, item_stats, ["item_id"], update_cols), rows)
         sums: dict[str, Any] = {"id": 1}
         for name in _STATS_FIELDS:
             sums[name] = sum(getattr(delta, name) for delta in deltas.values())
