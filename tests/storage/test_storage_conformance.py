@@ -28,6 +28,7 @@ CONFIG = FypConfig()
 BACKENDS = {
     "sqlite-file": lambda tmp, name: f"sqlite:///{tmp}/{name}.db",
     "sqlite-memory": lambda tmp, name: "sqlite://",
+    "memory": lambda tmp, name: "memory://",
 }
 
 

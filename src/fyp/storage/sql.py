@@ -72,7 +72,12 @@ def _sqlite_begin(conn: Connection) -> None:
 
 
 def create_sql_engine(url: str) -> Engine:
-    """Create an engine for ``url``; the driver is chosen by scheme and imported lazily."""
+    """Create an engine for ``url``; the driver is chosen by scheme and imported lazily.
+
+    ``memory://`` is a private in-memory database (SQLite), for tests and throwaway engines.
+    """
+    if url == "memory://":
+        url = "sqlite://"
     try:
         parsed = make_url(url)
     except ArgumentError as exc:

@@ -1,0 +1,1 @@
+"""Offline evaluation: datasets, protocols, metrics, baselines, and the harness comparing them."""
