@@ -256,6 +256,53 @@ def _reset_demo_dir(data_dir: Path) -> None:
     data_dir.mkdir(parents=True)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fyp.eval.datasets import load_dataset
+    from fyp.eval.harness import DEFAULT_KS, PROTOCOLS, default_protocols, run, table
+    from fyp.eval.report import verdict, write_report
+
+    dataset = load_dataset(args.dataset)
+    protocols = [args.protocol] if args.protocol else default_protocols(dataset)
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise FypError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        result = run(
+            dataset,
+            protocol,
+            models=args.models.split(",") if args.models else None,
+            ks=DEFAULT_KS,
+            seed=args.seed,
+            progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
+        )
+        command = " ".join(["fyp", "eval", *sys.argv[2:]]) if len(sys.argv) > 1 else None
+        files = write_report(result, Path(args.out), command=command)
+        print(table(result))
+        print(verdict(result).replace("**", ""))
+        print(f"report: {files['markdown']}  json: {files['json']}\n")
+    return 0
+
+
+def cmd_offline_recommend(args: argparse.Namespace) -> int:
+    from fyp.eval.offline import offline_recommend
+
+    report = offline_recommend(
+        Path(args.train),
+        Path(args.users),
+        args.k,
+        Path(args.out),
+        items=Path(args.items) if args.items else None,
+        seed=args.seed,
+    )
+    print(
+        f"wrote top-{args.k} for {report.users:,} users ({report.unknown_users:,} unknown to the "
+        f"log got popular items) from {report.interactions:,} interactions over "
+        f"{report.items:,} items; fit {report.fit_seconds:.1f}s, "
+        f"recommend {report.recommend_seconds:.1f}s -> {args.out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fyp", description="A self-hosted For You feed engine.")
     parser.add_argument("--version", action="version", version=f"fyp {__version__}")
@@ -307,6 +354,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     data_dir_arg(p)
     p.set_defaults(func=cmd_feed)
+
+    p = sub.add_parser("eval", help="evaluate fyp against tuned baselines on a dataset")
+    p.add_argument("dataset", help="a dataset directory or an interactions CSV")
+    p.add_argument("--protocol", choices=["given", "loo", "temporal"], default=None)
+    p.add_argument("--models", default=None, help="comma-separated subset (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="eval-results", help="directory for JSON, plots, Markdown")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "offline-recommend", help="fit the default model on a training log, write top-K lists"
+    )
+    p.add_argument("--train", required=True, help="CSV: user_id,item_id,timestamp[,weight,...]")
+    p.add_argument("--users", required=True, help="one user id per line")
+    p.add_argument("--k", type=int, default=20)
+    p.add_argument("--out", required=True, help="CSV to write: user_id,item_id,rank")
+    p.add_argument("--items", default=None, help="CSV: item_id[,text,tags,creator]")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_offline_recommend)
 
     p = sub.add_parser("demo", help="build the demo world, import it, train, and serve")
     data_dir_arg(p, default=str(DEMO_DATA_DIR))

@@ -154,6 +154,10 @@ class FitContext:
     train: Interactions
     items: ItemFeatures | None = None
     seed: int = 0
+    tuning: tuple[Interactions, Interactions] | None = None
+    """``(fit part, validation part)`` of ``train`` for a model that tunes itself, when the
+    caller has one (the harness passes the split's, so every model tunes on the same data); a
+    model carves its own from ``train`` otherwise."""
 
 
 class Recommender(Protocol):

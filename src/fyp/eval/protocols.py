@@ -158,26 +158,38 @@ def given_split(dataset: Dataset, seed: int = 0, validation_fraction: float = 0.
         )
     if split.validation is not None:
         return split
-    if not 0 < validation_fraction < 1:
-        raise ValueError(f"validation_fraction must lie in (0, 1), not {validation_fraction}")
-    train = split.train
-    # Pairs rather than rows: a repeated pair split across the parts would hide the answer.
-    pair_key = train.user.astype(np.int64) * max(train.n_items, 1) + train.item
-    pairs, row_pair = np.unique(pair_key, return_inverse=True)
-    pair_user = (pairs // max(train.n_items, 1)).astype(np.int64)
-    draw = np.random.default_rng(seed).random(len(pairs))
-    order = np.lexsort((draw, pair_user)).astype(np.int64)
-    position, counts = _rank_within_user(pair_user, order, train.n_users)
-    quota = np.where(counts >= 2, np.maximum(1, np.floor(counts * validation_fraction)), 0)
-    held_pairs = _mask(len(pairs), order[position < quota[pair_user[order]]])
-    valid = held_pairs[row_pair.reshape(-1)]
+    kept, held = random_holdout(split.train, validation_fraction, seed)
     return Split(
         protocol=split.protocol,
-        train=train,
+        train=split.train,
         test=split.test,
-        validation=train.take(valid),
-        train_for_validation=train.take(~valid),
+        validation=held,
+        train_for_validation=kept,
     )
+
+
+def random_holdout(
+    interactions: Interactions, fraction: float = 0.1, seed: int = 0
+) -> tuple[Interactions, Interactions]:
+    """Hold out, per user with at least 2 distinct items, a seeded random ``fraction`` of those
+    items (rounded down, at least 1); returns ``(kept, held_out)``.
+
+    Whole (user, item) pairs move: all rows of a held-out pair are held out, so a held-out item is
+    never also among the user's kept items. The same seed gives the same holdout.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie in (0, 1), not {fraction}")
+    # Pairs rather than rows: a repeated pair split across the parts would hide the answer.
+    pair_key = interactions.user.astype(np.int64) * max(interactions.n_items, 1) + interactions.item
+    pairs, row_pair = np.unique(pair_key, return_inverse=True)
+    pair_user = (pairs // max(interactions.n_items, 1)).astype(np.int64)
+    draw = np.random.default_rng(seed).random(len(pairs))
+    order = np.lexsort((draw, pair_user)).astype(np.int64)
+    position, counts = _rank_within_user(pair_user, order, interactions.n_users)
+    quota = np.where(counts >= 2, np.maximum(1, np.floor(counts * fraction)), 0)
+    held_pairs = _mask(len(pairs), order[position < quota[pair_user[order]]])
+    held = held_pairs[row_pair.reshape(-1)]
+    return interactions.take(~held), interactions.take(held)
 
 
 def _part_counts(part: Interactions) -> dict[str, Any]:
