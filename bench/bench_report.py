@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
-START_MARK = "<!-- bench:feed_http:start -->"
-END_MARK = "<!-- bench:feed_http:end -->"
+LEGACY_MARKS = ("<!-- bench:feed_http:start -->", "<!-- bench:feed_http:end -->")
+"""The single section of earlier runs, before the docs kept one section per worker count."""
+
+
+def marks(workers: int) -> tuple[str, str]:
+    """The markers around the section for ``workers`` server processes."""
+    return f"<!-- bench:feed_http:w{workers}:start -->", f"<!-- bench:feed_http:w{workers}:end -->"
+
+
+PHASES = ("trivial", "feed", "feed_1conn")
+"""The measured phases, in table order."""
+
 DOCS_INTRO = """# Benchmarks
 
 Numbers measured by the scripts in `bench/`, each in its own marked section that the script
@@ -109,29 +120,75 @@ def _errors(phase: dict[str, Any]) -> str:
     return f"{phase['errors']:,} ({', '.join(f'{k}: {v}' for k, v in sorted(bad.items()))})"
 
 
-def phase_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(metric, trivial, feed) rows of the side-by-side table."""
-    trivial, feed = results["phases"]["trivial"], results["phases"]["feed"]
+def _connections(phase: dict[str, Any]) -> str:
+    n = phase["concurrency"]
+    return f"{n} connection{'s' if n != 1 else ''}"
 
-    def both(fn: Any) -> tuple[str, str]:
-        return fn(trivial), fn(feed)
 
-    rows: list[tuple[str, str, str]] = [
-        ("requests", *both(lambda p: f"{p['requests']:,} (stopped by {p['stopped_by']})")),
-        ("errors (non-200)", *both(_errors)),
-        ("throughput (req/s)", *both(lambda p: _num(p["throughput_rps"]))),
+def phase_titles(results: dict[str, Any], markdown: bool) -> list[str]:
+    """Column titles of the side-by-side table, one per measured phase."""
+    titles = []
+    for name in PHASES:
+        phase = results["phases"].get(name)
+        if phase is None:
+            continue
+        connections = _connections(phase)
+        if not markdown:
+            titles.append(f"{'trivial' if name == 'trivial' else 'feed'}, {connections}")
+        elif name == "trivial":
+            titles.append(f"trivial `GET /healthz` ({connections})")
+        else:
+            path = f"/v1/users/{{id}}/feed?n={phase['feed']['n']}"
+            titles.append(f"feed `GET {path}` ({connections})")
+    return titles
+
+
+def _cpu_less_idle(phase: dict[str, Any], idle_cores: float | None) -> float | None:
+    """Server CPU per request without the background work the server does anyway (the idle
+    rate measured after startup, times the phase's duration)."""
+    cpu, requests = phase.get("server_cpu_s"), phase["requests"]
+    if cpu is None or idle_cores is None or not requests:
+        return None
+    background = idle_cores * float(phase["seconds"])
+    return max(float(cpu) - background, 0.0) * 1000.0 / int(requests)
+
+
+def phase_rows(results: dict[str, Any]) -> list[tuple[str, ...]]:
+    """(metric, trivial, feed 8 connections, feed 1 connection) rows of the side-by-side table."""
+    phases = [results["phases"][name] for name in PHASES if name in results["phases"]]
+    idle_cores = (results["server"].get("idle") or {}).get("cores")
+
+    def each(fn: Any) -> tuple[str, ...]:
+        return tuple(fn(p) for p in phases)
+
+    rows: list[tuple[str, ...]] = [
+        ("requests", *each(lambda p: f"{p['requests']:,} (stopped by {p['stopped_by']})")),
+        ("errors (non-200)", *each(_errors)),
+        ("throughput (req/s)", *each(lambda p: _num(p["throughput_rps"]))),
     ]
     for which, key in (("client", "client_ms"), ("server", "server_ms")):
-        for p in ("p50", "p90", "p99"):
-            rows.append((f"{which} {p} (ms)", *both(lambda ph, k=key, q=p: _ms(ph[k][q]))))
+        for q in ("p50", "p90", "p99"):
+            rows.append((f"{which} {q} (ms)", *each(lambda ph, k=key, q=q: _ms(ph[k][q]))))
     rows += [
-        ("server CPU per request (ms)", *both(lambda p: _ms(p.get("server_cpu_ms_per_request")))),
-        ("server CPU busy (cores)", *both(lambda p: _num(p.get("server_cpu_share"), 2))),
-        ("client CPU busy (cores)", *both(lambda p: _num(p.get("client_cpu_share"), 2))),
-        ("client CPU per request (ms)", *both(lambda p: _ms(p.get("client_cpu_ms_per_request")))),
-        ("other processes' CPU (cores)", *both(lambda p: _num(p.get("other_processes_cores"), 2))),
+        ("server CPU per request (ms)", *each(lambda p: _ms(p.get("server_cpu_ms_per_request")))),
+        (
+            "server CPU per request, less idle (ms)",
+            *each(lambda p: _ms(_cpu_less_idle(p, idle_cores))),
+        ),
+        ("server CPU busy (cores)", *each(lambda p: _num(p.get("server_cpu_share"), 2))),
+        ("client CPU busy (cores)", *each(lambda p: _num(p.get("client_cpu_share"), 2))),
+        ("client CPU per request (ms)", *each(lambda p: _ms(p.get("client_cpu_ms_per_request")))),
+        ("other processes' CPU (cores)", *each(lambda p: _num(p.get("other_processes_cores"), 2))),
     ]
     return rows
+
+
+SINGLE_CONNECTION_NOTE = (
+    "With one connection the server has one request at a time, so nothing queues inside it and "
+    "the server-side latency of that phase is the feed's service time. The 8-connection phase "
+    "keeps the server saturated and measures throughput; its latency includes the time a "
+    "request waits for the others."
+)
 
 
 def reference_text(results: dict[str, Any]) -> str | None:
@@ -172,11 +229,35 @@ def _import_rows(build: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     return rows
 
 
+def _server_text(results: dict[str, Any]) -> str:
+    """How the server started: processes, time until ready, catalog loads."""
+    server = results["server"]
+    workers = server.get("workers", 1)
+    loads = server.get("catalog_loads") or []
+    catalog = ", ".join(f"{load['items']:,} items in {load['seconds']:.1f} s" for load in loads)
+    processes = (
+        "one process"
+        if workers == 1
+        else f"{workers} uvicorn worker processes under a supervisor process"
+    )
+    ready = f"ready in {_duration(server['startup_s'])}"
+    if workers > 1:
+        ready += f" (first /healthz answer after {_duration(server.get('first_answer_s'))})"
+    text = f"{processes}, {ready}; catalog loaded into memory: {catalog or 'not reported'}"
+    idle = server.get("idle")
+    if idle:
+        text += (
+            f"; with no requests, in the {idle['seconds']:.0f} s after startup, the server used "
+            f"{idle['cores']:.2f} cores"
+        )
+    return text
+
+
 def terminal_report(results: dict[str, Any]) -> str:
     build, server, m = results["build"], results["server"], results["machine"]
     lines = [
         "",
-        f"fyp feed over HTTP: {results['date']}",
+        f"fyp feed over HTTP, {server.get('workers', 1)} worker(s): {results['date']}",
         f"  machine: {m['cpu']}, {m['cores']} cores, {_num(m['ram_gib'])} GiB RAM, "
         f"Python {m['python']}, fyp {m['fyp']} ({m['git']})",
         f"  load average at start / end: {results['loadavg_start']} / {results['loadavg_end']}",
@@ -200,21 +281,19 @@ def terminal_report(results: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        f"  server: ready in {_duration(server['startup_s'])}, RSS after startup "
-        f"{_mib(server['rss_after_startup_mib'])}, peak RSS after load "
-        f"{_mib(server['peak_rss_mib'])}",
-        "",
-        f"  {'':<30}{'GET /healthz':>26}{'GET /v1/users/{id}/feed':>30}",
+        f"  server: {_server_text(results)}",
         f"  (load client: {results['phases']['trivial']['client']})",
+        "",
+        f"  {'':<40}" + "".join(f"{title:>30}" for title in phase_titles(results, False)),
     ]
-    for name, trivial, feed in phase_rows(results):
-        lines.append(f"  {name:<30}{trivial:>26}{feed:>30}")
+    for name, *values in phase_rows(results):
+        lines.append(f"  {name:<40}" + "".join(f"{v:>30}" for v in values))
     lines += [
         "",
-        f"  feed / trivial throughput: {_ratio(results)}",
+        f"  feed (8 connections) / trivial throughput: {_ratio(results)}",
         *([f"  {reference_text(results)}"] if reference_text(results) else []),
         "",
-        "  peak memory:",
+        "  memory:",
         *(f"  {line}" for line in memory_lines(results)),
     ]
     lines += [f"  warning: {w}" for w in results["warnings"]]
@@ -237,11 +316,15 @@ def _scale_text(results: dict[str, Any]) -> str:
 
 def markdown_section(results: dict[str, Any]) -> str:
     build, server, m = results["build"], results["server"], results["machine"]
-    trivial, feed = results["phases"]["trivial"], results["phases"]["feed"]
+    phases = results["phases"]
+    trivial, feed = phases["trivial"], phases["feed"]
+    workers = server.get("workers", 1)
+    start_mark, end_mark = marks(workers)
     gen = build["generate"]
     out = [
-        START_MARK,
-        "## Feed over HTTP at scale (`bench/feed_http.py`)",
+        start_mark,
+        f"## Feed over HTTP at scale, {workers} worker{'s' if workers != 1 else ''} "
+        "(`bench/feed_http.py`)",
         "",
         f"Command: `{results['command']}`"
         + (" (what `make bench` runs)  " if results["command"].endswith("feed_http.py") else "  "),
@@ -281,6 +364,11 @@ def markdown_section(results: dict[str, Any]) -> str:
         for r in build["training"]["regions"]
     ]
     sizes = build.get("data_dir_mib", {})
+    single = phases.get("feed_1conn")
+    warmups = ", ".join(
+        f"{phases[name]['warmup']['requests']:,}" for name in PHASES if name in phases
+    )
+    titles = phase_titles(results, True)
     out += [
         "",
         f"Training wall time, both regions, including loading the new models for serving: "
@@ -291,32 +379,30 @@ def markdown_section(results: dict[str, Any]) -> str:
         "",
         "### Serving: trivial endpoint vs feed, same server, same run",
         "",
-        f"`fyp serve --no-background-training` (one uvicorn process) on 127.0.0.1, ready in "
-        f"{_duration(server['startup_s'])}. Load: one asyncio client process "
-        f"(`{trivial['client']}` HTTP/1.1, see `bench/load_client.py`), "
-        f"{trivial['concurrency']} keep-alive connections, closed loop; each phase after an "
-        f"uncounted warm-up ({trivial['warmup']['requests']:,} and "
-        f"{feed['warmup']['requests']:,} requests). Feed users drawn at random (seeded, without "
-        "repeats) from both regions; `n=10`. Latency percentiles are over successful requests; "
-        "server latency is the `Server-Timing: app;dur` header. CPU is the server's "
-        '`/proc/<pid>/stat` time over the measured window; "other processes\' CPU" is what the '
-        "rest of the machine used meanwhile (`/proc/stat`), i.e. the noise from other jobs.",
+        f"`fyp serve --no-background-training --workers {workers}` on 127.0.0.1: "
+        f"{_server_text(results)}. Load: one asyncio client process "
+        f"(`{trivial['client']}` HTTP/1.1, see `bench/load_client.py`), keep-alive connections, "
+        f"closed loop; phases in the order of the table, each after an uncounted warm-up "
+        f"({warmups} requests). Feed users drawn at random (seeded, no user twice) from both "
+        f"regions; `n={feed['feed']['n']}`. Latency percentiles are over successful requests; "
+        "server latency is the `Server-Timing: app;dur` header. CPU is `/proc/<pid>/stat` time "
+        "over the measured window, summed over the server's processes; \"other processes' CPU\" "
+        "is what the rest of the machine used meanwhile (`/proc/stat`), i.e. the noise from "
+        "other jobs.",
         "",
-        "| | trivial `GET /healthz` | feed `GET /v1/users/{id}/feed?n=10` |",
-        "|---|---:|---:|",
+        *([SINGLE_CONNECTION_NOTE, ""] if single else []),
+        "| | " + " | ".join(titles) + " |",
+        "|---|" + "---:|" * len(titles),
     ]
-    out += [f"| {name} | {a} | {b} |" for name, a, b in phase_rows(results)]
-    extra = feed.get("feed") or {}
+    out += [f"| {' | '.join(row)} |" for row in phase_rows(results)]
     out += [
         "",
-        f"**Feed / trivial throughput: {_ratio(results)}.** "
-        f"Feed pages held {_num(extra.get('mean_items'), 2)} items on average "
-        f"({extra.get('short_pages', 'n/a')} pages shorter than n).",
+        f"**Feed (8 connections) / trivial throughput: {_ratio(results)}.** " + _pages_text(feed),
     ]
     by_label = feed.get("by_label") or {}
     if by_label:
         out.append(
-            "Feed client latency by region: "
+            "Feed (8 connections) client latency by region: "
             + "; ".join(
                 f"{label}: {v['ok']:,} requests, p50 {_ms(v['p50'])} ms, p99 {_ms(v['p99'])} ms"
                 for label, v in by_label.items()
@@ -326,46 +412,109 @@ def markdown_section(results: dict[str, Any]) -> str:
     reference = reference_text(results)
     if reference:
         out += ["", reference]
-    out += ["", "### Peak memory", "", *memory_lines(results)]
+    out += ["", "### Memory", "", *memory_lines(results)]
     if results["warnings"]:
         out += ["", "Warnings:", ""] + [f"- {w}" for w in results["warnings"]]
     out += [
         "",
-        "Raw results: `bench/.out/feed_http-latest.json` (git-ignored).",
-        END_MARK,
+        f"Raw results: `{results.get('raw_file', 'bench/.out/feed_http-latest.json')}` "
+        "(git-ignored).",
+        end_mark,
     ]
     return "\n".join(out)
 
 
+def _pages_text(feed: dict[str, Any]) -> str:
+    extra = feed.get("feed") or {}
+    return (
+        f"Feed pages held {_num(extra.get('mean_items'), 2)} items on average "
+        f"({extra.get('short_pages', 'n/a')} pages shorter than n)."
+    )
+
+
 def memory_lines(results: dict[str, Any]) -> list[str]:
     server, peaks = results["server"], results["build"]["bench_peak_rss_mib"]
-    start = server.get("memory_after_startup_mib") or {}
-    after = server.get("memory_after_load_mib") or {}
+    start = server.get("memory_after_startup") or {}
+    after = server.get("memory_after_load") or {}
     sampled = server.get("memory_sampled_peaks_mib") or {}
+    several = server.get("workers", 1) > 1
 
-    def parts(m: dict[str, float]) -> str:
-        rss, anon, mapped = (_mib(m.get(k)) for k in ("VmRSS", "RssAnon", "RssFile"))
-        return f"{rss} (heap {anon}, file-mapped {mapped})"
+    def parts(snapshot: dict[str, Any]) -> str:
+        total = snapshot.get("total") or {}
+        rss, anon, mapped, pss = (
+            _mib(total.get(k)) for k in ("VmRSS", "RssAnon", "RssFile", "Pss")
+        )
+        text = f"{rss} (heap {anon}, file-mapped {mapped}; PSS {pss})"
+        if several:
+            each = ", ".join(
+                f"{p['role']} {_mib(p.get('VmRSS'))}" for p in snapshot.get("processes", [])
+            )
+            text += f"; per process: {each}"
+        return text
 
+    def peak_parts(snapshot: dict[str, Any]) -> str:
+        processes = snapshot.get("processes", [])
+        return ", ".join(f"{p['role']} {_mib(p.get('VmHWM'))}" for p in processes)
+
+    summed = " summed over the server's processes" if several else ""
+    peak = "sum of the workers' VmHWM" if several else "VmHWM"
+    each = f" (each process: {peak_parts(after)})" if several else ""
     return [
-        f"- server peak RSS (VmHWM, read after the load): {_mib(server['peak_rss_mib'])}",
-        f"- server RSS after startup: {parts(start)}",
-        f"- server RSS after the load: {parts(after)}",
-        f"- server peaks sampled every 0.25 s during the load: RSS {_mib(sampled.get('VmRSS'))}, "
-        f"heap {_mib(sampled.get('RssAnon'))}, file-mapped {_mib(sampled.get('RssFile'))} "
-        "(file-mapped pages are mostly SQLite's mmap, counted once per connection mapping them)",
+        f"- server peak RSS ({peak}, read after the load): {_mib(server['peak_rss_mib'])}{each}",
+        f"- server RSS{summed} after startup: {parts(start)}",
+        f"- server RSS{summed} after the load: {parts(after)}",
+        f"- server peaks{summed}, sampled every 0.25 s during the load: RSS "
+        f"{_mib(sampled.get('VmRSS'))}, heap {_mib(sampled.get('RssAnon'))}, file-mapped "
+        f"{_mib(sampled.get('RssFile'))}",
+        "- file-mapped pages are mostly SQLite's mmap, counted in RSS once per process mapping "
+        "them; PSS (`/proc/<pid>/smaps_rollup`) shares each page among the processes mapping it, "
+        "so the PSS sum is what the server costs the machine",
         f"- benchmark process during the build (VmHWM): {_mib(peaks.get('after_generate'))} "
         f"after generating, {_mib(peaks.get('after_import'))} after importing, "
         f"{_mib(peaks.get('after_train'))} after training",
     ]
 
 
-def update_docs(path: Path, section: str) -> None:
-    """Replace the text between the markers in ``path`` (append the section if they are absent)."""
+def _find_section(text: str, start_mark: str, end_mark: str) -> tuple[int, int] | None:
+    """Start and end offsets of a marked section (end past its end marker), if present."""
+    start, end = text.find(start_mark), text.find(end_mark)
+    if start == -1 or end < start:
+        return None
+    return start, end + len(end_mark)
+
+
+def _worker_sections(text: str) -> dict[int, tuple[int, int]]:
+    found = {}
+    for match in re.finditer(r"<!-- bench:feed_http:w(\d+):start -->", text):
+        workers = int(match.group(1))
+        span = _find_section(text, *marks(workers))
+        if span is not None:
+            found[workers] = span
+    return found
+
+
+def update_docs(path: Path, section: str, workers: int) -> None:
+    """Write the section for ``workers`` into ``path``, keeping the sections of other worker
+    counts (ordered by worker count) and the text outside the markers. Replaces the earlier
+    single section, if any; appends when there is nothing to replace or place it after."""
     text = path.read_text(encoding="utf-8") if path.exists() else DOCS_INTRO
-    start, end = text.find(START_MARK), text.find(END_MARK)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(END_MARK) :]
+    legacy = _find_section(text, *LEGACY_MARKS)
+    sections = _worker_sections(text)
+    if workers in sections:
+        start, end = sections[workers]
+        text = text[:start] + section + text[end:]
+        if legacy is not None:  # left over from before: drop it
+            text = text[: legacy[0]] + text[legacy[1] :].lstrip("\n")
+    elif legacy is not None:
+        text = text[: legacy[0]] + section + text[legacy[1] :]
+    elif sections:
+        before = [w for w in sections if w < workers]
+        if before:
+            at = sections[max(before)][1]
+            text = text[:at] + "\n\n" + section + text[at:]
+        else:
+            at = sections[min(sections)][0]
+            text = text[:at] + section + "\n\n" + text[at:]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,13 +6,22 @@ Steps, all on this machine and loopback only:
    generate a synthetic world as Parquet (:mod:`synth_data`), import it with the real importer
    (``fyp.ingest.importer.import_file``), train every region (``Engine.train``). Each run then
    works on a fresh copy, so feed requests of one run (seen items, logs) never leak into the next.
-2. Start ``fyp serve --no-background-training`` on a free 127.0.0.1 port, wait for ``/healthz``.
-3. Load it from a separate client process (:mod:`load_client`): first ``GET /healthz`` (the ceiling
-   of the stack: uvicorn + FastAPI + middleware, no engine work), then
-   ``GET /v1/users/{id}/feed?n=10`` for random users of both regions. Each phase is bounded by a
-   request count and a time limit and starts with an uncounted warm-up.
-4. Report throughput, errors, client and server (``Server-Timing``) latency, CPU, memory; print a
-   table, write ``bench/.out/feed_http-*.json`` and the marked section of ``docs/BENCHMARKS.md``.
+2. Start ``fyp serve --no-background-training --workers N`` on a free 127.0.0.1 port and wait
+   until every worker has loaded the catalog and ``/healthz`` answers.
+3. Load it from a separate client process (:mod:`load_client`), three phases:
+
+   * ``trivial``: ``GET /healthz`` over 8 connections, the ceiling of the stack (uvicorn + FastAPI
+     + middleware, no engine work);
+   * ``feed``: ``GET /v1/users/{id}/feed?n=10`` for random users of both regions over 8
+     connections, which keeps the server saturated: the feed's throughput;
+   * ``feed_1conn``: the same over one connection, so no request waits behind another inside the
+     server: its server-side latency is the feed's service time.
+
+   Each phase is bounded by a request count and a time limit and starts with an uncounted
+   warm-up. Feed phases draw distinct users, so no user is asked for twice.
+4. Report throughput, errors, client and server (``Server-Timing``) latency, CPU and memory (summed
+   over the server's processes); print a table, write ``bench/.out/feed_http-*.json`` and the
+   section of ``docs/BENCHMARKS.md`` for this worker count.
 
 ``--quick`` is a smoke run (20,000 items, 2,000 users); it leaves the docs alone unless ``--docs``.
 """
@@ -20,6 +29,7 @@ Steps, all on this machine and loopback only:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -52,8 +62,9 @@ from bench_report import (  # noqa: E402
 )
 from server_proc import (  # noqa: E402
     MemorySampler,
+    catalog_loads,
+    idle_cpu,
     loadavg,
-    memory_mib,
     run_phase,
     self_peak_mib,
     start_server,
@@ -182,6 +193,7 @@ def _phase_spec(
     duration_s: float,
     warmup_requests: int,
     warmup_s: float,
+    concurrency: int,
     feed_n: int | None = None,
 ) -> dict[str, Any]:
     return {
@@ -193,7 +205,7 @@ def _phase_spec(
         "duration_s": duration_s,
         "warmup_requests": warmup_requests,
         "warmup_s": warmup_s,
-        "concurrency": args.concurrency,
+        "concurrency": concurrency,
         "client": args.client,
         "timeout_s": args.request_timeout,
         "feed_n": feed_n,
@@ -218,62 +230,94 @@ def _feed_targets(
 def serve_and_load(
     work: Path, users_path: Path, args: argparse.Namespace
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    log(f"starting fyp serve on a copy of the data ({work})")
-    server = start_server(work, OUT_DIR / "server.log", timeout_s=args.startup_timeout)
+    log(f"starting fyp serve --workers {args.workers} on a copy of the data ({work})")
+    log_path = OUT_DIR / "server.log"
+    server = start_server(work, log_path, timeout_s=args.startup_timeout, workers=args.workers)
+    tree = server.tree
+    startup = tree.snapshot()
     info: dict[str, Any] = {
+        "workers": args.workers,
         "startup_s": server.startup_s,
-        "rss_after_startup_mib": server.rss_mib(),
-        "memory_after_startup_mib": memory_mib(server.pid),
+        "first_answer_s": server.first_answer_s,
+        "catalog_loads": catalog_loads(log_path),
+        "worker_pids": tree.workers(),
+        "rss_after_startup_mib": startup["total"].get("VmRSS"),
+        "memory_after_startup": startup,
         "model_versions": server.health.get("model_versions"),
         "port": server.port,
     }
     log(
-        f"server pid {server.pid} ready on :{server.port} in {server.startup_s:.1f}s, "
-        f"RSS {info['rss_after_startup_mib']:.0f} MiB, models {info['model_versions']}"
+        f"server pid {server.pid} (workers {info['worker_pids']}) ready on :{server.port} in "
+        f"{server.startup_s:.1f}s (catalog loads {info['catalog_loads']}), RSS "
+        f"{info['rss_after_startup_mib']:.0f} MiB, models {info['model_versions']}"
     )
+    if args.idle_s > 0:
+        info["idle"] = idle_cpu(tree, args.idle_s)
+        log(f"server CPU while idle for {args.idle_s:g}s: {info['idle']['cores']:.3f} cores")
     phases: dict[str, Any] = {}
-    sampler = MemorySampler(server.pid)
+    sampler = MemorySampler(tree)
     try:
         sampler.start()
         hard = args.request_timeout * 2 + 120
+
+        def run(spec: dict[str, Any], what: str) -> None:
+            log(
+                f"phase {spec['name']}: {what} over {spec['concurrency']} connection(s), up to "
+                f"{spec['requests']:,} requests / {spec['duration_s']:g}s"
+            )
+            limit = hard + spec["duration_s"] + spec["warmup_s"]
+            phases[spec["name"]] = run_phase(server, spec, limit)
+            log(_phase_line(phases[spec["name"]]))
+
+        healthz = [{"path": "/healthz", "label": ""}]
         trivial = _phase_spec(
             "trivial",
             server.base_url,
-            [{"path": "/healthz", "label": ""}],
-            [{"path": "/healthz", "label": ""}],
+            healthz,
+            healthz,
             args,
             args.trivial_requests,
             args.duration,
             args.trivial_warmup,
             args.warmup_s,
+            concurrency=args.concurrency,
         )
-        log(
-            f"phase trivial: GET /healthz, up to {args.trivial_requests:,} requests / "
-            f"{args.duration:g}s"
-        )
-        phases["trivial"] = run_phase(server, trivial, hard + args.duration + args.warmup_s)
-        log(_phase_line(phases["trivial"]))
-        targets, _ = _feed_targets(
-            users_path, args.feed_warmup + args.feed_requests, args.n, args.seed + 1
-        )
+        run(trivial, "GET /healthz")
+        # Distinct users for both feed phases, in this order: 8-connection warm-up and measured
+        # requests, then 1-connection warm-up and measured requests.
+        counts = [args.feed_warmup, args.feed_requests, args.single_warmup, args.single_requests]
+        targets, _ = _feed_targets(users_path, sum(counts), args.n, args.seed + 1)
+        cuts = np.cumsum([0, *counts]).tolist()
+        warm8, feed8, warm1, feed1 = (targets[a:b] for a, b in itertools.pairwise(cuts))
+        feed_path = f"GET /v1/users/{{id}}/feed?n={args.n}"
         feed = _phase_spec(
             "feed",
             server.base_url,
-            targets[args.feed_warmup :],
-            targets[: args.feed_warmup] or targets[:1],
+            feed8,
+            warm8 or feed8[:1],
             args,
             args.feed_requests,
             args.feed_duration,
             args.feed_warmup,
             args.warmup_s * 3,
+            concurrency=args.concurrency,
             feed_n=args.n,
         )
-        log(
-            f"phase feed: GET /v1/users/{{id}}/feed?n={args.n}, up to {args.feed_requests:,} "
-            f"requests / {args.feed_duration:g}s"
+        run(feed, feed_path)
+        single = _phase_spec(
+            "feed_1conn",
+            server.base_url,
+            feed1,
+            warm1 or feed1[:1],
+            args,
+            args.single_requests,
+            args.single_duration,
+            args.single_warmup,
+            args.warmup_s * 3,
+            concurrency=1,
+            feed_n=args.n,
         )
-        phases["feed"] = run_phase(server, feed, hard + args.feed_duration + args.warmup_s * 3)
-        log(_phase_line(phases["feed"]))
+        run(single, feed_path)
         if args.httpx_reference and args.client != "httpx":
             reference = {
                 **trivial,
@@ -282,17 +326,18 @@ def serve_and_load(
                 "requests": max(1, args.trivial_requests // 4),
                 "duration_s": args.duration / 3,
             }
-            log("reference phase: GET /healthz with httpx.AsyncClient")
-            phases["trivial_httpx"] = run_phase(server, reference, hard + args.duration)
-            log(_phase_line(phases["trivial_httpx"]))
+            run(reference, "GET /healthz with httpx.AsyncClient (cross-check)")
         info["memory_sampled_peaks_mib"] = sampler.stop()
         info["peak_rss_mib"] = server.peak_rss_mib()
-        info["rss_after_load_mib"] = server.rss_mib()
-        info["memory_after_load_mib"] = memory_mib(server.pid)
+        after = tree.snapshot()
+        info["rss_after_load_mib"] = after["total"].get("VmRSS")
+        info["memory_after_load"] = after
+        info["worker_pids_after_load"] = tree.workers()
     finally:
         sampler.stop()
         info["exit_code"] = server.stop()
     server_log = server.log_path.read_text(errors="replace")
+    info["catalog_loads_total"] = len(catalog_loads(log_path))
     info["log_tracebacks"] = server_log.count("Traceback")
     info["log_tail"] = server_log.splitlines()[-20:]
     return info, phases
@@ -338,11 +383,36 @@ def _warnings(build: dict[str, Any], server: dict[str, Any], phases: dict[str, A
                 f"{name}: the load client used {p['client_cpu_share']:.2f} cores; the client may "
                 "be the bottleneck of this phase, so its throughput is a lower bound"
             )
-    feed = phases.get("feed", {}).get("feed") or {}
-    if feed.get("short_pages"):
-        found.append(f"feed: {feed['short_pages']} pages had fewer than {feed['n']} items")
-    if "none" in (feed.get("model_versions") or {}):
-        found.append("feed: some responses were served without a trained model")
+        if "server_pids_changed" in p:
+            found.append(
+                f"{name}: the server's processes changed during the phase (a worker restarted?): "
+                f"{p['server_pids_changed']}"
+            )
+        if not p.get("server_alive", True):
+            found.append(f"{name}: the server was gone after the phase")
+        feed = p.get("feed") or {}
+        if feed.get("short_pages"):
+            found.append(f"{name}: {feed['short_pages']} pages had fewer than {feed['n']} items")
+        if {"untrained", "None"} & set(feed.get("model_versions") or {}):
+            found.append(f"{name}: some responses were served without a trained model")
+    loads, workers = server.get("catalog_loads_total"), server.get("workers", 1)
+    idle = (server.get("idle") or {}).get("cores", 0.0)
+    if idle > 0.05 * workers:
+        found.append(
+            f"the server used {idle:.2f} cores while idle (no requests, "
+            f"{server['idle']['seconds']:.0f} s after startup): background work competes with "
+            "the requests"
+        )
+    if loads is not None and loads != workers:
+        found.append(
+            f"the server log reports {loads} catalog loads for {workers} worker(s): "
+            "a worker was restarted or did not start"
+        )
+    if server.get("worker_pids_after_load", server.get("worker_pids")) != server.get("worker_pids"):
+        found.append(
+            f"worker pids changed: {server.get('worker_pids')} at startup, "
+            f"{server.get('worker_pids_after_load')} after the load"
+        )
     if server.get("log_tracebacks"):
         found.append(
             f"server log has {server['log_tracebacks']} tracebacks (bench/.out/server.log)"
@@ -365,7 +435,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-copy", action="store_true", help="keep the served copy of the data (bench/.out/run)"
     )
-    parser.add_argument("--concurrency", type=int, default=8, help="client connections")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server worker processes (fyp serve --workers)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="client connections (trivial, feed phases)"
+    )
     parser.add_argument(
         "--client",
         choices=["raw", "httpx"],
@@ -382,9 +457,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--feed-requests", type=int, default=None, help="(5,000; quick 500)")
     parser.add_argument("--duration", type=float, default=None, help="trivial time limit s (30)")
     parser.add_argument("--feed-duration", type=float, default=None, help="feed time limit s (90)")
+    parser.add_argument(
+        "--single-requests", type=int, default=None, help="feed, 1 connection (600; quick 200)"
+    )
+    parser.add_argument(
+        "--single-duration", type=float, default=None, help="its time limit s (60; quick 20)"
+    )
     parser.add_argument("--trivial-warmup", type=int, default=500, help="uncounted requests")
     parser.add_argument("--feed-warmup", type=int, default=None, help="uncounted (200; quick 50)")
+    parser.add_argument(
+        "--single-warmup", type=int, default=None, help="uncounted, 1 connection (30; quick 10)"
+    )
     parser.add_argument("--warmup-s", type=float, default=3.0, help="warm-up time limit (feed x3)")
+    parser.add_argument(
+        "--idle-s", type=float, default=None, help="measure idle server CPU first, s (10; quick 4)"
+    )
     parser.add_argument("-n", type=int, default=10, help="feed page size")
     parser.add_argument("--request-timeout", type=float, default=30.0)
     parser.add_argument("--startup-timeout", type=float, default=900.0)
@@ -401,6 +488,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "duration": 10.0 if quick else 30.0,
         "feed_duration": 30.0 if quick else 90.0,
         "feed_warmup": 50 if quick else 200,
+        "single_requests": 200 if quick else 600,
+        "single_duration": 20.0 if quick else 60.0,
+        "single_warmup": 10 if quick else 30,
+        "idle_s": 4.0 if quick else 10.0,
         "docs": not quick,
     }
     for key, value in defaults.items():
@@ -408,8 +499,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.creators is None:
         args.creators = max(10, args.items // 20)
-    if min(args.items, args.users, args.concurrency, args.trivial_requests, args.feed_requests) < 1:
-        parser.error("sizes, counts and concurrency must be positive")
+    positive = (
+        args.items,
+        args.users,
+        args.workers,
+        args.concurrency,
+        args.trivial_requests,
+        args.feed_requests,
+        args.single_requests,
+    )
+    if min(positive) < 1:
+        parser.error("sizes, counts, workers and concurrency must be positive")
     return args
 
 
@@ -446,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     trivial_rps = phases["trivial"]["throughput_rps"]
     results: dict[str, Any] = {
         "command": command,
+        "workers": args.workers,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine,
         "loadavg_start": list(load_start),
@@ -461,15 +562,17 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["warnings"] = _warnings(build_info, server, phases)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    raw_file = OUT_DIR / f"feed_http-{stamp}{'-quick' if args.quick else ''}.json"
+    results["raw_file"] = str(raw_file.relative_to(REPO))
     raw = json.dumps(results, indent=2, default=str)
-    (OUT_DIR / f"feed_http-{stamp}{'-quick' if args.quick else ''}.json").write_text(raw)
+    raw_file.write_text(raw)
     (OUT_DIR / "feed_http-latest.json").write_text(raw)
     print(terminal_report(results))
     print(f"\n  steps: {', '.join(f'{k} {v:.1f}s' for k, v in steps.items())}")
     print(f"  raw results: {OUT_DIR / 'feed_http-latest.json'}")
     if args.docs:
-        update_docs(DOCS, markdown_section(results))
-        print(f"  wrote the feed_http section of {DOCS}")
+        update_docs(DOCS, markdown_section(results), args.workers)
+        print(f"  wrote the feed_http section for {args.workers} worker(s) of {DOCS}")
     return 1 if server.get("exit_code") not in (*CLEAN_EXITS, None) else 0
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -41,6 +43,9 @@ def proc_status_kib(pid: int | str, field: str) -> int | None:
     return None
 
 
+MEMORY_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+
+
 def memory_mib(pid: int | str) -> dict[str, float]:
     """Resident memory of ``pid`` in MiB: total (``VmRSS``), peak (``VmHWM``), and its parts.
 
@@ -49,18 +54,160 @@ def memory_mib(pid: int | str) -> dict[str, float]:
     costs the machine; ``RssAnon`` is the process's own heap.
     """
     found: dict[str, float] = {}
-    for field in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+    for field in MEMORY_FIELDS:
         kib = proc_status_kib(pid, field)
         if kib is not None:
             found[field] = kib / 1024.0
     return found
 
 
-class MemorySampler:
-    """Polls a process's memory in a thread and keeps the maximum of each field."""
+def pss_mib(pid: int | str) -> dict[str, float]:
+    """Proportional set size of ``pid`` in MiB (``/proc/<pid>/smaps_rollup``): a page shared by
+    several processes counts as a share for each, so the sum over processes is what they cost the
+    machine together. Walks the page tables: read at quiet moments, not in a polling loop."""
+    found: dict[str, float] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Pss", "Pss_Anon", "Pss_File"):
+            found[name] = int(rest.split()[0]) / 1024.0
+    return found
 
-    def __init__(self, pid: int, interval_s: float = 0.25) -> None:
-        self.pid = pid
+
+# ---- a process and its children -----------------------------------------------------------------
+
+
+def _parent_pids() -> dict[int, int]:
+    """pid -> parent pid for every process (``/proc/*/stat``; this kernel has no
+    ``/proc/<pid>/task/<tid>/children``)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def descendants(pid: int) -> list[int]:
+    """The children of ``pid``, their children and so on (not ``pid`` itself)."""
+    children: dict[int, list[int]] = {}
+    for child, parent in _parent_pids().items():
+        children.setdefault(parent, []).append(child)
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in sorted(children.get(todo.pop(), [])):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def process_role(pid: int, root: int) -> str:
+    """``server`` (the process serving requests: ``fyp serve`` with one worker), ``parent``
+    (uvicorn's supervisor), ``worker`` (a uvicorn worker) or ``helper`` (e.g. the
+    multiprocessing resource tracker)."""
+    if pid == root:
+        return "server"
+    return "worker" if "spawn_main" in cmdline(pid) else "helper"
+
+
+@dataclass
+class ProcessTree:
+    """The server's processes: ``root`` (``fyp serve``) and whatever it started."""
+
+    root: int
+
+    def pids(self) -> list[int]:
+        return [self.root, *descendants(self.root)]
+
+    def roles(self) -> dict[int, str]:
+        pids = self.pids()
+        roles = {pid: process_role(pid, self.root) for pid in pids}
+        if "worker" in roles.values():
+            roles[self.root] = "parent"
+        return roles
+
+    def workers(self) -> list[int]:
+        """The processes that serve requests: the uvicorn workers, or the root alone."""
+        roles = self.roles()
+        found = [pid for pid, role in roles.items() if role == "worker"]
+        return found or [self.root]
+
+    def cpu_s(self) -> tuple[float, list[int]]:
+        """User + system CPU seconds so far, summed over the processes; and their pids."""
+        total = 0.0
+        pids = self.pids()
+        for pid in pids:
+            total += proc_cpu_s(pid) or 0.0
+        return total, pids
+
+    def memory_mib(self) -> dict[str, float]:
+        """Each memory field summed over the processes (see :func:`memory_mib`)."""
+        totals: dict[str, float] = {}
+        for pid in self.pids():
+            for key, value in memory_mib(pid).items():
+                totals[key] = totals.get(key, 0.0) + value
+        return totals
+
+    def snapshot(self) -> dict[str, Any]:
+        """Memory per process (with PSS) and summed, at one moment."""
+        processes: list[dict[str, Any]] = []
+        for pid, role in self.roles().items():
+            processes.append({"pid": pid, "role": role, **memory_mib(pid), **pss_mib(pid)})
+        fields = (*MEMORY_FIELDS, "Pss", "Pss_Anon", "Pss_File")
+        total = {f: sum(p.get(f, 0.0) for p in processes) for f in fields}
+        serving = [p for p in processes if p["role"] in ("server", "worker")]
+        return {
+            "total": total,
+            "workers_peak_rss_mib": sum(p.get("VmHWM", 0.0) for p in serving),
+            "processes": processes,
+        }
+
+    def peak_rss_mib(self) -> float | None:
+        """Sum of the serving processes' ``VmHWM`` (each worker's own peak; the uvicorn parent
+        and helpers are not included). An upper bound on the peak of the sum."""
+        peaks = [proc_status_kib(pid, "VmHWM") for pid in self.workers()]
+        known = [kib for kib in peaks if kib is not None]
+        return sum(known) / 1024.0 if known else None
+
+
+def idle_cpu(tree: ProcessTree, seconds: float) -> dict[str, Any]:
+    """The server's CPU use while nobody sends it a request: its background work (sync loop,
+    threads, the supervisor's health checks)."""
+    cpu_start, pids = tree.cpu_s()
+    started = time.perf_counter()
+    time.sleep(seconds)
+    cpu_end, _ = tree.cpu_s()
+    elapsed = time.perf_counter() - started
+    return {
+        "seconds": elapsed,
+        "cpu_s": cpu_end - cpu_start,
+        "cores": (cpu_end - cpu_start) / elapsed,
+        "pids": pids,
+    }
+
+
+class MemorySampler:
+    """Polls the server's memory (summed over its processes) in a thread; keeps the maximum of
+    each field."""
+
+    def __init__(self, tree: ProcessTree, interval_s: float = 0.25) -> None:
+        self.tree = tree
         self.interval_s = interval_s
         self.peaks: dict[str, float] = {}
         self.samples = 0
@@ -79,7 +226,7 @@ class MemorySampler:
         return self.peaks
 
     def _sample(self) -> None:
-        for key, value in memory_mib(self.pid).items():
+        for key, value in self.tree.memory_mib().items():
             self.peaks[key] = max(value, self.peaks.get(key, 0.0))
         self.samples += 1
 
@@ -125,12 +272,35 @@ def loadavg() -> tuple[float, float, float]:
 # ---- the server ---------------------------------------------------------------------------------
 
 
+CATALOG_LOADED = re.compile(
+    r"(?:loaded|worker \d+:) ([\d,]+) catalog items (?:into|in) memory (?:in|after) ([\d.]+)s"
+)
+"""What ``fyp serve`` logs once a process holds the catalog: ``fyp: loaded 1,000 catalog items
+into memory in 1.0s`` (one process) or ``worker 123: 1,000 catalog items in memory after 1.0s``."""
+
+
+def catalog_loads(log_path: Path) -> list[dict[str, float]]:
+    """Every catalog load the server log reports: items and seconds, one per server process."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [
+        {"items": int(m.group(1).replace(",", "")), "seconds": float(m.group(2))}
+        for m in CATALOG_LOADED.finditer(text)
+    ]
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
+    workers: int
+    first_answer_s: float
+    """Until ``/healthz`` first answered 200 (with several workers: the first ready worker)."""
     startup_s: float
+    """Until every worker had loaded the catalog and could serve."""
     health: dict[str, Any]
 
     @property
@@ -138,19 +308,24 @@ class Server:
         return self.process.pid
 
     @property
+    def tree(self) -> ProcessTree:
+        return ProcessTree(self.process.pid)
+
+    @property
     def base_url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def rss_mib(self) -> float | None:
-        kib = proc_status_kib(self.pid, "VmRSS")
-        return None if kib is None else kib / 1024.0
+        """``VmRSS`` summed over the server's processes."""
+        return self.tree.memory_mib().get("VmRSS")
 
     def peak_rss_mib(self) -> float | None:
-        kib = proc_status_kib(self.pid, "VmHWM")
-        return None if kib is None else kib / 1024.0
+        return self.tree.peak_rss_mib()
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGINT (uvicorn's graceful shutdown closes the engine), then SIGKILL if it hangs."""
+        """SIGINT (uvicorn's graceful shutdown closes the engine), then SIGKILL if it hangs;
+        worker processes left behind by a killed parent are killed too."""
+        children = descendants(self.pid) if self.process.poll() is None else []
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -158,6 +333,13 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
+        deadline = time.monotonic() + 10.0
+        for pid in children:
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            with contextlib.suppress(ProcessLookupError):
+                if Path(f"/proc/{pid}").exists():
+                    os.kill(pid, signal.SIGKILL)
         return self.process.returncode
 
 
@@ -168,8 +350,14 @@ def _log_tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
-def start_server(data_dir: Path, log_path: Path, timeout_s: float = 900.0) -> Server:
-    """Start ``fyp serve`` on a free loopback port and wait until ``/healthz`` answers 200."""
+def start_server(
+    data_dir: Path, log_path: Path, timeout_s: float = 900.0, workers: int = 1
+) -> Server:
+    """Start ``fyp serve`` on a free loopback port; return once every worker is ready.
+
+    ``/healthz`` answers as soon as one worker serves (they share the listening socket), so with
+    several workers this also waits until each has logged that it loaded the catalog.
+    """
     fyp = Path(sys.executable).parent / "fyp"
     port = free_port()
     command = [
@@ -182,6 +370,8 @@ def start_server(data_dir: Path, log_path: Path, timeout_s: float = 900.0) -> Se
         "--port",
         str(port),
         "--no-background-training",
+        "--workers",
+        str(workers),
     ]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
     env.pop("FYP_API_KEY", None)  # a loopback benchmark; the key check is not what is measured
@@ -190,38 +380,54 @@ def start_server(data_dir: Path, log_path: Path, timeout_s: float = 900.0) -> Se
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()
+
+    def check(what: str) -> None:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"fyp serve exited with {process.returncode} before {what}:\n" + _log_tail(log_path)
+            )
+        if time.perf_counter() - started > timeout_s:
+            process.kill()
+            raise RuntimeError(f"fyp serve: no {what} within {timeout_s:.0f}s")
+
     url = f"http://{HOST}:{port}/healthz"
     with httpx.Client(timeout=5.0) as client:
         while True:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"fyp serve exited with {process.returncode} before answering /healthz:\n"
-                    + _log_tail(log_path)
-                )
-            if time.perf_counter() - started > timeout_s:
-                process.kill()
-                raise RuntimeError(f"fyp serve did not answer /healthz within {timeout_s:.0f}s")
+            check("answering /healthz")
             try:
                 response = client.get(url)
             except httpx.HTTPError:
                 time.sleep(0.2)
                 continue
             if response.status_code == 200:
-                return Server(
-                    process=process,
-                    port=port,
-                    log_path=log_path,
-                    startup_s=time.perf_counter() - started,
-                    health=response.json(),
-                )
+                break
             time.sleep(0.2)
+    first_answer_s = time.perf_counter() - started
+    while len(catalog_loads(log_path)) < workers:
+        check(f"catalog loaded in {workers} workers")
+        time.sleep(0.2)
+    startup_s = time.perf_counter() - started
+    if workers > 1:
+        time.sleep(1.0)  # the app's startup after the catalog: milliseconds
+    return Server(
+        process=process,
+        port=port,
+        log_path=log_path,
+        workers=workers,
+        first_answer_s=first_answer_s,
+        startup_s=startup_s,
+        health=response.json(),
+    )
 
 
 # ---- one load phase -----------------------------------------------------------------------------
 
 
 def run_phase(server: Server, spec: dict[str, Any], hard_timeout_s: float) -> dict[str, Any]:
-    """Run one phase in a fresh client process; add the server's CPU and RSS over the window."""
+    """Run one phase in a fresh client process; add the server's CPU and RSS over the window.
+
+    Server CPU and RSS are summed over all its processes (uvicorn parent, workers, helpers).
+    """
     command = [sys.executable, str(BENCH_DIR / "load_client.py")]
     child = subprocess.Popen(
         command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
@@ -232,6 +438,8 @@ def run_phase(server: Server, spec: dict[str, Any], hard_timeout_s: float) -> di
     watchdog = threading.Timer(hard_timeout_s, child.kill)
     watchdog.start()
     cpu_start = cpu_end = None
+    pids_start: list[int] = []
+    pids_end: list[int] = []
     machine_start: dict[str, float] = {}
     machine_end: dict[str, float] = {}
     rss_before = server.rss_mib()
@@ -244,11 +452,11 @@ def run_phase(server: Server, spec: dict[str, Any], hard_timeout_s: float) -> di
             event = message.pop("event")
             if event == "measure-start":
                 machine_start = machine_cpu_s()
-                cpu_start = proc_cpu_s(server.pid)
+                cpu_start, pids_start = server.tree.cpu_s()
                 child.stdin.write("go\n")
                 child.stdin.flush()
             elif event == "measure-end":
-                cpu_end = proc_cpu_s(server.pid)
+                cpu_end, pids_end = server.tree.cpu_s()
                 machine_end = machine_cpu_s()
                 child.stdin.write("go\n")
                 child.stdin.flush()
@@ -281,6 +489,9 @@ def run_phase(server: Server, spec: dict[str, Any], hard_timeout_s: float) -> di
         result["other_processes_cores"] = max(busy - ours, 0.0) / seconds
         result["steal_cores"] = (machine_end["steal"] - machine_start["steal"]) / seconds
         result["iowait_cores"] = (machine_end["iowait"] - machine_start["iowait"]) / seconds
+    result["server_pids"] = pids_start
+    if pids_end != pids_start:  # a worker died or was replaced: its CPU time is lost or partial
+        result["server_pids_changed"] = {"start": pids_start, "end": pids_end}
     result["server_rss_before_mib"] = rss_before
     result["server_rss_after_mib"] = server.rss_mib()
     result["server_alive"] = server.process.poll() is None

@@ -155,8 +155,8 @@ class _World:
 
 def _appeal(n: int) -> Array:
     ranks = np.arange(n, dtype=np.float64)
-    weights = 1.0 / (ranks + 4.0) ** 0.9
-    return weights / weights.sum()
+    weights: Array = 1.0 / (ranks + 4.0) ** 0.9
+    return weights / float(weights.sum())
 
 
 def _build_world(scale: Scale, rng: np.random.Generator, anchor: float) -> _World:
