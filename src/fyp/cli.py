@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fyp import __version__
-from fyp.config import FypConfig, load_config
+from fyp.config import BACKGROUND_TRAINING_ENV, FypConfig, load_config
 from fyp.errors import FypError
 
 if TYPE_CHECKING:
@@ -32,10 +32,6 @@ def _is_loopback_host(host: str) -> bool:
 def _serve(config: FypConfig, background_training: bool = True, workers: int = 1) -> None:
     import uvicorn
 
-    from fyp.api.app import create_app
-    from fyp.api.asgi import BACKGROUND_TRAINING_ENV
-    from fyp.engine import Engine
-
     host, port = config.server.host, config.server.port
     if config.server.api_key is None and not _is_loopback_host(host):
         raise FypError(
@@ -53,6 +49,7 @@ def _serve(config: FypConfig, background_training: bool = True, workers: int = 1
             "(API docs at /docs)",
             file=sys.stderr,
         )
+        # The supervising process only starts workers: it does not load an engine itself.
         uvicorn.run(
             "fyp.api.asgi:app_from_env",
             factory=True,
@@ -63,6 +60,9 @@ def _serve(config: FypConfig, background_training: bool = True, workers: int = 1
             access_log=False,
         )
         return
+    from fyp.api.app import create_app
+    from fyp.engine import Engine
+
     engine = Engine(config)
     started = time.perf_counter()
     warmed = engine.warm()

@@ -27,6 +27,8 @@ from fyp.types import RegionName
 
 DEFAULT_DATA_DIR: Final = Path("fyp-data")
 CONFIG_FILE_NAME: Final = "fyp.toml"
+BACKGROUND_TRAINING_ENV: Final = "FYP_BACKGROUND_TRAINING"
+"""Set to ``0`` to keep server workers started by ``fyp serve --workers`` from retraining."""
 
 
 class _Section(BaseModel):
@@ -279,6 +281,9 @@ class TrainingConfig(_Section):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    max_concurrent_feeds: int = Field(default=2, ge=1, le=64)
+    """Feeds computed at once per server process; more requests wait their turn. Feed ranking is
+    CPU-bound Python, so more threads at once only interleave and slow every request down."""
     api_key: SecretStr | None = None
     """When set, every /v1 call needs ``Authorization: Bearer <key>`` (env ``FYP_API_KEY``)."""
 

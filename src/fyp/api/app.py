@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
@@ -220,15 +222,17 @@ def create_app(
             errors=[EventErrorOut(index=i, detail=d) for i, d in result.errors],
         )
 
+    feed_slots = anyio.CapacityLimiter(engine.config.server.max_concurrent_feeds)
+
     @v1.get("/users/{user_id}/feed", tags=["feed"])
-    def feed(
+    async def feed(
         user_id: str,
         n: Annotated[int, Query(ge=1, le=MAX_FEED_N)] = 10,
         details: Annotated[bool, Query(description="include item metadata")] = False,
         trace: Annotated[bool, Query(description="include the pipeline trace")] = False,
     ) -> FeedOut:
         _check_id("user", user_id)
-        result = engine.feed(user_id, n)
+        result = await anyio.to_thread.run_sync(engine.feed, user_id, n, limiter=feed_slots)
         records = engine.catalog.get_items([i.item_id for i in result.items]) if details else {}
         return FeedOut(
             request_id=result.request_id,

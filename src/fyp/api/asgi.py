@@ -14,12 +14,10 @@ import time
 from fastapi import FastAPI
 
 from fyp.api.app import create_app
-from fyp.config import load_config
+from fyp.config import BACKGROUND_TRAINING_ENV, load_config
 from fyp.engine import Engine
 
 log = logging.getLogger(__name__)
-
-BACKGROUND_TRAINING_ENV = "FYP_BACKGROUND_TRAINING"
 
 
 def app_from_env() -> FastAPI:

@@ -17,9 +17,11 @@ from typing import Any, Final
 
 import numpy as np
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
@@ -37,8 +39,6 @@ from fyp.types import Item, epoch
 
 CATALOG_SCHEMA_VERSION: Final = 1
 NEWEST_CACHE_TTL_S: Final = 10.0
-SYNC_OVERLAP_S: Final = 5.0
-"""Changes are re-read this far behind the newest one seen: writers' clocks may differ a little."""
 
 metadata = MetaData()
 meta_table(metadata)
@@ -58,7 +58,17 @@ items = Table(
     Column("updated_at", Float, nullable=False),
     Index("ix_items_created_at", "created_at"),
     Index("ix_items_creator_created", "creator_id", "created_at"),
-    Index("ix_items_updated_at", "updated_at"),
+)
+
+# Every upsert appends the item ids it touched, in commit order: how other processes sharing the
+# catalog find out what changed, exactly and without trusting anyone's clock.
+item_changes = Table(
+    "item_changes",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("item_id", String(128), nullable=False),
 )
 
 item_tags = Table(
@@ -116,8 +126,8 @@ class SqlCatalog:
         self._count: int | None = None
         self._newest_cache: dict[tuple[str, str], tuple[float, int, list[str]]] = {}
         with self.db.read() as conn:
-            newest = conn.execute(select(func.max(items.c.updated_at))).scalar_one_or_none()
-        self._synced_to = float(newest or 0.0)
+            newest = conn.execute(select(func.max(item_changes.c.seq))).scalar_one_or_none()
+        self._synced_seq = int(newest or 0)
 
     def upsert_items(self, batch: Sequence[Item]) -> UpsertResult:
         if not batch:
@@ -167,6 +177,9 @@ class SqlCatalog:
                 conn.execute(delete(item_tags).where(item_tags.c.item_id.in_(part)))
             if tag_rows:
                 conn.execute(item_tags.insert(), tag_rows)
+            self.db.executemany(
+                conn, item_changes.insert(), [{"item_id": item_id} for item_id in ids]
+            )
         with self._cache_lock:
             for item_id in ids:
                 self._cache.pop(item_id, None)
@@ -211,14 +224,18 @@ class SqlCatalog:
         new creators and tags dropped. Returns how many changed items were read.
         """
         with self.db.read() as conn:
-            rows = conn.execute(
-                select(*_ITEM_COLUMNS, items.c.updated_at).where(
-                    items.c.updated_at > self._synced_to - SYNC_OVERLAP_S
-                )
+            changes = conn.execute(
+                select(item_changes.c.seq, item_changes.c.item_id)
+                .where(item_changes.c.seq > self._synced_seq)
+                .order_by(item_changes.c.seq)
             ).all()
-        if not rows:
-            return 0
-        records = [_record(row) for row in rows]
+            if not changes:
+                return 0
+            changed = list(dict.fromkeys(row.item_id for row in changes))
+            records: list[ItemRecord] = []
+            for part in chunked(changed):
+                query = select(*_ITEM_COLUMNS).where(items.c.item_id.in_(part))
+                records.extend(_record(row) for row in conn.execute(query))
         with self._cache_lock:
             for record in records:
                 old = self._cache.get(record.item_id)
@@ -230,7 +247,7 @@ class SqlCatalog:
                 if old is not None:
                     self._cache[record.item_id] = record
             self._count = None
-        self._synced_to = max(self._synced_to, max(float(row.updated_at) for row in rows))
+        self._synced_seq = int(changes[-1].seq)
         return len(records)
 
     def warm(self) -> int:
