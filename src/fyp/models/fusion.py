@@ -43,7 +43,7 @@ EASE_MAX_ITEMS: Final = 15_000
 """Above this many active items the item-item component is a sparse kNN instead of dense EASE."""
 POOL_PER_COMPONENT: Final = 150
 """Candidates each component contributes per validation user to the fusion search."""
-MAX_VALIDATION_USERS: Final = 4000
+MAX_VALIDATION_USERS: Final = 10_000
 WEIGHT_STEPS: Final = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 _SCORE_BUDGET: Final = 16_000_000
 """Floats per scored user batch (bounds memory: users x items per batch)."""
@@ -116,7 +116,10 @@ class ItemLinear:
             sim = sp.csr_matrix(normed.T @ normed)
             sim.setdiag(0.0)
             sim.eliminate_zeros()
-            self._sparse, self._dense = _top_per_row(sim, self.neighbours), None
+            # Row j of the kept matrix holds target j's nearest neighbours; a user's score for j
+            # sums the similarities of those neighbours the user has (scores = X @ kept.T).
+            kept = _top_per_row(sim, self.neighbours)
+            self._sparse, self._dense = sp.csr_matrix(kept.T), None
 
     def scores(self, users: IntArray) -> FloatMatrix:
         assert self._x is not None
@@ -352,7 +355,13 @@ def _candidates(
     """Each applicable component with its small grid of settings."""
     grid: list[tuple[str, list[dict[str, Any]], Callable[..., Component]]] = [
         ("popularity", [{}], Popularity),
-        ("item_linear", [{"l2": v} for v in (50.0, 200.0, 800.0)], ItemLinear),
+        (
+            "item_linear",
+            [{"l2": v} for v in (50.0, 200.0, 800.0)]
+            if n_items <= EASE_MAX_ITEMS
+            else [{"neighbours": k} for k in (50, 200, 800)],
+            ItemLinear,
+        ),
         (
             "factors",
             [
