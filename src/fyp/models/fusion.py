@@ -67,15 +67,27 @@ def _standardise(scores: FloatMatrix) -> FloatMatrix:
 
 
 class Popularity:
-    """How often each item was interacted with (log-scaled): the same for everyone."""
+    """How often each item was interacted with (log-scaled): the same for everyone.
+
+    With ``half_life`` (a fraction of the training log's time span) and timestamps, recent
+    interactions count more: what is popular now, rather than what was popular once.
+    """
 
     name = "popularity"
 
-    def __init__(self) -> None:
+    def __init__(self, half_life: float | None = None) -> None:
+        self.half_life = half_life
         self._scores: FloatMatrix = np.zeros(0, dtype=np.float32)
 
     def fit(self, train: sp.csr_matrix, context: FitContext) -> None:
-        counts = np.asarray((train > 0).sum(axis=0)).ravel()
+        log_ = context.train
+        if self.half_life is not None and log_.timestamp is not None and len(log_):
+            ts = log_.timestamp
+            span = max(float(ts.max() - ts.min()), 1e-9)
+            age = (float(ts.max()) - ts) / (self.half_life * span)
+            counts = np.bincount(log_.item, weights=0.5**age, minlength=train.shape[1])
+        else:
+            counts = np.asarray((train > 0).sum(axis=0)).ravel()
         self._scores = np.log1p(counts).astype(np.float32)
 
     def scores(self, users: IntArray) -> FloatMatrix:
@@ -354,7 +366,11 @@ def _candidates(
 ) -> list[tuple[str, list[dict[str, Any]], Callable[..., Component]]]:
     """Each applicable component with its small grid of settings."""
     grid: list[tuple[str, list[dict[str, Any]], Callable[..., Component]]] = [
-        ("popularity", [{}], Popularity),
+        (
+            "popularity",
+            [{}, {"half_life": 0.02}, {"half_life": 0.1}] if has_time else [{}],
+            Popularity,
+        ),
         (
             "item_linear",
             [{"l2": v} for v in (50.0, 200.0, 800.0)]
