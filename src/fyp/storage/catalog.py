@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 
 from fyp.storage.roles import ItemRecord, UpsertResult
-from fyp.storage.sql import Database, chunked, meta_table, upsert
+from fyp.storage.sql import Database, chunked, meta_table, one_of, upsert
 from fyp.types import Item, epoch
 
 CATALOG_SCHEMA_VERSION: Final = 1
@@ -207,7 +207,8 @@ class SqlCatalog:
             loaded: list[ItemRecord] = []
             with self.db.read() as conn:
                 for part in chunked(list(dict.fromkeys(missing))):
-                    rows = conn.execute(select(*_ITEM_COLUMNS).where(items.c.item_id.in_(part)))
+                    query = select(*_ITEM_COLUMNS).where(one_of(self.db, items.c.item_id, part))
+                    rows = conn.execute(query)
                     loaded.extend(_record(row) for row in rows)
             with self._cache_lock:
                 for record in loaded:

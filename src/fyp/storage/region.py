@@ -53,7 +53,15 @@ from fyp.storage.roles import (
     UserRecord,
     UserStateSnapshot,
 )
-from fyp.storage.sql import Database, chunked, insert_ignore, insert_or_add, meta_table, upsert
+from fyp.storage.sql import (
+    Database,
+    chunked,
+    insert_ignore,
+    insert_or_add,
+    meta_table,
+    one_of,
+    upsert,
+)
 from fyp.types import POSITIVE_EVENT_TYPES, Event, User, epoch
 
 REGION_SCHEMA_VERSION: Final = 1
@@ -444,7 +452,7 @@ class SqlRegionStore:
                 found.update(
                     conn.execute(
                         select(seen.c.item_id).where(
-                            seen.c.user_id == user_id, seen.c.item_id.in_(part)
+                            seen.c.user_id == user_id, one_of(self.db, seen.c.item_id, part)
                         )
                     ).scalars()
                 )
@@ -523,7 +531,7 @@ class SqlRegionStore:
         with self.db.read() as conn:
             for part in chunked(list(dict.fromkeys(missing))):
                 query = select(*columns, item_stats.c.watch_ratio_sum).where(
-                    item_stats.c.item_id.in_(part)
+                    one_of(self.db, item_stats.c.item_id, part)
                 )
                 for row in conn.execute(query):
                     loaded[row[0]] = _stats_record(row[1:])
