@@ -1,4 +1,4 @@
-"""The ``fyp`` command: serve, import, train, feed, demo."""
+"""The ``fyp`` command: serve, import, train, feed, demo, eval, offline-recommend, audit."""
 
 from __future__ import annotations
 
@@ -303,6 +303,95 @@ def cmd_offline_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_regions(engine: Any, region: str | None) -> list[str]:
+    regions: list[str] = engine.config.region_names
+    if region is not None and region not in regions:
+        raise FypError(f"no region named {region!r}; configured: {regions}")
+    return [region] if region else regions
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Operator and auditor access to each region's tamper-evident audit log."""
+    from fyp.engine import Engine
+    from fyp.governance import merkle
+    from fyp.governance.keys import Verifier
+    from fyp.governance.policy import Principal
+
+    engine = Engine(load_config(args.data_dir))
+    try:
+        regions = _audit_regions(engine, args.region)
+        if args.action == "key":
+            for region in regions:
+                verifier = engine.gate.audit_log(region).verifier
+                print(f"{region}\t{verifier.key_id}\t{verifier.hex()}")
+            return 0
+        if args.action == "sign":
+            for region in regions:
+                print(json.dumps(engine.gate.sign_audit_head(region).to_json()))
+            return 0
+        if args.action == "head":
+            for region in regions:
+                head = engine.gate.audit_log(region).head()
+                print(json.dumps(head.to_json() if head else {"region": region, "tree_size": 0}))
+            return 0
+        if args.action == "proof":
+            if args.region is None or args.seq is None:
+                raise FypError("fyp audit proof needs --region and --seq")
+            log_ = engine.gate.audit_log(args.region)
+            head = log_.head(args.size) if args.size else log_.head()
+            if head is None or head.size < args.seq:
+                head = engine.gate.sign_audit_head(args.region)
+            _, leaf = engine.gate.open(
+                args.region, Principal.auditor(args.region), "audit"
+            ).audit.leaf(args.seq)
+            size, path = log_.inclusion_proof(args.seq, head.size)
+            merkle.verify_inclusion(args.seq - 1, size, leaf, path, head.root)
+            proof = {
+                "seq": args.seq,
+                "leaf_hash": leaf.hex(),
+                "tree_head": head.to_json(),
+                "audit_path": [p.hex() for p in path],
+            }
+            print(json.dumps(proof, indent=2))
+            return 0
+        principal_of = Principal.auditor
+        if args.action == "tail":
+            for region in regions:
+                handle = engine.gate.open(region, principal_of(region), "audit")
+                for r in handle.audit.tail(args.n):
+                    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.ts))
+                    detail = json.dumps(r.detail, sort_keys=True)
+                    print(
+                        f"{region}\t#{r.seq}\t{stamp}\t{r.decision}\t{r.principal}\t"
+                        f"{r.purpose}\t{r.action}\t{detail}"
+                    )
+            return 0
+        # verify
+        pinned = Verifier.from_hex(args.public_key) if args.public_key else None
+        failed = False
+        for region in regions:
+            started = time.perf_counter()
+            handle = engine.gate.open(region, principal_of(region), "audit")
+            report = handle.audit.verify(pinned)
+            seconds = time.perf_counter() - started
+            if report.ok:
+                print(
+                    f"{region}: ok, {report.entries:,} entries, {report.heads_checked} signed "
+                    f"heads, root {report.root[:16]}… ({seconds:.1f}s)"
+                )
+            else:
+                failed = True
+                where = (
+                    f" (first bad entry #{report.first_bad_seq})" if report.first_bad_seq else ""
+                )
+                print(f"{region}: FAILED{where}")
+                for problem in report.problems:
+                    print(f"  - {problem}")
+        return 3 if failed else 0
+    finally:
+        engine.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fyp", description="A self-hosted For You feed engine.")
     parser.add_argument("--version", action="version", version=f"fyp {__version__}")
@@ -373,6 +462,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--items", default=None, help="CSV: item_id[,text,tags,creator]")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_offline_recommend)
+
+    p = sub.add_parser("audit", help="verify, read and prove entries of the regions' audit logs")
+    p.add_argument(
+        "action",
+        choices=["verify", "tail", "head", "sign", "proof", "key"],
+        help="verify the whole log; print the last entries; print the latest signed tree head; "
+        "sign the current head; print an inclusion proof; print the signing public key",
+    )
+    p.add_argument("--region", default=None, help="one region (default: all)")
+    p.add_argument("-n", type=int, default=20, help="entries for tail")
+    p.add_argument("--seq", type=int, default=None, help="entry for proof")
+    p.add_argument("--size", type=int, default=None, help="tree size for proof (default: latest)")
+    p.add_argument(
+        "--public-key", default=None, help="verify heads with this pinned key (hex), not the file"
+    )
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("demo", help="build the demo world, import it, train, and serve")
     data_dir_arg(p, default=str(DEMO_DATA_DIR))

@@ -302,6 +302,8 @@ class FypConfig(_Section):
     server: ServerConfig = ServerConfig()
     sync_interval_s: float = Field(default=2.0, gt=0)
     """How often a serving process picks up catalog changes and models made by other processes."""
+    audit_sign_interval_s: float = Field(default=10.0, gt=0)
+    """How often a serving process signs each region's audit tree head (when the log grew)."""
 
     @model_validator(mode="after")
     def _unique_regions(self) -> FypConfig:
@@ -334,6 +336,10 @@ class FypConfig(_Section):
 
     def resolved_catalog_url(self) -> str:
         return self.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"
+
+    def audit_key_path(self, region: str) -> Path:
+        """The region's Ed25519 key for signing audit tree heads (created on first use)."""
+        return self.data_dir / "keys" / f"audit-{region}.ed25519"
 
     def models_dir(self, region: str) -> Path:
         return self.data_dir / "models" / region

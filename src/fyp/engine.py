@@ -23,6 +23,7 @@ from threadpoolctl import threadpool_limits
 from fyp.config import FypConfig
 from fyp.errors import Conflict, InvalidInput, NotFound
 from fyp.governance.gate import Gate
+from fyp.governance.keys import Signer
 from fyp.governance.policy import Principal, RegionPolicy
 from fyp.models.serving import ModelSlot, ServingModel
 from fyp.models.training import TrainReport, train_region
@@ -30,7 +31,7 @@ from fyp.pipeline.contracts import FeedContext, FeedQuery, FeedResult
 from fyp.pipeline.for_you import for_you_pipeline
 from fyp.pipeline.trace import Trace
 from fyp.signals import FoldPolicy
-from fyp.storage.audit import SqlAuditLog
+from fyp.storage.audit import SqlAuditLog, TreeHead
 from fyp.storage.catalog import SqlCatalog
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
@@ -77,7 +78,12 @@ class Engine:
             for name in config.region_names
         }
         model_stores = {name: ModelStore(config.models_dir(name)) for name in config.region_names}
-        audit_logs = {name: SqlAuditLog(config.audit_url(name)) for name in config.region_names}
+        audit_logs = {
+            name: SqlAuditLog(
+                config.audit_url(name), name, Signer.load_or_create(config.audit_key_path(name))
+            )
+            for name in config.region_names
+        }
         self.gate = Gate(stores, model_stores, audit_logs, RegionPolicy(), clock=clock)
         self.pipeline = for_you_pipeline(config)
         self.slots = {name: ModelSlot() for name in config.region_names}
@@ -267,11 +273,19 @@ class Engine:
             self._sync_thread = None
 
     def _sync_loop(self) -> None:
+        next_signing = 0.0
         while not self._sync_stop.wait(self.config.sync_interval_s):
             try:
                 self.sync()
+                if time.monotonic() >= next_signing:
+                    next_signing = time.monotonic() + self.config.audit_sign_interval_s
+                    self.sign_audit_heads()
             except Exception:  # keep serving; the next round tries again
                 log.exception("background sync failed")
+
+    def sign_audit_heads(self) -> dict[str, TreeHead]:
+        """Sign each region's audit tree head where the log grew since the last signed head."""
+        return {region: self.gate.sign_audit_head(region) for region in self.config.region_names}
 
     def model_versions(self) -> dict[str, str]:
         return {region: slot.version for region, slot in self.slots.items()}

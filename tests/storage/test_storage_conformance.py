@@ -16,6 +16,7 @@ import pytest
 
 from fyp.config import FypConfig
 from fyp.engine import fold_policy
+from fyp.governance import merkle
 from fyp.signals import trend_now
 from fyp.storage.audit import SqlAuditLog
 from fyp.storage.catalog import SqlCatalog
@@ -376,6 +377,24 @@ class TestRegionStoreConformance:
             ("op", "deny", {"reason": "no"}),
         ]
         assert [r.principal for r in log.tail(1)] == ["op"]
+        log.close()
+
+    def test_audit_tree_heads_and_proofs(self, db_url: Callable[[str], str], now: float) -> None:
+        log = SqlAuditLog(db_url("audit-us"), "us")
+        for i in range(11):
+            assert log.append("svc", "train", "open", "allow", {"i": i}, now + i) == i + 1
+        head = log.sign_head(now)
+        assert log.verifier.valid(head.message(), head.signature)
+        assert log.head() == head and log.heads() == [head]
+        _, leaf = log.leaf(6)
+        size, path = log.inclusion_proof(6, head.size)
+        merkle.verify_inclusion(5, size, leaf, path, head.root)
+        log.append("op", "audit", "open", "deny", {}, now + 20)
+        newer = log.sign_head(now + 21)
+        _, proof = log.consistency_proof(head.size, newer.size)
+        merkle.verify_consistency(head.size, newer.size, head.root, newer.root, proof)
+        report = log.verify()
+        assert report.ok and report.entries == 12 and report.heads_checked == 2
         log.close()
 
 

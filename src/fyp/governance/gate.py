@@ -19,7 +19,7 @@ from typing import Any, Final, cast
 
 from fyp.errors import AccessDenied, NotFound
 from fyp.governance.policy import PURPOSE_OPERATIONS, Decision, Policy, Principal, Purpose
-from fyp.storage.audit import SqlAuditLog
+from fyp.storage.audit import SqlAuditLog, TreeHead
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
 from fyp.storage.roles import AuditLog, EventLog, ItemStats, Users, UserState
@@ -30,7 +30,7 @@ _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
     "state": frozenset({"hydrate", "seen_among", "record_served"}),
     "stats": frozenset({"stats", "trending", "totals"}),
     "models": frozenset({"save", "load_current", "current_version"}),
-    "audit": frozenset({"append", "tail", "count"}),
+    "audit": frozenset({"append", "tail", "count", "verify", "leaf"}),
 }
 
 
@@ -143,6 +143,24 @@ class Gate:
             {"reason": decision.reason, "principal_region": principal.region},
             self._clock(),
         )
+
+    # ---- audit log tree heads and proofs ---------------------------------------------------------
+    # These carry hashes and sizes only, never an entry's content, so like the model pointer they
+    # are reachable without opening the region (monitors poll them); entries need ``open``.
+
+    def audit_log(self, region: str) -> SqlAuditLog:
+        log = self._audit.get(region)
+        if log is None:
+            raise NotFound(f"no region named {region!r}; configured: {sorted(self._audit)}")
+        return log
+
+    def sign_audit_head(self, region: str) -> TreeHead:
+        """Sign the region's current audit tree head unless the latest signed one is current."""
+        log = self.audit_log(region)
+        latest = log.head()
+        if latest is not None and latest.size == log.size():
+            return latest
+        return log.sign_head(self._clock())
 
     def model_version(self, region: str) -> str | None:
         """The region's current model version, read without opening the region.

@@ -51,7 +51,7 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
     "operate": frozenset(
         {"users.count_users", "events.last_seq", "stats.totals", "models.current_version"}
     ),
-    "audit": frozenset({"audit.tail", "audit.count"}),
+    "audit": frozenset({"audit.tail", "audit.count", "audit.verify", "audit.leaf"}),
 }
 
 KIND_PURPOSES: Final[Mapping[PrincipalKind, frozenset[str]]] = {
@@ -79,6 +79,10 @@ class Principal:
     @classmethod
     def operator(cls, region: str, name: str = "cli") -> Principal:
         return cls(id=f"operator:{name}@{region}", kind="operator", region=region)
+
+    @classmethod
+    def auditor(cls, region: str, name: str = "cli") -> Principal:
+        return cls(id=f"auditor:{name}@{region}", kind="auditor", region=region)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fyp.types import Event, Item, User
+
+if TYPE_CHECKING:
+    from fyp.governance.keys import Verifier
+    from fyp.storage.audit import VerifyReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,3 +199,5 @@ class AuditLog(Protocol):
     ) -> int: ...
     def tail(self, limit: int) -> list[AuditRecord]: ...
     def count(self) -> int: ...
+    def leaf(self, seq: int) -> tuple[AuditRecord, bytes]: ...
+    def verify(self, verifier: Verifier | None = None) -> VerifyReport: ...
