@@ -302,6 +302,9 @@ class FypConfig(_Section):
     server: ServerConfig = ServerConfig()
     sync_interval_s: float = Field(default=2.0, gt=0)
     """How often a serving process picks up catalog changes and models made by other processes."""
+    policy_file: Path | None = None
+    """The access policy (TOML, see ``fyp/governance/default_policy.toml``); a relative path is
+    read from the data directory. Default: the built-in policy. Env ``FYP_POLICY_FILE``."""
     audit_sign_interval_s: float = Field(default=10.0, gt=0)
     """How often a serving process signs each region's audit tree head (when the log grew)."""
 
@@ -337,6 +340,13 @@ class FypConfig(_Section):
     def resolved_catalog_url(self) -> str:
         return self.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"
 
+    def resolved_policy_file(self) -> Path | None:
+        if self.policy_file is None:
+            return None
+        return (
+            self.policy_file if self.policy_file.is_absolute() else self.data_dir / self.policy_file
+        )
+
     def audit_key_path(self, region: str) -> Path:
         """The region's Ed25519 key for signing audit tree heads (created on first use)."""
         return self.data_dir / "keys" / f"audit-{region}.ed25519"
@@ -359,7 +369,8 @@ class FypConfig(_Section):
 def load_config(data_dir: Path | str | None = None, **overrides: Any) -> FypConfig:
     """Build the configuration: ``<data_dir>/fyp.toml`` if present, then env, then ``overrides``.
 
-    ``data_dir`` defaults to ``$FYP_DATA_DIR`` or ``./fyp-data``. ``FYP_API_KEY`` sets the API key.
+    ``data_dir`` defaults to ``$FYP_DATA_DIR`` or ``./fyp-data``. ``FYP_API_KEY`` sets the API key,
+    ``FYP_POLICY_FILE`` the access policy.
     """
     directory = Path(data_dir or os.environ.get("FYP_DATA_DIR") or DEFAULT_DATA_DIR)
     raw: dict[str, Any] = {}
@@ -370,6 +381,9 @@ def load_config(data_dir: Path | str | None = None, **overrides: Any) -> FypConf
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{config_file} is not valid TOML: {exc}") from exc
     raw["data_dir"] = directory
+    policy_file = os.environ.get("FYP_POLICY_FILE")
+    if policy_file:
+        raw["policy_file"] = policy_file
     api_key = os.environ.get("FYP_API_KEY")
     if api_key:
         raw.setdefault("server", {})["api_key"] = api_key

@@ -24,7 +24,7 @@ from fyp.config import FypConfig
 from fyp.errors import Conflict, InvalidInput, NotFound
 from fyp.governance.gate import Gate
 from fyp.governance.keys import Signer
-from fyp.governance.policy import Principal, RegionPolicy
+from fyp.governance.policy import DeclarativePolicy, Principal
 from fyp.models.serving import ModelSlot, ServingModel
 from fyp.models.training import TrainReport, train_region
 from fyp.pipeline.contracts import FeedContext, FeedQuery, FeedResult
@@ -63,6 +63,14 @@ def fold_policy(config: FypConfig) -> FoldPolicy:
     )
 
 
+def load_policy(config: FypConfig) -> DeclarativePolicy:
+    """The configured access policy (the built-in one by default), checked against the regions."""
+    path = config.resolved_policy_file()
+    policy = DeclarativePolicy.load(path) if path else DeclarativePolicy.default()
+    policy.check_regions(config.region_names)
+    return policy
+
+
 class Engine:
     def __init__(self, config: FypConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
@@ -84,7 +92,7 @@ class Engine:
             )
             for name in config.region_names
         }
-        self.gate = Gate(stores, model_stores, audit_logs, RegionPolicy(), clock=clock)
+        self.gate = Gate(stores, model_stores, audit_logs, load_policy(config), clock=clock)
         self.pipeline = for_you_pipeline(config)
         self.slots = {name: ModelSlot() for name in config.region_names}
         self._train_locks = {name: threading.Lock() for name in config.region_names}

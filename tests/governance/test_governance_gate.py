@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from grants import DEFAULT_GRANTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from fyp.config import FypConfig
 from fyp.engine import Engine, fold_policy
 from fyp.errors import AccessDenied, NotFound
 from fyp.governance.gate import Gate
-from fyp.governance.policy import KIND_PURPOSES, PURPOSE_OPERATIONS, Principal, RegionPolicy
+from fyp.governance.policy import PURPOSE_OPERATIONS, DeclarativePolicy, Principal
 from fyp.storage.audit import SqlAuditLog
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
@@ -44,7 +45,7 @@ def expected_allowed(principal: Principal, region: str, purpose: str) -> bool:
     return (
         principal.region == region
         and purpose in PURPOSE_OPERATIONS
-        and purpose in KIND_PURPOSES[principal.kind]
+        and purpose in DEFAULT_GRANTS[principal.kind]
     )
 
 
@@ -57,7 +58,11 @@ class World:
         self.audit = {r: SqlAuditLog("sqlite://") for r in REGIONS}
         models = {r: ModelStore(root / r) for r in REGIONS}
         self.gate = Gate(
-            self.stores, models, self.audit, RegionPolicy(), clock=lambda: 1_700_000_000.0
+            self.stores,
+            models,
+            self.audit,
+            DeclarativePolicy.default(),
+            clock=lambda: 1_700_000_000.0,
         )
 
     def audit_counts(self) -> dict[str, int]:

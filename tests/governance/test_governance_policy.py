@@ -3,10 +3,11 @@ purposes."""
 
 from __future__ import annotations
 
+from grants import DEFAULT_GRANTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fyp.governance.policy import KIND_PURPOSES, PURPOSE_OPERATIONS, Principal, RegionPolicy
+from fyp.governance.policy import PURPOSE_OPERATIONS, DeclarativePolicy, Principal
 
 REGIONS = ("us", "eu", "jp")
 KINDS = ("service", "operator", "auditor", "user")
@@ -24,7 +25,7 @@ def expected_allowed(principal: Principal, region: str, purpose: str) -> bool:
     return (
         principal.region == region
         and purpose in PURPOSE_OPERATIONS
-        and purpose in KIND_PURPOSES[principal.kind]
+        and purpose in DEFAULT_GRANTS[principal.kind]
     )
 
 
@@ -33,13 +34,13 @@ def expected_allowed(principal: Principal, region: str, purpose: str) -> bool:
 def test_region_policy_allows_only_own_region_for_the_kinds_purposes(
     principal: Principal, region: str, purpose: str
 ) -> None:
-    decision = RegionPolicy().decide(principal, region, purpose)
+    decision = DeclarativePolicy.default().decide(principal, region, purpose)
     assert decision.allowed == expected_allowed(principal, region, purpose)
     assert decision.reason
 
 
 def test_no_kind_may_read_another_region_for_any_purpose() -> None:
-    policy = RegionPolicy()
+    policy = DeclarativePolicy.default()
     for kind in KINDS:
         for purpose in PURPOSE_OPERATIONS:
             principal = Principal(id="p", kind=kind, region="us")  # type: ignore[arg-type]
@@ -49,7 +50,7 @@ def test_no_kind_may_read_another_region_for_any_purpose() -> None:
 
 
 def test_only_auditors_read_the_audit_log_and_users_only_read_profiles() -> None:
-    policy = RegionPolicy()
+    policy = DeclarativePolicy.default()
     for kind in KINDS:
         principal = Principal(id="p", kind=kind, region="us")  # type: ignore[arg-type]
         assert policy.decide(principal, "us", "audit").allowed == (kind == "auditor")

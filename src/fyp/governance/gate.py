@@ -123,7 +123,8 @@ class Gate:
         if store is None:
             raise NotFound(f"no region named {region!r}; configured: {sorted(self._stores)}")
         decision = self._policy.decide(principal, region, purpose)
-        self.record(region, principal, purpose, "open", decision)
+        # An allowed cross-region open is an export, and the log says so.
+        self.record(region, principal, purpose, "export" if decision.export else "open", decision)
         if not decision.allowed:
             raise AccessDenied(
                 f"{principal.id} may not open region {region!r} for {purpose!r}: {decision.reason}"
@@ -140,7 +141,11 @@ class Gate:
             purpose,
             action,
             "allow" if decision.allowed else "deny",
-            {"reason": decision.reason, "principal_region": principal.region},
+            {
+                "reason": decision.reason,
+                "principal_region": principal.region,
+                **({"rule": decision.rule} if decision.rule else {}),
+            },
             self._clock(),
         )
 

@@ -1,0 +1,14 @@
+"""What the built-in policy file grants, written out independently as the tests' oracle."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DEFAULT_GRANTS: Final[dict[str, frozenset[str]]] = {
+    "service": frozenset(
+        {"route", "serve_feed", "ingest", "manage_users", "read_user", "train", "operate"}
+    ),
+    "operator": frozenset({"route", "ingest", "manage_users", "read_user", "train", "operate"}),
+    "auditor": frozenset({"audit", "operate"}),
+    "user": frozenset({"read_user"}),
+}
