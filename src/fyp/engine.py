@@ -25,10 +25,11 @@ from fyp.errors import Conflict, InvalidInput, NotFound
 from fyp.governance.gate import Gate
 from fyp.governance.keys import Signer
 from fyp.governance.policy import DeclarativePolicy, Principal
+from fyp.governance.rights import UserRightsService
 from fyp.models.serving import ModelSlot, ServingModel
 from fyp.models.training import TrainReport, train_region
 from fyp.pipeline.contracts import FeedContext, FeedQuery, FeedResult
-from fyp.pipeline.for_you import for_you_pipeline
+from fyp.pipeline.for_you import for_you_pipeline, non_personalized_pipeline
 from fyp.pipeline.trace import Trace
 from fyp.signals import FoldPolicy
 from fyp.storage.audit import SqlAuditLog, TreeHead
@@ -94,9 +95,11 @@ class Engine:
         }
         self.gate = Gate(stores, model_stores, audit_logs, load_policy(config), clock=clock)
         self.pipeline = for_you_pipeline(config)
+        self.plain_pipeline = non_personalized_pipeline(config)
         self.slots = {name: ModelSlot() for name in config.region_names}
         self._train_locks = {name: threading.Lock() for name in config.region_names}
         self.retrainer = Retrainer(self)
+        self.rights = UserRightsService(self.gate, clock)
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
         for region in config.region_names:
@@ -215,7 +218,9 @@ class Engine:
             context=context,
             trace=Trace(),
         )
-        return self.pipeline.run(query)
+        # The viewer's own switch: without personalization nothing inferred about them is used.
+        personalized = handle.rights.controls(user_id).personalized
+        return (self.pipeline if personalized else self.plain_pipeline).run(query)
 
     # ---- models ---------------------------------------------------------------------------------
 

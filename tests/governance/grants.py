@@ -7,8 +7,12 @@ from typing import Final
 DEFAULT_GRANTS: Final[dict[str, frozenset[str]]] = {
     "service": frozenset(
         {"route", "serve_feed", "ingest", "manage_users", "read_user", "train", "operate"}
+        | {"export_user", "erase_user", "manage_controls"}
     ),
-    "operator": frozenset({"route", "ingest", "manage_users", "read_user", "train", "operate"}),
+    "operator": frozenset(
+        {"route", "ingest", "manage_users", "read_user", "train", "operate"}
+        | {"export_user", "erase_user"}
+    ),
     "auditor": frozenset({"audit", "operate"}),
-    "user": frozenset({"read_user"}),
+    "user": frozenset({"read_user", "export_user", "erase_user", "manage_controls"}),
 }

@@ -49,11 +49,11 @@ def test_no_kind_may_read_another_region_for_any_purpose() -> None:
             assert "export" in decision.reason
 
 
-def test_only_auditors_read_the_audit_log_and_users_only_read_profiles() -> None:
+def test_only_auditors_read_the_audit_log_and_users_only_exercise_their_rights() -> None:
     policy = DeclarativePolicy.default()
     for kind in KINDS:
         principal = Principal(id="p", kind=kind, region="us")  # type: ignore[arg-type]
         assert policy.decide(principal, "us", "audit").allowed == (kind == "auditor")
     user = Principal(id="alice", kind="user", region="us")
     allowed = {p for p in PURPOSE_OPERATIONS if policy.decide(user, "us", p).allowed}
-    assert allowed == {"read_user"}
+    assert allowed == {"read_user", "export_user", "erase_user", "manage_controls"}

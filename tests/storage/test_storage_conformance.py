@@ -21,7 +21,7 @@ from fyp.signals import trend_now
 from fyp.storage.audit import SqlAuditLog
 from fyp.storage.catalog import SqlCatalog
 from fyp.storage.region import SqlRegionStore
-from fyp.storage.roles import ItemRecord, ServedItem, UpsertResult
+from fyp.storage.roles import ItemRecord, ServedItem, UpsertResult, UserControls
 from fyp.types import from_epoch
 
 HOUR = 3600.0
@@ -196,6 +196,48 @@ class TestRegionStoreConformance:
         assert region.hydrate("u1", now).creator_affinity["alice"] == pytest.approx(
             before[2].creator_affinity["alice"]
         )
+
+    def test_users_rights_controls_interests_export_and_erasure(
+        self,
+        region: SqlRegionStore,
+        items: dict[str, ItemRecord],
+        make_user: Any,
+        make_event: Any,
+        now: float,
+    ) -> None:
+        region.upsert_users([make_user("u1"), make_user("u2")], now)
+        region.append(
+            [
+                make_event("u1", "v1", "like", event_id="e1", ts=now - 10),
+                make_event("u1", "v2", "like", event_id="e2", ts=now - 5),
+                make_event("u2", "v1", "like", event_id="e3", ts=now),
+            ],
+            items,
+            now,
+        )
+        assert region.controls("u1") == UserControls()
+        wanted = UserControls(False, ("spoilers",), ("cats",))
+        assert region.put_controls("u1", wanted, now) == wanted
+        assert region.hydrate("u1", now).controls == wanted
+        tags = {i.key for i in region.interests("u1", now) if i.kind == "tag"}
+        assert {"cats", "funny", "cooking"} <= tags
+        assert region.reset_interests("u1", now, tag="cats") == 1
+        assert "cats" not in {i.key for i in region.interests("u1", now) if i.kind == "tag"}
+        assert region.reset_interests("u1", now + 1) > 0
+        assert region.interests("u1", now + 1) == []
+        assert region.controls("u1").interests_reset_at == now + 1
+        assert region.controls("u1").keyword_filters == ("spoilers",)
+        assert region.recent_for_user("u1", 10) == []
+        assert region.hydrate("u1", now + 2).recent_positives == ()
+        exported = region.export_user("u1")
+        assert exported is not None
+        assert [e["event_id"] for e in exported["events"]] == ["e1", "e2"]
+        assert exported["user_controls"][0]["personalized"] is False
+        counts = region.erase_user("u1")
+        assert counts["users"] == 1 and counts["events"] == 2 and counts["user_controls"] == 1
+        assert region.export_user("u1") is None and region.get_user("u1") is None
+        assert region.controls("u1") == UserControls()
+        assert region.export_user("u2") is not None
 
     def test_an_empty_batch_stores_nothing(
         self, region: SqlRegionStore, items: dict[str, ItemRecord], now: float

@@ -26,12 +26,17 @@ from pydantic import ValidationError
 import fyp
 from fyp.api import problems
 from fyp.api.schemas import (
+    ControlsIn,
+    ControlsOut,
     EventErrorOut,
     EventsIn,
     EventsOut,
     FeedItemOut,
     FeedOut,
     HealthOut,
+    InterestOut,
+    InterestsDeletedOut,
+    InterestsOut,
     ItemOut,
     ItemsIn,
     ReasonOut,
@@ -251,6 +256,62 @@ def create_app(
             ],
             trace=result.trace.to_json() if trace else None,
         )
+
+    # ---- users' rights (each a gated, audited purpose; see fyp.governance.rights) ---------------
+
+    def _controls_out(user_id: str, c: Any) -> ControlsOut:
+        return ControlsOut(
+            user_id=user_id,
+            personalized=c.personalized,
+            keyword_filters=list(c.keyword_filters),
+            blocked_tags=list(c.blocked_tags),
+            interests_reset_at=c.interests_reset_at,
+        )
+
+    @v1.get("/users/{user_id}/export", tags=["rights"])
+    def export_user(user_id: str) -> dict[str, Any]:
+        """Everything held about the user, as JSON (profile, events, state, interests, reasons)."""
+        _check_id("user", user_id)
+        return engine.rights.export(user_id)
+
+    @v1.delete("/users/{user_id}", tags=["rights"])
+    def erase_user(user_id: str) -> dict[str, Any]:
+        """Erase the user; the receipt carries the audit entry and its inclusion proof."""
+        _check_id("user", user_id)
+        return engine.rights.erase(user_id)
+
+    @v1.get("/users/{user_id}/controls", tags=["rights"])
+    def get_controls(user_id: str) -> ControlsOut:
+        _check_id("user", user_id)
+        return _controls_out(user_id, engine.rights.controls(user_id))
+
+    @v1.put("/users/{user_id}/controls", tags=["rights"])
+    def put_controls(user_id: str, body: ControlsIn) -> ControlsOut:
+        """Personalization on or off and the user's own filters; the next feed follows them."""
+        _check_id("user", user_id)
+        stored = engine.rights.put_controls(
+            user_id, body.personalized, body.keyword_filters, body.blocked_tags
+        )
+        return _controls_out(user_id, stored)
+
+    @v1.get("/users/{user_id}/interests", tags=["rights"])
+    def get_interests(user_id: str) -> InterestsOut:
+        """What the feed inferred about the user: tag and creator affinities, strongest first."""
+        _check_id("user", user_id)
+        found = engine.rights.interests(user_id)
+        return InterestsOut(
+            user_id=user_id,
+            interests=[InterestOut(kind=i.kind, key=i.key, weight=i.weight) for i in found],
+        )
+
+    @v1.delete("/users/{user_id}/interests", tags=["rights"])
+    def delete_interests(
+        user_id: str,
+        tag: Annotated[str | None, Query(description="forget one tag (default: reset all)")] = None,
+    ) -> InterestsDeletedOut:
+        _check_id("user", user_id)
+        removed = engine.rights.delete_interests(user_id, tag)
+        return InterestsDeletedOut(user_id=user_id, removed=removed, tag=tag)
 
     @v1.post("/train", tags=["models"])
     def train(region: Annotated[str | None, Query()] = None) -> TrainOut:

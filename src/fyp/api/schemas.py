@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fyp.storage.roles import MAX_BLOCKED_TAGS, MAX_KEYWORD_FILTERS
 from fyp.types import MAX_BATCH, Item, User
 
 
@@ -113,3 +114,34 @@ class HealthOut(BaseModel):
     version: str
     regions: list[str]
     model_versions: dict[str, str]
+
+
+class ControlsIn(_Body):
+    personalized: bool = True
+    keyword_filters: list[str] = Field(default_factory=list, max_length=MAX_KEYWORD_FILTERS)
+    blocked_tags: list[str] = Field(default_factory=list, max_length=MAX_BLOCKED_TAGS)
+
+
+class ControlsOut(BaseModel):
+    user_id: str
+    personalized: bool
+    keyword_filters: list[str]
+    blocked_tags: list[str]
+    interests_reset_at: float | None
+
+
+class InterestOut(BaseModel):
+    kind: str
+    key: str
+    weight: float
+
+
+class InterestsOut(BaseModel):
+    user_id: str
+    interests: list[InterestOut]
+
+
+class InterestsDeletedOut(BaseModel):
+    user_id: str
+    removed: int
+    tag: str | None

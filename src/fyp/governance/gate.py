@@ -22,7 +22,7 @@ from fyp.governance.policy import PURPOSE_OPERATIONS, Decision, Policy, Principa
 from fyp.storage.audit import SqlAuditLog, TreeHead
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
-from fyp.storage.roles import AuditLog, EventLog, ItemStats, Users, UserState
+from fyp.storage.roles import AuditLog, EventLog, ItemStats, UserRights, Users, UserState
 
 _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
     "users": frozenset({"upsert_users", "get_user", "has_users", "count_users"}),
@@ -31,6 +31,16 @@ _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
     "stats": frozenset({"stats", "trending", "totals"}),
     "models": frozenset({"save", "load_current", "current_version"}),
     "audit": frozenset({"append", "tail", "count", "verify", "leaf"}),
+    "rights": frozenset(
+        {
+            "export_user",
+            "erase_user",
+            "controls",
+            "put_controls",
+            "interests",
+            "reset_interests",
+        }
+    ),
 }
 
 
@@ -75,6 +85,13 @@ class RegionHandle:
         self.stats = cast(ItemStats, _Guarded("stats", store, self._check))
         self.models = cast(ModelStore, _Guarded("models", models, self._check))
         self.audit = cast(AuditLog, _Guarded("audit", audit, self._check))
+        self.rights = cast(UserRights, _Guarded("rights", store, self._check))
+
+    def record(self, action: str, detail: Mapping[str, Any]) -> int:
+        """Append what this handle did (an export, an erasure) to the region's audit log."""
+        return self._gate.record_action(
+            self.region, self.principal, self.purpose, action, dict(detail)
+        )
 
     def _check(self, operation: str) -> None:
         if operation not in self._allowed:
@@ -132,6 +149,19 @@ class Gate:
         return RegionHandle(
             self, region, principal, purpose, store, self._models[region], self._audit[region]
         )
+
+    def record_action(
+        self, region: str, principal: Principal, purpose: str, action: str, detail: dict[str, Any]
+    ) -> int:
+        """Record an action taken through an allowed handle; returns its audit ``seq``."""
+        return self._audit[region].append(
+            principal.id, purpose, action, "allow", detail, self._clock()
+        )
+
+    def forget(self, user_id: str) -> None:
+        """Drop a user's cached home region (after erasure)."""
+        with self._home_lock:
+            self._home.pop(user_id, None)
 
     def record(
         self, region: str, principal: Principal, purpose: str, action: str, decision: Decision

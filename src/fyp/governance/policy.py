@@ -25,7 +25,17 @@ from typing import Any, Final, Literal, Protocol
 from fyp.errors import ConfigError
 
 Purpose = Literal[
-    "route", "serve_feed", "ingest", "manage_users", "read_user", "train", "operate", "audit"
+    "route",
+    "serve_feed",
+    "ingest",
+    "manage_users",
+    "read_user",
+    "train",
+    "operate",
+    "audit",
+    "export_user",
+    "erase_user",
+    "manage_controls",
 ]
 PrincipalKind = Literal["service", "operator", "auditor", "user"]
 
@@ -41,6 +51,7 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
             "stats.trending",
             "stats.totals",
             "events.recent_for_user",
+            "rights.controls",
             "models.load_current",
             "models.current_version",
         }
@@ -61,6 +72,17 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
         {"users.count_users", "events.last_seq", "stats.totals", "models.current_version"}
     ),
     "audit": frozenset({"audit.tail", "audit.count", "audit.verify", "audit.leaf"}),
+    "export_user": frozenset({"users.get_user", "rights.export_user", "rights.interests"}),
+    "erase_user": frozenset({"users.has_users", "rights.erase_user"}),
+    "manage_controls": frozenset(
+        {
+            "users.get_user",
+            "rights.controls",
+            "rights.put_controls",
+            "rights.interests",
+            "rights.reset_interests",
+        }
+    ),
 }
 
 KINDS: Final[tuple[PrincipalKind, ...]] = ("service", "operator", "auditor", "user")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fyp.config import FypConfig
 from fyp.errors import NotFound
-from fyp.filters.basic import DropNotInterested, DropSeen, DropUnavailable
+from fyp.filters.basic import DropNotInterested, DropSeen, DropUnavailable, DropUserFiltered
 from fyp.pipeline.contracts import CandidateSource, FeedQuery, FeedResult
 from fyp.pipeline.runner import FeedPipeline
 from fyp.scoring.features import (
@@ -19,7 +19,7 @@ from fyp.scoring.features import (
     RetrievalScorer,
     TagAffinityScorer,
 )
-from fyp.scoring.value_model import ValueModel
+from fyp.scoring.value_model import PlainOrder, ValueModel
 from fyp.selectors.basic import (
     DiversifyTags,
     RankByScore,
@@ -94,7 +94,7 @@ def for_you_pipeline(config: FypConfig) -> FeedPipeline:
         gates=[ViewerMustExist()],
         hydrators=[LoadViewerState()],
         sources=[source for enabled, source in candidates if enabled],
-        filters=[DropUnavailable(), DropNotInterested(), DropSeen()],
+        filters=[DropUnavailable(), DropNotInterested(), DropUserFiltered(), DropSeen()],
         scorers=[
             RetrievalScorer(s),
             CreatorAffinityScorer(config.scoring),
@@ -111,5 +111,24 @@ def for_you_pipeline(config: FypConfig) -> FeedPipeline:
             SpaceCreators(config.selectors),
             TakeN(),
         ],
+        side_effects=[RecordServed()],
+    )
+
+
+def non_personalized_pipeline(config: FypConfig) -> FeedPipeline:
+    """The feed of a viewer who switched personalization off: not based on profiling.
+
+    Newest items of the creators they follow, then what is popular in their region; their own
+    filters and not-interested choices still apply, and seen items still never return. No
+    affinity, learned embedding or co-engagement with their history takes part.
+    """
+    s = config.sources
+    return FeedPipeline(
+        gates=[ViewerMustExist()],
+        hydrators=[LoadViewerState()],
+        sources=[FollowingSource(s.following), TrendingSource(s.trending)],
+        filters=[DropUnavailable(), DropNotInterested(), DropUserFiltered(), DropSeen()],
+        scorers=[PlainOrder()],
+        selectors=[RankByScore(), SpaceCreators(config.selectors), TakeN()],
         side_effects=[RecordServed()],
     )

@@ -28,3 +28,21 @@ class ValueModel:
                 total += weight * features.get(feature, 0.0)
             out.append(total)
         return out
+
+
+class PlainOrder:
+    """The score of the non-personalized feed: followed creators' newest items, then the
+    region's most popular, each in its own source's order. Uses nothing inferred about the
+    viewer: only whom they chose to follow and what the region as a whole watches."""
+
+    name = "plain_order"
+    fail_open = False
+    budget_ms = 1.0
+
+    def score(self, query: FeedQuery, candidates: list[Candidate]) -> list[float]:
+        return [
+            1.0 + c.sources["following"]
+            if "following" in c.sources
+            else c.sources.get("trending", 0.0)
+            for c in candidates
+        ]

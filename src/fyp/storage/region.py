@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     Float,
@@ -46,10 +47,12 @@ from fyp.signals import (
 from fyp.storage.roles import (
     AppendResult,
     EventRecord,
+    Interest,
     ItemRecord,
     ItemStatsRecord,
     ServedItem,
     UpsertResult,
+    UserControls,
     UserRecord,
     UserStateSnapshot,
 )
@@ -64,7 +67,8 @@ from fyp.storage.sql import (
 )
 from fyp.types import POSITIVE_EVENT_TYPES, Event, User, epoch
 
-REGION_SCHEMA_VERSION: Final = 1
+REGION_SCHEMA_VERSION: Final = 2
+"""2: ``user_controls`` (users' own settings: personalization, filters, interest resets)."""
 STATS_CACHE_TTL_S: Final = 120.0
 _STATS_CACHE_MAX: Final = 500_000
 
@@ -168,6 +172,32 @@ feed_log = Table(
     sqlite_with_rowid=False,
 )
 
+user_controls = Table(
+    "user_controls",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("personalized", Boolean, nullable=False),
+    Column("keyword_filters", Text, nullable=False),
+    Column("blocked_tags", Text, nullable=False),
+    Column("interests_reset_at", Float),
+    Column("updated_at", Float, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# Every table holding rows about one person, keyed by ``user_id``: what export reads and erasure
+# deletes. A new per-user table must be added here (tests check that erasure leaves no row behind).
+PERSONAL_TABLES: Final = (
+    "users",
+    "events",
+    "seen",
+    "follows",
+    "hidden_items",
+    "muted_creators",
+    "affinity",
+    "feed_log",
+    "user_controls",
+)
+
 _COUNTERS: Final = ("views", "plays", "finishes", "likes", "shares", "skips", "not_interested")
 
 item_stats = Table(
@@ -242,6 +272,36 @@ def _stats_record(values: Sequence[Any]) -> ItemStatsRecord:
 
 _NO_STATS: Final = ItemStatsRecord()
 """Cached marker for "this item has no stats row yet"."""
+
+
+def _controls(conn: Connection, user_id: str) -> UserControls:
+    row = conn.execute(select(user_controls).where(user_controls.c.user_id == user_id)).first()
+    if row is None:
+        return UserControls()
+    return UserControls(
+        personalized=bool(row.personalized),
+        keyword_filters=tuple(json.loads(row.keyword_filters)),
+        blocked_tags=tuple(json.loads(row.blocked_tags)),
+        interests_reset_at=row.interests_reset_at,
+    )
+
+
+def _reset_at(conn: Connection, user_id: str) -> float:
+    value = conn.execute(
+        select(user_controls.c.interests_reset_at).where(user_controls.c.user_id == user_id)
+    ).scalar()
+    return float("-inf") if value is None else float(value)
+
+
+def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A row as JSON-ready data: JSON text columns decoded, booleans as booleans."""
+    out = {str(k): v for k, v in row.items()}
+    for key in ("attributes", "reasons", "keyword_filters", "blocked_tags"):
+        if isinstance(out.get(key), str):
+            out[key] = json.loads(out[key])
+    if "personalized" in out:
+        out["personalized"] = bool(out["personalized"])
+    return out
 
 
 def _event_record(row: Any) -> EventRecord:
@@ -362,10 +422,12 @@ class SqlRegionStore:
         return AppendResult(accepted=[ev.event_id for ev in fresh], duplicates=duplicates)
 
     def recent_for_user(self, user_id: str, limit: int) -> list[EventRecord]:
+        """The user's latest events, newest first; none from before a reset of their interests."""
         with self.db.read() as conn:
+            since = _reset_at(conn, user_id)
             rows = conn.execute(
                 select(events)
-                .where(events.c.user_id == user_id)
+                .where(events.c.user_id == user_id, events.c.ts > since)
                 .order_by(events.c.ts.desc(), events.c.seq.desc())
                 .limit(limit)
             )
@@ -425,11 +487,14 @@ class SqlRegionStore:
                     creator_aff[key[2:]] = value
                 else:
                     tag_aff[key[2:]] = value
+            controls = _controls(conn, user_id)
+            since = controls.interests_reset_at or float("-inf")
             recent_rows = conn.execute(
                 select(events.c.item_id)
                 .where(
                     events.c.user_id == user_id,
                     events.c.type.in_(sorted(POSITIVE_EVENT_TYPES)),
+                    events.c.ts > since,
                 )
                 .order_by(events.c.ts.desc(), events.c.seq.desc())
                 .limit(self.policy.recent_positives * 3)
@@ -443,6 +508,7 @@ class SqlRegionStore:
             creator_affinity=creator_aff,
             tag_affinity=tag_aff,
             recent_positives=recent,
+            controls=controls,
         )
 
     def seen_among(self, user_id: str, item_ids: Sequence[str]) -> set[str]:
@@ -508,6 +574,90 @@ class SqlRegionStore:
                     record = cached[1]
                     views = replace(record, views=record.views + 1)
                     self._stats_cache[item_id] = (cached[0], views)
+
+    # ---- UserRights -----------------------------------------------------------------------------
+
+    def export_user(self, user_id: str) -> dict[str, Any] | None:
+        """Every row held about the user, table by table, in one read snapshot."""
+        tables = metadata.tables
+        with self.db.read() as conn:
+            profile = conn.execute(select(users).where(users.c.user_id == user_id)).first()
+            if profile is None:
+                return None
+            out: dict[str, Any] = {}
+            for name in PERSONAL_TABLES:
+                table = tables[name]
+                query = select(table).where(table.c.user_id == user_id)
+                order = [c for c in ("seq", "ts", "request_id", "position") if c in table.c]
+                query = query.order_by(*(table.c[c] for c in order))
+                out[name] = [_plain(row._mapping) for row in conn.execute(query)]
+        return out
+
+    def erase_user(self, user_id: str) -> dict[str, int]:
+        tables = metadata.tables
+        counts: dict[str, int] = {}
+        with self.db.write(durable=True) as conn:
+            for name in PERSONAL_TABLES:
+                table = tables[name]
+                result = conn.execute(table.delete().where(table.c.user_id == user_id))
+                counts[name] = int(result.rowcount or 0)
+        return counts
+
+    def controls(self, user_id: str) -> UserControls:
+        with self.db.read() as conn:
+            return _controls(conn, user_id)
+
+    def put_controls(self, user_id: str, controls: UserControls, now: float) -> UserControls:
+        """Store the user's controls (their interest reset instant is kept as it was)."""
+        with self.db.write() as conn:
+            previous = _controls(conn, user_id)
+            stored = replace(controls, interests_reset_at=previous.interests_reset_at)
+            self._write_controls(conn, user_id, stored, now)
+        return stored
+
+    def interests(self, user_id: str, now: float) -> list[Interest]:
+        state = self.hydrate(user_id, now)
+        found = [Interest("tag", k, w) for k, w in state.tag_affinity.items()]
+        found += [Interest("creator", k, w) for k, w in state.creator_affinity.items()]
+        return sorted(found, key=lambda i: (-i.weight, i.kind, i.key))
+
+    def reset_interests(self, user_id: str, now: float, tag: str | None = None) -> int:
+        """Forget one inferred interest tag, or all of them (and what recent events implied)."""
+        with self.db.write() as conn:
+            if tag is not None:
+                query = affinity.delete().where(
+                    affinity.c.user_id == user_id, affinity.c.key == f"t:{tag}"
+                )
+                return int(conn.execute(query).rowcount or 0)
+            removed = int(
+                conn.execute(affinity.delete().where(affinity.c.user_id == user_id)).rowcount or 0
+            )
+            current = _controls(conn, user_id)
+            self._write_controls(conn, user_id, replace(current, interests_reset_at=now), now)
+            return removed
+
+    def _write_controls(
+        self, conn: Connection, user_id: str, controls: UserControls, now: float
+    ) -> None:
+        stmt = upsert(
+            self.db,
+            user_controls,
+            ["user_id"],
+            ["personalized", "keyword_filters", "blocked_tags", "interests_reset_at", "updated_at"],
+        )
+        conn.execute(
+            stmt,
+            [
+                {
+                    "user_id": user_id,
+                    "personalized": controls.personalized,
+                    "keyword_filters": json.dumps(list(controls.keyword_filters)),
+                    "blocked_tags": json.dumps(list(controls.blocked_tags)),
+                    "interests_reset_at": controls.interests_reset_at,
+                    "updated_at": now,
+                }
+            ],
+        )
 
     # ---- ItemStats ------------------------------------------------------------------------------
 

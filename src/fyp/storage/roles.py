@@ -77,6 +77,34 @@ class UpsertResult:
     updated: int
 
 
+MAX_KEYWORD_FILTERS = 500
+MAX_BLOCKED_TAGS = 500
+
+
+@dataclass(frozen=True, slots=True)
+class UserControls:
+    """What a user decided about their own feed (``/v1/users/{id}/controls``)."""
+
+    personalized: bool = True
+    """False: the feed is not based on profiling (popular in the region, followed creators)."""
+    keyword_filters: tuple[str, ...] = ()
+    """Items whose caption or tags contain any of these (case-insensitive) are never shown."""
+    blocked_tags: tuple[str, ...] = ()
+    """Items carrying any of these tags are never shown."""
+    interests_reset_at: float | None = None
+    """Events before this instant no longer shape the feed (a reset of inferred interests)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interest:
+    """An inferred interest: the decayed affinity the feed holds for a tag or a creator."""
+
+    kind: str
+    """``tag`` or ``creator``."""
+    key: str
+    weight: float
+
+
 @dataclass(frozen=True, slots=True)
 class UserStateSnapshot:
     """What the feed knows about a viewer right now (affinities already decayed to ``as_of``)."""
@@ -89,6 +117,7 @@ class UserStateSnapshot:
     tag_affinity: Mapping[str, float] = field(default_factory=dict)
     recent_positives: tuple[str, ...] = ()
     """Most recent first."""
+    controls: UserControls = field(default_factory=UserControls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +188,20 @@ class EventLog(Protocol):
         ...
 
     def last_seq(self) -> int: ...
+
+
+class UserRights(Protocol):
+    """Everything a user may ask about or do to the data held about them, in their region."""
+
+    def export_user(self, user_id: str) -> dict[str, Any] | None: ...
+    def erase_user(self, user_id: str) -> dict[str, int]:
+        """Delete every row about the user, in one transaction; returns rows deleted by table."""
+        ...
+
+    def controls(self, user_id: str) -> UserControls: ...
+    def put_controls(self, user_id: str, controls: UserControls, now: float) -> UserControls: ...
+    def interests(self, user_id: str, now: float) -> list[Interest]: ...
+    def reset_interests(self, user_id: str, now: float, tag: str | None = None) -> int: ...
 
 
 class UserState(Protocol):

@@ -1,0 +1,167 @@
+"""Users' rights as calls that finish in seconds: export, erasure, controls, inferred interests.
+
+Each right is a purpose of its own (``export_user``, ``erase_user``, ``manage_controls``), so the
+policy decides who may exercise it, and every use is in the region's audit log: the gate records
+the open, and export and erasure also record what they did (counts only, and the user id as a
+salted hash, so the log itself does not keep the person after their erasure).
+
+Erasure deletes every row about the user in one durable transaction (``PERSONAL_TABLES``), drops
+the cached routing entry, and calls the engine's erasure hooks (models holding per-user rows drop
+them there). The feed's learned models keep no per-user vectors (viewers are folded in at request
+time from their events), so the next training run, which reads only the remaining events, holds no
+trace of the user. The receipt carries the audit entry with an inclusion proof against a freshly
+signed tree head, so the requester can check the erasure was recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from fyp.errors import InvalidInput, NotFound
+from fyp.governance.gate import Gate, RegionHandle
+from fyp.governance.policy import Principal, Purpose
+from fyp.storage.roles import MAX_BLOCKED_TAGS, MAX_KEYWORD_FILTERS, Interest, UserControls
+
+MAX_FILTER_LENGTH = 100
+ErasureHook = Callable[[str, str], None]
+"""Called with ``(region, user_id)`` after a user's rows are erased."""
+
+
+def subject_hash(region: str, user_id: str) -> str:
+    """How the audit log names the subject of an export or erasure: not the id itself."""
+    return hashlib.sha256(f"fyp-subject\n{region}\n{user_id}".encode()).hexdigest()[:32]
+
+
+class UserRightsService:
+    def __init__(self, gate: Gate, clock: Callable[[], float] = time.time) -> None:
+        self._gate = gate
+        self._clock = clock
+        self._erasure_hooks: list[ErasureHook] = []
+
+    def on_erase(self, hook: ErasureHook) -> None:
+        self._erasure_hooks.append(hook)
+
+    def _open(self, user_id: str, purpose: Purpose) -> RegionHandle:
+        region = self._gate.locate(user_id)
+        if region is None:
+            raise NotFound(f"no user {user_id!r}")
+        return self._gate.open(region, Principal.service(region), purpose)
+
+    # ---- export ---------------------------------------------------------------------------------
+
+    def export(self, user_id: str) -> dict[str, Any]:
+        """Everything held about the user: profile, events, state, interests, served reasons."""
+        handle = self._open(user_id, "export_user")
+        now = self._clock()
+        rows = handle.rights.export_user(user_id)
+        if rows is None:
+            raise NotFound(f"no user {user_id!r}")
+        interests = handle.rights.interests(user_id, now)
+        counts = {table: len(found) for table, found in rows.items()}
+        seq = handle.record(
+            "export_user", {"subject": subject_hash(handle.region, user_id), "rows": counts}
+        )
+        return {
+            "user_id": user_id,
+            "region": handle.region,
+            "exported_at": now,
+            "audit_seq": seq,
+            "profile": rows["users"][0],
+            "events": rows["events"],
+            "online_state": {
+                "seen": rows["seen"],
+                "follows": rows["follows"],
+                "not_interested_items": rows["hidden_items"],
+                "muted_creators": rows["muted_creators"],
+                "affinities": rows["affinity"],
+            },
+            "inferred_interests": [asdict(i) for i in interests],
+            "served": rows["feed_log"],
+            "controls": rows["user_controls"],
+        }
+
+    # ---- erasure --------------------------------------------------------------------------------
+
+    def erase(self, user_id: str) -> dict[str, Any]:
+        handle = self._open(user_id, "erase_user")
+        if not handle.users.has_users([user_id]):
+            raise NotFound(f"no user {user_id!r}")
+        started = time.perf_counter()
+        counts = handle.rights.erase_user(user_id)
+        self._gate.forget(user_id)
+        for hook in self._erasure_hooks:
+            hook(handle.region, user_id)
+        erased_at = self._clock()
+        seq = handle.record(
+            "erase_user", {"subject": subject_hash(handle.region, user_id), "rows": counts}
+        )
+        log = self._gate.audit_log(handle.region)
+        head = self._gate.sign_audit_head(handle.region)
+        _, leaf = log.leaf(seq)
+        _, path = log.inclusion_proof(seq, head.size)
+        return {
+            "user_id": user_id,
+            "region": handle.region,
+            "erased_at": erased_at,
+            "seconds": round(time.perf_counter() - started, 4),
+            "rows_deleted": counts,
+            "audit": {
+                "seq": seq,
+                "subject": subject_hash(handle.region, user_id),
+                "leaf_hash": leaf.hex(),
+                "tree_head": head.to_json(),
+                "audit_path": [p.hex() for p in path],
+            },
+        }
+
+    # ---- controls and interests -----------------------------------------------------------------
+
+    def controls(self, user_id: str) -> UserControls:
+        handle = self._open(user_id, "manage_controls")
+        self._require_user(handle, user_id)
+        return handle.rights.controls(user_id)
+
+    def put_controls(
+        self,
+        user_id: str,
+        personalized: bool,
+        keyword_filters: Sequence[str],
+        blocked_tags: Sequence[str],
+    ) -> UserControls:
+        keywords = _clean(keyword_filters, MAX_KEYWORD_FILTERS, "keyword_filters")
+        tags = [t.lstrip("#") for t in _clean(blocked_tags, MAX_BLOCKED_TAGS, "blocked_tags")]
+        handle = self._open(user_id, "manage_controls")
+        self._require_user(handle, user_id)
+        controls = UserControls(personalized, tuple(keywords), tuple(dict.fromkeys(tags)))
+        return handle.rights.put_controls(user_id, controls, self._clock())
+
+    def interests(self, user_id: str) -> list[Interest]:
+        handle = self._open(user_id, "manage_controls")
+        self._require_user(handle, user_id)
+        return handle.rights.interests(user_id, self._clock())
+
+    def delete_interests(self, user_id: str, tag: str | None = None) -> int:
+        handle = self._open(user_id, "manage_controls")
+        self._require_user(handle, user_id)
+        return handle.rights.reset_interests(user_id, self._clock(), tag)
+
+    @staticmethod
+    def _require_user(handle: RegionHandle, user_id: str) -> None:
+        if handle.users.get_user(user_id) is None:
+            raise NotFound(f"no user {user_id!r}")
+
+
+def _clean(values: Sequence[str], limit: int, field: str) -> list[str]:
+    cleaned = list(dict.fromkeys(v.strip() for v in values if v.strip()))
+    if len(cleaned) > limit:
+        raise InvalidInput(f"{field}: at most {limit} entries, got {len(cleaned)}")
+    long = [v for v in cleaned if len(v) > MAX_FILTER_LENGTH]
+    if long:
+        raise InvalidInput(
+            f"{field}: entries are at most {MAX_FILTER_LENGTH} characters ({long[0][:20]!r}…)"
+        )
+    return cleaned
