@@ -50,6 +50,7 @@ from fyp.api.schemas import (
 )
 from fyp.engine import Engine
 from fyp.errors import AccessDenied, InvalidInput, Unauthenticated
+from fyp.governance.transparency import report as transparency_report
 from fyp.types import MAX_FEED_N, Event, is_valid_id
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -312,6 +313,11 @@ def create_app(
         _check_id("user", user_id)
         removed = engine.rights.delete_interests(user_id, tag)
         return InterestsDeletedOut(user_id=user_id, removed=removed, tag=tag)
+
+    @v1.get("/transparency", tags=["transparency"])
+    def transparency() -> dict[str, Any]:
+        """The main parameters of the ranking, generated from the running configuration."""
+        return transparency_report(engine.config, engine.model_versions())
 
     @v1.post("/train", tags=["models"])
     def train(region: Annotated[str | None, Query()] = None) -> TrainOut:
