@@ -1,4 +1,4 @@
-"""The ``fyp`` command: serve, import, train, feed, demo, eval, offline-recommend, audit."""
+"""The ``fyp`` command line: one subcommand per task (``fyp --help`` lists them)."""
 
 from __future__ import annotations
 
@@ -392,6 +392,52 @@ def cmd_audit(args: argparse.Namespace) -> int:
         engine.close()
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    """Export, verify and import the algorithm package (no personal data, signed)."""
+    from fyp.engine import Engine
+    from fyp.governance import package
+    from fyp.governance.keys import Signer, Verifier
+
+    config = load_config(args.data_dir)
+    engine = Engine(config)
+    try:
+        if args.action == "export":
+            signer = Signer.load_or_create(config.data_dir / "keys" / "package.ed25519")
+            manifest = package.export_package(
+                config, engine.gate, Path(args.path), signer, args.region
+            )
+            weights = manifest["weights"]
+            print(
+                f"wrote {args.path}: config {manifest['config_hash']}, code "
+                f"{manifest['code']['source_sha256'][:16]}, "
+                + (f"weights of {weights['model_version']}" if weights else "no weights")
+                + f", signed by {signer.verifier.key_id}"
+            )
+            return 0
+        pinned = Verifier.from_hex(args.public_key) if args.public_key else None
+        ids, rows = package.local_personal_data(engine.gate, config.region_names)
+        report = package.verify_package(Path(args.path), pinned, ids, rows)
+        if not report.ok:
+            print(f"REFUSED {args.path}")
+            for problem in report.problems:
+                print(f"  - {problem}")
+            return 3
+        print(
+            f"ok {args.path}: signed by {report.key_id}; scanned {report.checked_strings:,} "
+            f"strings against {len(ids):,} local user ids and {report.checked_rows:,} rows "
+            f"against {len(rows):,} user rows"
+        )
+        if args.action == "import":
+            if args.region is None:
+                raise FypError("fyp package import needs --region")
+            version = package.import_package(engine.gate, args.region, Path(args.path), report)
+            engine.reload_model(args.region)
+            print(f"{args.region}: started model {version} from the package")
+        return 0
+    finally:
+        engine.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fyp", description="A self-hosted For You feed engine.")
     parser.add_argument("--version", action="version", version=f"fyp {__version__}")
@@ -479,6 +525,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data_dir_arg(p)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("package", help="export, verify or import the algorithm package")
+    p.add_argument("action", choices=["export", "verify", "import"])
+    p.add_argument("path", help="the package file (.zip)")
+    p.add_argument(
+        "--region",
+        default=None,
+        help="export: include this region's non-personal weights; import: the region to start",
+    )
+    p.add_argument("--public-key", default=None, help="accept only packages signed by this key")
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("demo", help="build the demo world, import it, train, and serve")
     data_dir_arg(p, default=str(DEMO_DATA_DIR))

@@ -13,6 +13,6 @@ DEFAULT_GRANTS: Final[dict[str, frozenset[str]]] = {
         {"route", "ingest", "manage_users", "read_user", "train", "operate"}
         | {"export_user", "erase_user"}
     ),
-    "auditor": frozenset({"audit", "operate"}),
+    "auditor": frozenset({"audit", "operate", "scan_package"}),
     "user": frozenset({"read_user", "export_user", "erase_user", "manage_controls"}),
 }

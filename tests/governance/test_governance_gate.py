@@ -24,12 +24,20 @@ REGIONS = ("us", "eu")
 KINDS = ("service", "operator", "auditor", "user")
 PURPOSES = (*PURPOSE_OPERATIONS, "export", "")
 ROLE_OPERATIONS = {
-    "users": ("upsert_users", "get_user", "has_users", "count_users"),
+    "users": ("upsert_users", "get_user", "has_users", "count_users", "user_ids"),
     "events": ("append", "recent_for_user", "scan", "last_seq"),
     "state": ("hydrate", "seen_among", "record_served"),
     "stats": ("stats", "trending", "totals"),
     "models": ("save", "load_current", "current_version"),
-    "audit": ("append", "tail", "count"),
+    "audit": ("append", "tail", "count", "verify", "leaf"),
+    "rights": (
+        "export_user",
+        "erase_user",
+        "controls",
+        "put_controls",
+        "interests",
+        "reset_interests",
+    ),
 }
 """Every operation a handle exposes, by role."""
 
@@ -102,7 +110,7 @@ def test_every_open_decision_is_audited_once_in_the_target_region(
 def test_a_handle_permits_exactly_its_purposes_operations(
     world: World, region: str, purpose: str
 ) -> None:
-    kind = "auditor" if purpose == "audit" else "service"
+    kind = "auditor" if purpose in ("audit", "scan_package") else "service"
     principal = Principal(id=f"{kind}:{region}", kind=kind, region=region)  # type: ignore[arg-type]
     handle = world.gate.open(region, principal, purpose)  # type: ignore[arg-type]
     log = world.audit[region]

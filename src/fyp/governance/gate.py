@@ -25,7 +25,7 @@ from fyp.storage.region import SqlRegionStore
 from fyp.storage.roles import AuditLog, EventLog, ItemStats, UserRights, Users, UserState
 
 _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
-    "users": frozenset({"upsert_users", "get_user", "has_users", "count_users"}),
+    "users": frozenset({"upsert_users", "get_user", "has_users", "count_users", "user_ids"}),
     "events": frozenset({"append", "recent_for_user", "scan", "last_seq"}),
     "state": frozenset({"hydrate", "seen_among", "record_served"}),
     "stats": frozenset({"stats", "trending", "totals"}),

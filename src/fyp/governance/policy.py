@@ -36,6 +36,7 @@ Purpose = Literal[
     "export_user",
     "erase_user",
     "manage_controls",
+    "scan_package",
 ]
 PrincipalKind = Literal["service", "operator", "auditor", "user"]
 
@@ -74,6 +75,8 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
     "audit": frozenset({"audit.tail", "audit.count", "audit.verify", "audit.leaf"}),
     "export_user": frozenset({"users.get_user", "rights.export_user", "rights.interests"}),
     "erase_user": frozenset({"users.has_users", "rights.erase_user"}),
+    # Checking an incoming algorithm package against the region's own users and model rows.
+    "scan_package": frozenset({"users.user_ids", "models.load_current"}),
     "manage_controls": frozenset(
         {
             "users.get_user",

@@ -376,6 +376,11 @@ class SqlRegionStore:
         with self.db.read() as conn:
             return self._existing(conn, users.c.user_id, list(user_ids))
 
+    def user_ids(self) -> list[str]:
+        """Every user id of the region (to check that nothing leaving it carries one)."""
+        with self.db.read() as conn:
+            return list(conn.execute(select(users.c.user_id)).scalars())
+
     def count_users(self) -> int:
         with self.db.read() as conn:
             return int(conn.execute(select(func.count()).select_from(users)).scalar_one())
