@@ -36,9 +36,8 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
+    bindparam,
     func,
-    or_,
     select,
     update,
 )
@@ -99,6 +98,21 @@ audit_state = Table(
     Column("size", BigInteger, nullable=False),
 )
 
+
+# Built once: ``Database.executemany`` caches compiled statements by identity, and the append is on
+# every request's path.
+_INSERT_ENTRY: Final = audit.insert()
+_INSERT_NODE: Final = audit_nodes.insert()
+_GROW: Final = (
+    update(audit_state)
+    .where(audit_state.c.id == 1)
+    .values(size=audit_state.c.size + bindparam("n"))
+    .returning(audit_state.c.size)
+)
+
+_NODE: Final = select(audit_nodes.c.hash).where(
+    audit_nodes.c.level == bindparam("level"), audit_nodes.c.idx == bindparam("idx")
+)
 
 AuditEntry = tuple[str, str, str, str, Mapping[str, Any], float]
 """(principal, purpose, action, decision, detail, timestamp)."""
@@ -214,14 +228,7 @@ class SqlAuditLog:
         if not entries:
             return []
         with self.db.write() as conn:
-            last = int(
-                conn.execute(
-                    update(audit_state)
-                    .where(audit_state.c.id == 1)
-                    .values(size=audit_state.c.size + len(entries))
-                    .returning(audit_state.c.size)
-                ).scalar_one()
-            )
+            last = int(conn.execute(_GROW, {"n": len(entries)}).scalar_one())
             first = last - len(entries) + 1
             rows: list[dict[str, Any]] = []
             leaves: list[bytes] = []
@@ -245,7 +252,7 @@ class SqlAuditLog:
                         entry_bytes(seq, now, principal, purpose, action, decision, text)
                     )
                 )
-            self.db.executemany(conn, audit.insert(), rows)
+            self.db.executemany(conn, _INSERT_ENTRY, rows)
             self._add_leaves(conn, first - 1, leaves)
         return list(range(first, last + 1))
 
@@ -259,14 +266,10 @@ class SqlAuditLog:
             if (key[1] << key[0]) < start
         }
         known: dict[tuple[int, int], bytes] = {}
-        if older:
-            where = or_(
-                *(and_(audit_nodes.c.level == lv, audit_nodes.c.idx == ix) for lv, ix in older)
-            )
-            known = {
-                (r.level, r.idx): bytes(r.hash)
-                for r in conn.execute(select(audit_nodes).where(where))
-            }
+        for level, idx in older:  # at most one per tree level: the right edge of the tree
+            found = conn.execute(_NODE, {"level": level, "idx": idx}).scalar()
+            if found is not None:
+                known[(level, idx)] = bytes(found)
         made: list[dict[str, Any]] = []
         for index, leaf in enumerate(leaves, start):
             known[(0, index)] = leaf
@@ -282,7 +285,7 @@ class SqlAuditLog:
                 current = merkle.node_hash(left, current)
                 known[(level + 1, idx >> 1)] = current
                 made.append({"level": level + 1, "idx": idx >> 1, "hash": current})
-        self.db.executemany(conn, audit_nodes.insert(), made)
+        self.db.executemany(conn, _INSERT_NODE, made)
 
     def _init_state(self) -> None:
         """Create the append counter; build the tree for entries written before it existed."""
