@@ -214,7 +214,12 @@ class Engine:
             with self._train_locks[region]:
                 handle = self.gate.open(region, Principal.service(region), "train")
                 report = train_region(
-                    handle, self.catalog, self.config.training, self.config.algorithm_hash
+                    handle,
+                    self.catalog,
+                    self.config.training,
+                    self.config.algorithm_hash,
+                    ranker=self.config.ranker,
+                    policy=fold_policy(self.config),
                 )
             if report.version is not None:
                 self.reload_model(region)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -20,6 +20,9 @@ import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
 
 from fyp.storage.models import ModelSnapshot
+
+if TYPE_CHECKING:
+    from fyp.models.ranker import Ranker
 
 # Exact search is fast enough below this many items; above it an IVF index keeps queries ~1 ms.
 _EXACT_SEARCH_MAX_ITEMS = 50_000
@@ -68,6 +71,7 @@ class ServingModel:
         self._als.item_factors = factors
         self._fold_lock = threading.Lock()
         self._index = _build_index(factors)
+        self.ranker: Ranker | None = _load_ranker(snapshot)
 
     def user_vector(
         self, interactions: Sequence[tuple[str, float]]
@@ -115,6 +119,20 @@ class ServingModel:
         return [
             (ids[c], v) for c, v in zip(cols[order].tolist(), vals[order].tolist(), strict=True)
         ]
+
+
+def _load_ranker(snapshot: ModelSnapshot) -> Ranker | None:
+    """The snapshot's multi-task ranker, if it has one (torch is imported only then)."""
+    meta = snapshot.meta.get("ranker")
+    if not isinstance(meta, dict) or "tasks" not in meta:
+        return None
+    import torch
+
+    from fyp.models.ranker import Ranker
+
+    # One request, one small batch: intra-op threads would only contend with other requests.
+    torch.set_num_threads(1)
+    return Ranker.from_arrays(meta, snapshot.arrays)
 
 
 class ModelSlot:
