@@ -282,6 +282,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_ranker(args: argparse.Namespace) -> int:
+    from fyp.eval.ranking import run_ranker_eval, summary_table, with_overrides, write_ranker_report
+
+    ranker = load_config(args.data_dir).ranker if args.data_dir else FypConfig().ranker
+    overrides: dict[str, Any] = {"train_threads": args.threads}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    command = " ".join(["fyp", "eval-ranker", *sys.argv[2:]]) if len(sys.argv) > 1 else None
+    result = run_ranker_eval(
+        args.users,
+        args.seed,
+        test_share=args.test_share,
+        ranker=with_overrides(ranker, **overrides),
+        exposures_per_viewer=args.exposures,
+        command=command,
+        progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
+    )
+    files = write_ranker_report(result, Path(args.out))
+    print(summary_table(result))
+    print(f"report: {files['markdown']}  json: {files['json']}")
+    return 0
+
+
 def cmd_offline_recommend(args: argparse.Namespace) -> int:
     from fyp.eval.offline import offline_recommend
 
@@ -362,6 +385,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval-results", help="directory for JSON, plots, Markdown")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "eval-ranker",
+        help="the multi-task ranker vs the same ranker without watch-time heads, on a sim world",
+    )
+    p.add_argument("--users", type=int, default=1000, help="simulated viewers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exposures", type=int, default=60, help="viewings per simulated viewer")
+    p.add_argument("--test-share", type=float, default=0.2, help="last share of time for test")
+    p.add_argument("--epochs", type=int, default=None, help="override ranker.epochs")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    p.add_argument("--out", default="eval-results", help="directory for ranker-sim.{json,md}")
+    p.add_argument(
+        "--data-dir", default=None, help="read the [ranker] settings of this data directory"
+    )
+    p.set_defaults(func=cmd_eval_ranker)
 
     p = sub.add_parser(
         "offline-recommend", help="fit the default model on a training log, write top-K lists"
