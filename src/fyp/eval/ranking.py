@@ -136,9 +136,9 @@ def _outcomes(examples: ExampleSet) -> dict[str, npt.NDArray[np.float64]]:
     }
 
 
-def _safe(metric: Callable[[], float]) -> float:
+def _safe(metric: Callable[..., float], *args: Any) -> float:
     try:
-        return metric()
+        return metric(*args)
     except ValueError:  # one class only in this slice: the metric is undefined
         return math.nan
 
@@ -159,10 +159,10 @@ def _head_metrics(
         loss = _soft_log_loss(target, probs)
     else:
         binary = examples.label(task).astype(np.float64)
-        loss = _safe(lambda: log_loss(binary, probs))
+        loss = _safe(log_loss, binary, probs)
     return {
-        "auc": _safe(lambda: auc(binary, probs)),
-        "gauc": _safe(lambda: gauc(groups, binary, probs)),
+        "auc": _safe(auc, binary, probs),
+        "gauc": _safe(gauc, groups, binary, probs),
         "log_loss": loss,
     }
 
@@ -171,8 +171,8 @@ def _value_metrics(
     examples: ExampleSet, groups: npt.NDArray[np.int64], value: npt.NDArray[np.float64]
 ) -> tuple[dict[str, float], dict[str, float]]:
     outcomes = _outcomes(examples)
-    value_gauc = {k: _safe(lambda y=y: gauc(groups, y, value)) for k, y in outcomes.items()}
-    value_auc = {k: _safe(lambda y=y: auc(y, value)) for k, y in outcomes.items()}
+    value_gauc = {k: _safe(gauc, groups, y, value) for k, y in outcomes.items()}
+    value_auc = {k: _safe(auc, y, value) for k, y in outcomes.items()}
     return value_gauc, value_auc
 
 
@@ -301,8 +301,8 @@ def run_ranker_eval(
             description="hand-weighted first value model (features only, nothing trained)",
             heads={
                 task: {
-                    "auc": _safe(lambda t=task: auc(_binary(test, t), hand)),
-                    "gauc": _safe(lambda t=task: gauc(groups, _binary(test, t), hand)),
+                    "auc": _safe(auc, _binary(test, task), hand),
+                    "gauc": _safe(gauc, groups, _binary(test, task), hand),
                     "log_loss": math.nan,
                 }
                 for task in RANKER_TASKS
