@@ -1,5 +1,5 @@
-"""The MMoE ranker: table sizes follow the vocabularies, it learns planted signals, and it survives a
-round trip through the region's model store unchanged."""
+"""The MMoE ranker: table sizes follow the vocabularies, it learns planted signals, and it comes
+back unchanged from a round trip through the region's model store."""
 
 from __future__ import annotations
 

@@ -152,11 +152,8 @@ def test_every_example_sees_exactly_the_log_before_its_play() -> None:
 
 def test_affinity_replay_matches_the_online_state_rule() -> None:
     item = ITEMS["a"]
-    for kind, watch in [("play", 500), ("play", 15_000), ("play", None), ("like", None)] + [
-        ("skip", None),
-        ("not_interested", None),
-        ("follow", None),
-    ]:
+    cases = [("play", 500), ("play", 15_000), ("play", None), ("like", None), ("skip", None)]
+    for kind, watch in [*cases, ("not_interested", None), ("follow", None)]:
         event = Event(
             event_id="e1", user_id="u", item_id="a", type=kind, ts=from_epoch(T0), watch_ms=watch
         )
