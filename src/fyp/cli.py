@@ -290,17 +290,21 @@ def cmd_eval_ranker(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     command = " ".join(["fyp", "eval-ranker", *sys.argv[2:]]) if len(sys.argv) > 1 else None
-    result = run_ranker_eval(
-        args.users,
-        args.seed,
-        test_share=args.test_share,
-        ranker=with_overrides(ranker, **overrides),
-        exposures_per_viewer=args.exposures,
-        command=command,
-        progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
-    )
-    files = write_ranker_report(result, Path(args.out))
-    print(summary_table(result))
+    results = []
+    for seed in range(args.seed, args.seed + args.repeats):
+        print(f"seed {seed}:", file=sys.stderr, flush=True)
+        result = run_ranker_eval(
+            args.users,
+            seed,
+            test_share=args.test_share,
+            ranker=with_overrides(ranker, **overrides),
+            exposures_per_viewer=args.exposures,
+            command=command,
+            progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
+        )
+        print(summary_table(result))
+        results.append(result)
+    files = write_ranker_report(results, Path(args.out))
     print(f"report: {files['markdown']}  json: {files['json']}")
     return 0
 
@@ -392,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--users", type=int, default=1000, help="simulated viewers")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="worlds to run: seeds S, S+1, ...")
     p.add_argument("--exposures", type=int, default=60, help="viewings per simulated viewer")
     p.add_argument("--test-share", type=float, default=0.2, help="last share of time for test")
     p.add_argument("--epochs", type=int, default=None, help="override ranker.epochs")

@@ -20,11 +20,15 @@ pytestmark = pytest.mark.slow
 
 def test_eval_ranker_writes_its_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "report"
-    code = main(["eval-ranker", "--users", "80", "--epochs", "1", "--seed", "3", "--out", str(out)])
+    args = ["--users", "80", "--epochs", "1", "--seed", "3", "--repeats", "2", "--out", str(out)]
+    code = main(["eval-ranker", *args])
     assert code == 0
     printed = capsys.readouterr().out
     assert FULL in printed and NO_WATCH in printed and HAND in printed
-    data = json.loads((out / "ranker-sim.json").read_text())
+    report = json.loads((out / "ranker-sim.json").read_text())
+    assert [run["seed"] for run in report["runs"]] == [3, 4]
+    assert len(report["across_seeds"]["value_gauc_delta"]["finish"]) == 2
+    data = report["runs"][0]
     models = {m["name"]: m for m in data["models"]}
     assert set(models) == {FULL, NO_WATCH, HAND}
     assert set(models[FULL]["heads"]) == set(RANKER_TASKS)
@@ -39,7 +43,7 @@ def test_eval_ranker_writes_its_report(tmp_path: Path, capsys: pytest.CaptureFix
     assert data["verdict"]["value_gauc_delta"].keys() == set(OUTCOMES)
     markdown = (out / "ranker-sim.md").read_text()
     assert "| head |" in markdown and "fyp eval-ranker" in markdown
-    assert "Verdict" in markdown
+    assert "Verdict" in markdown and "Across 2 worlds" in markdown
 
 
 def test_the_hand_weighted_reference_uses_the_configured_weights() -> None:

@@ -457,13 +457,90 @@ def markdown(result: RankerEvalResult) -> str:
     return "\n".join(lines)
 
 
-def write_ranker_report(result: RankerEvalResult, out: Path) -> dict[str, Path]:
+def _mean_sd(values: Sequence[float]) -> str:
+    array = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if len(array) == 0:
+        return "-"
+    if len(array) == 1:
+        return f"{array[0]:.4f}"
+    return f"{array.mean():.4f} ± {array.std(ddof=1):.4f}"
+
+
+def across_seeds(results: Sequence[RankerEvalResult]) -> dict[str, Any]:
+    """Per model and metric, the value on each seed; and full-minus-no-watch per seed."""
+    models: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for result in results:
+        for m in result.models:
+            entry = models.setdefault(m.name, {"head_gauc": {}, "value_gauc": {}})
+            for task, metrics in m.heads.items():
+                entry["head_gauc"].setdefault(task, []).append(metrics["gauc"])
+            for outcome, value in m.value_gauc.items():
+                entry["value_gauc"].setdefault(outcome, []).append(value)
+    verdicts = [verdict(r) for r in results]
+    return {
+        "seeds": [r.seed for r in results],
+        "models": models,
+        "shared_heads_gauc_delta": {
+            t: [v["shared_heads_gauc_delta"][t] for v in verdicts] for t in ENGAGEMENT_TASKS
+        },
+        "value_gauc_delta": {o: [v["value_gauc_delta"][o] for v in verdicts] for o in OUTCOMES},
+    }
+
+
+def _across_markdown(results: Sequence[RankerEvalResult]) -> str:
+    summary = across_seeds(results)
+    seeds = ", ".join(str(s) for s in summary["seeds"])
+    names = [m.name for m in results[0].models]
+    lines = [
+        f"## Across {len(results)} worlds (seeds {seeds})",
+        "",
+        "Each seed builds a different world and trains every model again; mean ± standard "
+        "deviation over the seeds.",
+        "",
+        "| GAUC | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for task in RANKER_TASKS:
+        cells = []
+        for name in names:
+            values = summary["models"][name]["head_gauc"].get(task)
+            cells.append(_mean_sd(values) if values else "no head")
+        lines.append(f"| head {task} | " + " | ".join(cells) + " |")
+    for outcome in OUTCOMES:
+        cells = [_mean_sd(summary["models"][n]["value_gauc"][outcome]) for n in names]
+        lines.append(f"| value vs {outcome} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Full minus no-watch-heads, GAUC (mean ± sd; seeds where the full model is ahead):",
+        "",
+        "| compared on | difference | full ahead |",
+        "|---|---|---|",
+    ]
+    rows = [(f"head {t}", d) for t, d in summary["shared_heads_gauc_delta"].items()]
+    rows += [(f"value vs {o}", d) for o, d in summary["value_gauc_delta"].items()]
+    for label, deltas in rows:
+        ahead = sum(d > 0 for d in deltas)
+        lines.append(f"| {label} | {_mean_sd(deltas)} | {ahead}/{len(deltas)} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_ranker_report(
+    results: RankerEvalResult | Sequence[RankerEvalResult], out: Path
+) -> dict[str, Path]:
+    """``ranker-sim.json`` (every run) and ``ranker-sim.md`` (the first run in detail, then the
+    summary across seeds when there are several)."""
+    runs = [results] if isinstance(results, RankerEvalResult) else list(results)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "ranker-sim.json", "markdown": out / "ranker-sim.md"}
-    paths["json"].write_text(
-        json.dumps(result.to_json(), indent=2, allow_nan=True, default=float) + "\n"
-    )
-    paths["markdown"].write_text(markdown(result))
+    payload: dict[str, Any] = {"runs": [r.to_json() for r in runs]}
+    if len(runs) > 1:
+        payload["across_seeds"] = across_seeds(runs)
+    paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=True, default=float) + "\n")
+    text = markdown(runs[0])
+    if len(runs) > 1:
+        text += "\n" + _across_markdown(runs)
+    paths["markdown"].write_text(text)
     return paths
 
 
