@@ -41,11 +41,11 @@ def planted(n: int, seed: int, n_users: int = 40, n_items: int = 60) -> ExampleS
     rng = np.random.default_rng(seed)
     users = rng.integers(0, n_users, n)
     items = rng.integers(0, n_items, n)
-    numeric = rng.normal(0, 1, (n, len(NUMERIC_FEATURES))).astype(np.float32)
+    numeric = np.zeros((n, len(NUMERIC_FEATURES)), dtype=np.float32)
     numeric[:, AFFINITY] = rng.uniform(-1, 1, n)
     labels = np.zeros((n, len(LABEL_NAMES)), dtype=np.float32)
     match = (users % 2) == (items % 2)
-    labels[:, LABEL_NAMES.index("like")] = rng.random(n) < np.where(match, 0.7, 0.05)
+    labels[:, LABEL_NAMES.index("like")] = rng.random(n) < np.where(match, 0.9, 0.02)
     finish = rng.random(n) < np.where(numeric[:, AFFINITY] > 0, 0.8, 0.1)
     labels[:, LABEL_NAMES.index("finish")] = finish
     labels[:, LABEL_NAMES.index("watch_ratio")] = np.where(finish, 1.0, rng.uniform(0, 0.6, n))
@@ -102,7 +102,7 @@ def test_unseen_ids_share_the_unknown_row(trained: Ranker) -> None:
     batch = encode(trained.vocabs, examples)
     assert batch.users.tolist() == batch.items.tolist() == [UNKNOWN_ROW, UNKNOWN_ROW]
     probs = trained.predict(batch)
-    np.testing.assert_array_equal(probs[0], probs[1])
+    np.testing.assert_allclose(probs[0], probs[1], rtol=1e-6)  # rows may differ in the last ulp
 
 
 def test_training_learns_the_planted_signals(trained: Ranker) -> None:
@@ -110,8 +110,8 @@ def test_training_learns_the_planted_signals(trained: Ranker) -> None:
     probs = trained.predict_examples(test)
     like = trained.tasks.index("like")
     finish = trained.tasks.index("finish")
-    # The best possible AUCs given the planted noise are about 0.85 for both.
-    assert auc(test.label("like"), probs[:, like]) > 0.78
+    # The best possible AUCs given the planted noise: about 0.94 (like) and 0.85 (finish).
+    assert auc(test.label("like"), probs[:, like]) > 0.88
     assert auc(test.label("finish"), probs[:, finish]) > 0.8
     stats = trained.stats
     assert stats is not None and stats.best_epoch >= 2

@@ -18,7 +18,7 @@ from fyp.models.ranker_data import BaseRates, LoggedEvent, build_examples
 from fyp.pipeline.contracts import Candidate
 from fyp.pipeline.explain import explain
 from fyp.scoring.ranker import RankerScorer
-from fyp.storage.roles import ItemRecord, ItemStatsRecord, UserStateSnapshot
+from fyp.storage.roles import EventRecord, ItemRecord, ItemStatsRecord, UserStateSnapshot
 
 T0 = 1_700_000_000.0
 CONFIG = FypConfig()
@@ -49,6 +49,39 @@ def small_ranker() -> Ranker:
     return train_ranker(examples, BaseRates(), config)
 
 
+class FakeModel:
+    """A serving model: the ranker, and a learned source that knows items ``i0``..``i5``."""
+
+    def __init__(self, ranker: Ranker | None) -> None:
+        self.ranker = ranker
+        self.folded: list[list[tuple[str, float]]] = []
+
+    def user_vector(self, interactions: list[tuple[str, float]]) -> np.ndarray[Any, Any] | None:
+        self.folded.append(interactions)
+        return np.ones(2, dtype=np.float32) if interactions else None
+
+    def item_scores(self, vector: np.ndarray[Any, Any], item_ids: list[str]) -> list[float | None]:
+        return [0.1 * int(i[1:]) if i[1:].isdigit() and int(i[1:]) < 6 else None for i in item_ids]
+
+
+class FakeData:
+    """The gated region handle, as far as the scorer reads it: the viewer's latest events."""
+
+    def __init__(self, history: list[EventRecord]) -> None:
+        self.events = SimpleNamespace(recent_for_user=lambda user_id, limit: history[:limit])
+
+
+CATALOG = SimpleNamespace(
+    get_items=lambda ids: {i: ItemRecord(i, "c0", T0 - 3600, 30.0, "", (), None, ()) for i in ids}
+)
+"""The global catalog, for the durations of history items that are not candidates."""
+
+HISTORY = [
+    EventRecord(1, "e1", "viewer", "i2", "play", T0 - 60, 12_000, None),
+    EventRecord(2, "e2", "viewer", "i2", "like", T0 - 50, None, None),
+]
+
+
 def candidates(make_candidate: Callable[..., Candidate], n: int = 6) -> list[Candidate]:
     out = [
         make_candidate(
@@ -65,7 +98,7 @@ def test_without_a_model_the_feature_is_zero_and_nothing_is_predicted(
 ) -> None:
     scorer = RankerScorer(CONFIG.ranker)
     cands = candidates(make_candidate)
-    for model in (None, SimpleNamespace(ranker=None)):
+    for model in (None, FakeModel(None)):
         assert scorer.score(make_query(model=model), cands) == [0.0] * len(cands)
     assert not any(k.startswith("ranker_") for c in cands for k in c.features)
 
@@ -77,7 +110,7 @@ def test_scores_are_the_objective_weights_over_the_heads(
     scorer = RankerScorer(RankerConfig(objective_weights=weights))
     cands = candidates(make_candidate)
     cands.append(make_candidate("no-record", with_item=False))
-    query = make_query(model=SimpleNamespace(ranker=small_ranker), user_id="u3")
+    query = make_query(model=FakeModel(small_ranker), user_id="u3", data=FakeData(HISTORY))
     scores = scorer.score(query, cands)
     assert len(scores) == len(cands)
     assert scores[-1] == 0.0 and "ranker_finish" not in cands[-1].features
@@ -91,7 +124,9 @@ def test_the_batch_prediction_equals_one_candidate_at_a_time(
     make_query: Any, make_candidate: Any, small_ranker: Ranker
 ) -> None:
     scorer = RankerScorer(CONFIG.ranker)
-    query = make_query(model=SimpleNamespace(ranker=small_ranker), user_id="u1")
+    query = make_query(
+        model=FakeModel(small_ranker), user_id="u1", data=FakeData(HISTORY), catalog=CATALOG
+    )
     cands = candidates(make_candidate)
     together = scorer.score(query, cands)
     alone = [scorer.score(query, [c])[0] for c in candidates(make_candidate)]
@@ -103,11 +138,34 @@ def test_the_viewers_negative_affinity_enters_the_prediction(
 ) -> None:
     """Same candidates, a viewer who skipped creator c1: the ranker sees different inputs."""
     scorer = RankerScorer(CONFIG.ranker)
-    model = SimpleNamespace(ranker=small_ranker)
-    neutral = scorer.score(make_query(model=model), candidates(make_candidate))
+    model = FakeModel(small_ranker)
+    data = FakeData(HISTORY)
+    neutral = scorer.score(make_query(model=model, data=data), candidates(make_candidate))
     state = UserStateSnapshot(as_of=T0, creator_affinity={"c1": -6.0}, tag_affinity={"t1": -4.0})
-    disliked = scorer.score(make_query(model=model, state=state), candidates(make_candidate))
+    disliked = scorer.score(
+        make_query(model=model, state=state, data=data), candidates(make_candidate)
+    )
     assert disliked[1] != neutral[1]
+
+
+def test_the_learned_sources_score_is_an_input_when_the_viewer_has_history(
+    make_query: Any, make_candidate: Any, small_ranker: Ranker
+) -> None:
+    scorer = RankerScorer(CONFIG.ranker, CONFIG.training)
+    model = FakeModel(small_ranker)
+    with_history = scorer.score(
+        make_query(model=model, data=FakeData(HISTORY)), candidates(make_candidate)
+    )
+    # The viewer folded in with the training preference weights: a 12 s play of a 30 s video
+    # (watch ratio) and a like.
+    [interactions] = model.folded
+    assert interactions[0][0] == "i2" and interactions[0][1] == pytest.approx(12 / 30)
+    assert interactions[1] == ("i2", CONFIG.training.event_weights["like"])
+    no_history = scorer.score(
+        make_query(model=model, data=FakeData([])), candidates(make_candidate)
+    )
+    assert with_history[:6] != no_history[:6]
+    assert with_history[6] == pytest.approx(no_history[6], abs=1e-6), "unknown to ALS either way"
 
 
 def ranked(make_candidate: Any, **features: float) -> Candidate:

@@ -12,7 +12,8 @@ event log:
 2. **Three rankers on the same split**: (a) the full MMoE with all six heads; (b) the same network
    and features *without the watch-time heads* (only like, share and follow are trained); (c) the
    hand-weighted first value model (``ScoringConfig.weights`` over the affinity, engagement,
-   freshness and popularity features), which has nothing to train.
+   freshness and popularity features), which has nothing to train. Both rankers also read the
+   learned source's retrieval score, point in time (``fyp.models.ranker_retrieval``).
 3. **Metrics**: per head, AUC, GAUC (per-viewer AUC weighted by viewings) and log loss on the test
    viewings; and for each model's *combined value* (``RankerConfig.objective_weights`` over its
    heads; the hand-weighted score for (c)) the GAUC against the watch outcomes (finish, long watch,
@@ -44,6 +45,7 @@ from fyp.models.ranker_data import (
     build_examples,
     from_events,
 )
+from fyp.models.ranker_retrieval import als_scores_before
 from fyp.storage.roles import ItemRecord
 
 WATCH_TASKS: Final = ("watch_ratio", "finish", "quick_skip")
@@ -252,6 +254,13 @@ def run_ranker_eval(
     )
     train = examples.subset(examples.ts < cutoff - ranker.label_window_s)
     test = examples.subset(examples.ts >= cutoff)
+    # The learned source's score, point in time: the later half of the training viewings is
+    # scored by an ALS fit on the events before it; the test viewings by a fit on everything
+    # before the test period (the model serving would have had).
+    scored_train = als_scores_before(
+        events, items, train, base.training, float(np.median(train.ts))
+    )
+    scored_test = als_scores_before(events, items, test, base.training, cutoff)
     progress(
         f"viewings: {len(train)} train, {len(test)} test "
         f"(features in {time.perf_counter() - started:.1f}s)"
@@ -331,6 +340,8 @@ def run_ranker_eval(
             "train_viewings": len(train),
             "test_viewings": len(test),
             "test_viewers": len(user_index),
+            "train_viewings_with_als_score": scored_train,
+            "test_viewings_with_als_score": scored_test,
         },
         objective_weights=weights,
         hand_weights=hand_weights,

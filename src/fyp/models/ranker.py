@@ -2,11 +2,12 @@
 
 Inputs per (viewer, candidate): embeddings of the viewer, the item and its creator, a mean bag of
 its tag embeddings, their dot products with the viewer (explicit interactions an MLP learns
-slowly), and the standardized numeric features of ``fyp.models.ranker_data`` (duration, age, the
-item's smoothed engagement rates in the region, the viewer's affinity to the creator and tags,
-follow, activity, hour of day). A few shared experts read that input; each task has its own softmax
-gate over the experts and its own small tower: ``watch_ratio`` (BCE on the watch ratio clipped to
-[0, 1]), ``finish``, ``quick_skip``, ``like``, ``share``, ``follow``.
+slowly; they also reach every head's logit directly), and the standardized numeric features of
+``fyp.models.ranker_data`` (duration, age, the item's smoothed engagement rates in the region, the
+viewer's affinity to the creator and tags, follow, activity, hour of day, the learned source's
+retrieval score). A few shared experts read that input; each task has its own softmax gate over
+the experts and its own small tower: ``watch_ratio`` (BCE on the watch ratio clipped to [0, 1]),
+``finish``, ``quick_skip``, ``like``, ``share``, ``follow``.
 
 **ID embeddings** come from explicit vocabularies (``Vocabulary``): one row per id seen in the
 training viewings, never two ids hashed into one row. Ids not in the vocabulary (new viewers, items,
@@ -80,7 +81,7 @@ class MMoE(nn.Module):
         self.creator = nn.Embedding(table_sizes["creators"], dim)
         self.tag = nn.Embedding(table_sizes["tags"], dim, padding_idx=TAG_PAD_ROW)
         for table in (self.user, self.item, self.creator, self.tag):
-            nn.init.normal_(table.weight, std=0.05)
+            nn.init.normal_(table.weight, std=0.1)
         with torch.no_grad():
             self.tag.weight[TAG_PAD_ROW].zero_()
         self.register_buffer("numeric_mean", torch.zeros(n_numeric))
@@ -95,6 +96,9 @@ class MMoE(nn.Module):
         self.towers = nn.ModuleList(
             nn.Sequential(nn.Linear(out, 16), nn.ReLU(), nn.Linear(16, 1)) for _ in range(n_tasks)
         )
+        # A direct path from the viewer's dot products to every task's logit: collaborative signal
+        # (this viewer with this item) reaches the heads without passing through the experts.
+        self.interaction = nn.Linear(3, n_tasks)
 
     def forward(
         self,
@@ -117,7 +121,7 @@ class MMoE(nn.Module):
         for gate, tower in zip(self.gates, self.towers, strict=True):
             weights = torch.softmax(gate(x), dim=-1).unsqueeze(-1)
             logits.append(tower((weights * expert_out).sum(1)).squeeze(-1))
-        return torch.stack(logits, dim=-1)
+        return torch.stack(logits, dim=-1) + self.interaction(dots)
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ class Ranker:
         stats: Sequence[ItemStatsRecord | None],
         viewer: UserStateSnapshot,
         now: float,
+        als_scores: Sequence[float | None] | None = None,
     ) -> npt.NDArray[np.float32]:
         """Head probabilities (n, tasks) for one viewer's candidates, in one forward pass."""
         n = len(items)
@@ -180,7 +185,9 @@ class Ranker:
             items=self.vocabs.items.rows([item.item_id for item in items]),
             creators=self.vocabs.creators.rows([item.creator_id for item in items]),
             tags=encode_tags(self.vocabs.tags, [item.tags for item in items]),
-            numeric=serving_numeric(items, stats, viewer, now, self.rates, self.prior_plays),
+            numeric=serving_numeric(
+                items, stats, viewer, now, self.rates, self.prior_plays, als_scores
+            ),
         )
         return self.predict(batch)
 

@@ -51,8 +51,11 @@ NUMERIC_FEATURES: Final = (
     "viewer_activity",
     "hour_sin",
     "hour_cos",
+    "als_score",
+    "has_als_score",
 )
-"""The numeric inputs of the ranker, in column order."""
+"""The numeric inputs of the ranker, in column order. ``als_score`` is the retrieval score of the
+learned source (viewer vector . item factor); ``has_als_score`` says whether it is known."""
 
 MAX_TAGS: Final = 8
 """Tags per item fed to the tag bag; further tags are ignored."""
@@ -211,6 +214,7 @@ def _numeric_row(
     tag_affinities: Sequence[float],
     follows: bool,
     activity: int,
+    als_score: float | None = None,
 ) -> list[float]:
     """One row of ``NUMERIC_FEATURES``: the single definition used by training and serving."""
     tanh = math.tanh
@@ -233,6 +237,8 @@ def _numeric_row(
         math.log1p(activity),
         math.sin(angle),
         math.cos(angle),
+        0.0 if als_score is None else als_score,
+        0.0 if als_score is None else 1.0,
     ]
 
 
@@ -442,19 +448,22 @@ def serving_numeric(
     now: float,
     rates: BaseRates,
     prior_plays: float,
+    als_scores: Sequence[float | None] | None = None,
 ) -> npt.NDArray[np.float32]:
     """``NUMERIC_FEATURES`` of candidates for one viewer at ``now`` (same definitions as training).
 
     The viewer's affinities in ``viewer`` are already decayed to its ``as_of``; item counters come
-    from the region's item stats.
+    from the region's item stats; ``als_scores`` (one per item, ``None`` when unknown) from the
+    serving model's viewer vector.
     """
+    scores: Sequence[float | None] = als_scores if als_scores is not None else [None] * len(items)
     creator_affinity = viewer.creator_affinity
     tag_affinity = viewer.tag_affinity
     follows = viewer.follows
     activity = len(creator_affinity)
     empty = ItemStatsRecord()
     rows = []
-    for item, record in zip(items, stats, strict=True):
+    for item, record, als_score in zip(items, stats, scores, strict=True):
         s = record or empty
         rows.append(
             _numeric_row(
@@ -475,9 +484,18 @@ def serving_numeric(
                 [tag_affinity.get(tag, 0.0) for tag in item.tags],
                 item.creator_id in follows,
                 activity,
+                als_score,
             )
         )
     return np.asarray(rows, dtype=np.float32).reshape(-1, len(NUMERIC_FEATURES))
+
+
+def set_als_scores(
+    examples: ExampleSet, rows: npt.NDArray[np.int64], scores: npt.NDArray[np.float64]
+) -> None:
+    """Set the retrieval score of the viewings ``rows`` (``fyp.models.ranker_retrieval``)."""
+    examples.numeric[rows, NUMERIC_FEATURES.index("als_score")] = scores
+    examples.numeric[rows, NUMERIC_FEATURES.index("has_als_score")] = 1.0
 
 
 # ---- vocabularies -------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ model under a running request.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +71,10 @@ class ServingModel:
         )
         self._als.item_factors = factors
         self._fold_lock = threading.Lock()
+        # The learned source and the ranker fold in the same viewer in one request: solve once.
+        self._recent_vectors: OrderedDict[
+            tuple[tuple[str, float], ...], npt.NDArray[np.float32] | None
+        ] = OrderedDict()
         self._index = _build_index(factors)
         self.ranker: Ranker | None = _load_ranker(snapshot)
 
@@ -81,6 +86,19 @@ class ServingModel:
         This is one ALS half-step for a single row: the least-squares user vector that the model
         would have learned from these interactions, computed in well under a millisecond.
         """
+        key = tuple(interactions)
+        with self._fold_lock:
+            if key in self._recent_vectors:
+                self._recent_vectors.move_to_end(key)
+                return self._recent_vectors[key]
+        vector = self._fold_in(interactions)
+        with self._fold_lock:
+            self._recent_vectors[key] = vector
+            while len(self._recent_vectors) > 64:
+                self._recent_vectors.popitem(last=False)
+        return vector
+
+    def _fold_in(self, interactions: Sequence[tuple[str, float]]) -> npt.NDArray[np.float32] | None:
         weights: dict[int, float] = {}
         for item_id, weight in interactions:
             col = self.index_of.get(item_id)
@@ -95,6 +113,17 @@ class ServingModel:
         with self._fold_lock:  # implicit caches YtY on the model object
             vector = self._als.recalculate_user(0, row)
         return np.asarray(vector, dtype=np.float32)
+
+    def item_scores(
+        self, vector: npt.NDArray[np.float32], item_ids: Sequence[str]
+    ) -> list[float | None]:
+        """``vector . item factor`` per item; ``None`` for items the model does not know."""
+        rows = [self.index_of.get(item_id, -1) for item_id in item_ids]
+        known = [r for r in rows if r >= 0]
+        if not known:
+            return [None] * len(rows)
+        dots = iter((self._als.item_factors[known] @ vector.reshape(-1)).tolist())
+        return [next(dots) if r >= 0 else None for r in rows]
 
     def nearest(self, vector: npt.NDArray[np.float32], k: int) -> list[tuple[str, float]]:
         k = min(k, len(self.item_ids))

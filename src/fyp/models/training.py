@@ -131,6 +131,7 @@ def _train_ranker(
     """
     from fyp.models.ranker import train_ranker
     from fyp.models.ranker_data import base_rates, build_examples, from_records
+    from fyp.models.ranker_retrieval import als_scores_before
 
     started = time.perf_counter()
     events = [e for batch in handle.events.scan(config.max_events) for e in from_records(batch)]
@@ -150,8 +151,12 @@ def _train_ranker(
         return {
             "skipped_reason": f"{len(examples)} viewings; the ranker needs {ranker.min_examples}"
         }, {}
+    # The later half of the viewings gets the learned source's score from an ALS fit that ended
+    # where they begin (point in time); the earlier half has none, as a new viewer would.
+    scored = als_scores_before(events, items, examples, config, float(np.median(examples.ts)))
     model = train_ranker(examples, rates, ranker)
     meta, arrays = model.to_arrays()
+    meta["viewings_with_als_score"] = scored
     meta["seconds_total"] = time.perf_counter() - started
     return meta, arrays
 

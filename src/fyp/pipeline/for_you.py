@@ -103,7 +103,11 @@ def for_you_pipeline(config: FypConfig) -> FeedPipeline:
             EngagementScorer(config.scoring),
             FreshnessScorer(config.scoring),
             PopularityScorer(),
-            *([RankerScorer(config.ranker)] if config.ranker.enabled else []),
+            *(
+                [RankerScorer(config.ranker, config.training, s.embedding.history)]
+                if config.ranker.enabled
+                else []
+            ),
             ValueModel(config.scoring),  # last: its output is the candidate's score
         ],
         selectors=[
