@@ -121,7 +121,8 @@ class MMoE(nn.Module):
         for gate, tower in zip(self.gates, self.towers, strict=True):
             weights = torch.softmax(gate(x), dim=-1).unsqueeze(-1)
             logits.append(tower((weights * expert_out).sum(1)).squeeze(-1))
-        return torch.stack(logits, dim=-1) + self.interaction(dots)
+        direct: torch.Tensor = self.interaction(dots)
+        return torch.stack(logits, dim=-1) + direct
 
 
 @dataclass(frozen=True)
