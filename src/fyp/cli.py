@@ -136,6 +136,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{r.region}: {r.version} from {r.events:,} events, {r.users:,} users, "
                 f"{r.items:,} items in {r.seconds:.1f}s"
             )
+            if r.ranker and r.ranker.get("train"):
+                t = r.ranker["train"]
+                print(
+                    f"{r.region}: ranker from {t['examples']:,} viewings in {t['seconds']:.1f}s "
+                    f"({t['epochs']} epochs, best {t['best_epoch']})"
+                )
+            elif r.ranker:
+                print(f"{r.region}: no ranker ({r.ranker.get('skipped_reason')})")
     return 0
 
 
