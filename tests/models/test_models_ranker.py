@@ -4,6 +4,7 @@ back unchanged from a round trip through the region's model store."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,8 @@ from fyp.models.ranker_data import (
     ExampleSet,
     encode,
 )
+from fyp.models.serving import ServingModel
+from fyp.storage.models import ModelSnapshot
 
 SMALL = RankerConfig(
     embedding_dim=8, experts=2, expert_hidden=16, epochs=12, batch_size=128, learning_rate=0.01
@@ -161,3 +164,29 @@ def test_an_empty_batch_predicts_nothing(trained: Ranker) -> None:
         numeric=np.zeros((0, len(NUMERIC_FEATURES)), np.float32),
     )
     assert trained.predict(empty).shape == (0, len(RANKER_TASKS))
+
+
+def _snapshot(ranker_meta: dict[str, Any], ranker_arrays: dict[str, Any]) -> ModelSnapshot:
+    arrays = {
+        "item_ids": np.asarray(["a", "b", "c"], dtype=np.str_),
+        "item_factors": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32),
+        "neighbor_indptr": np.zeros(4, dtype=np.int64),
+        "neighbor_indices": np.zeros(0, dtype=np.int32),
+        "neighbor_scores": np.zeros(0, dtype=np.float32),
+        **ranker_arrays,
+    }
+    meta = {"regularization": 0.05, "alpha": 4.0, "ranker": ranker_meta}
+    return ModelSnapshot(version="us-test", meta=meta, arrays=arrays)
+
+
+def test_the_serving_model_loads_the_ranker_and_skips_one_of_another_schema(
+    trained: Ranker,
+) -> None:
+    meta, arrays = trained.to_arrays()
+    assert ServingModel(_snapshot(meta, arrays)).ranker is not None
+    older = {**meta, "numeric_features": list(NUMERIC_FEATURES[:-2])}
+    model = ServingModel(_snapshot(older, arrays))
+    assert model.ranker is None, "the learned sources still serve; the ranker feature is 0"
+    assert model.similar("a", 5) == []
+    skipped = ServingModel(_snapshot({"skipped_reason": "12 viewings"}, {}))
+    assert skipped.ranker is None

@@ -9,6 +9,7 @@ model under a running request.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -24,6 +25,8 @@ from fyp.storage.models import ModelSnapshot
 
 if TYPE_CHECKING:
     from fyp.models.ranker import Ranker
+
+log = logging.getLogger(__name__)
 
 # Exact search is fast enough below this many items; above it an IVF index keeps queries ~1 ms.
 _EXACT_SEARCH_MAX_ITEMS = 50_000
@@ -161,7 +164,13 @@ def _load_ranker(snapshot: ModelSnapshot) -> Ranker | None:
 
     # One request, one small batch: intra-op threads would only contend with other requests.
     torch.set_num_threads(1)
-    return Ranker.from_arrays(meta, snapshot.arrays)
+    try:
+        return Ranker.from_arrays(meta, snapshot.arrays)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        # A snapshot from another feature schema: serve the learned sources without the ranker
+        # (its feature is then 0) until the next training replaces it.
+        log.warning("snapshot %s: ranker not loaded: %s", snapshot.version, exc)
+        return None
 
 
 class ModelSlot:
