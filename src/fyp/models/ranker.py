@@ -252,8 +252,11 @@ class Ranker:
         )
 
 
-def has_ranker(arrays: Mapping[str, npt.NDArray[Any]]) -> bool:
-    return f"{PREFIX}vocab_users" in arrays
+def load_for_serving(meta: Mapping[str, Any], arrays: Mapping[str, npt.NDArray[Any]]) -> Ranker:
+    """The ranker of a snapshot, with torch set to one thread: a request is one small batch, and
+    intra-op threads would only contend with the other requests being served."""
+    torch.set_num_threads(1)
+    return Ranker.from_arrays(meta, arrays)
 
 
 def _table_sizes(vocabs: Vocabularies) -> dict[str, int]:

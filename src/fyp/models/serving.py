@@ -158,14 +158,10 @@ def _load_ranker(snapshot: ModelSnapshot) -> Ranker | None:
     meta = snapshot.meta.get("ranker")
     if not isinstance(meta, dict) or "tasks" not in meta:
         return None
-    import torch
+    from fyp.models.ranker import load_for_serving
 
-    from fyp.models.ranker import Ranker
-
-    # One request, one small batch: intra-op threads would only contend with other requests.
-    torch.set_num_threads(1)
     try:
-        return Ranker.from_arrays(meta, snapshot.arrays)
+        return load_for_serving(meta, snapshot.arrays)
     except (ValueError, KeyError, RuntimeError) as exc:
         # A snapshot from another feature schema: serve the learned sources without the ranker
         # (its feature is then 0) until the next training replaces it.
