@@ -39,7 +39,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from fyp.config import RankerConfig
+from fyp.config import RANKER_TASKS, RankerConfig
 from fyp.models.ranker_data import (
     LABEL_NAMES,
     NUMERIC_FEATURES,
@@ -355,8 +355,6 @@ def train_ranker(
     ``tasks`` defaults to every head of ``RANKER_TASKS``; a subset trains a ranker with only those
     heads (the evaluation's ranker without the watch-time heads).
     """
-    from fyp.config import RANKER_TASKS
-
     tasks = tuple(tasks or RANKER_TASKS)
     if len(examples) < 2:
         raise ValueError("the ranker needs at least two viewings to train")

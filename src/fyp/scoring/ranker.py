@@ -45,8 +45,9 @@ class RankerScorer:
     ) -> None:
         self.objective_weights = {task: w for task, w in config.objective_weights.items() if w}
         self.training = training or TrainingConfig()
+        # How many of the viewer's latest events fold them in: the embedding source's setting, so
+        # both ask for the same vector and the serving model solves it once.
         self.history = history
-        """How many of the viewer's latest events fold them in (the embedding source's setting)."""
 
     def _als_scores(
         self, query: FeedQuery, model: ServingModel, items: list[ItemRecord]
