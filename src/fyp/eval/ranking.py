@@ -23,6 +23,7 @@ event log:
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import multiprocessing
@@ -79,9 +80,12 @@ class ModelResult:
     value_auc: dict[str, float]
     train_seconds: float
     peak_memory_mb: float
+    """How far training raised the resident set of its process (sampled every 20 ms)."""
     parameters: int
     epochs: int = 0
     best_epoch: int = 0
+    process_peak_mb: float = 0.0
+    """Peak resident memory of the whole training process (Python, torch, the examples)."""
 
 
 @dataclass(frozen=True)
@@ -278,7 +282,7 @@ def run_ranker_eval(
     )
     for name, description, tasks in variants:
         progress(f"training {name} (in a process of its own) ...")
-        model, peak_mb = _train_isolated(train, rates, ranker, tasks)
+        model, process_peak_mb = _train_isolated(train, rates, ranker, tasks)
         probs = model.predict_examples(test).astype(np.float64)
         heads = {
             task: _head_metrics(task, test, groups, probs[:, j])
@@ -297,7 +301,8 @@ def run_ranker_eval(
                 value_gauc=value_gauc,
                 value_auc=value_auc,
                 train_seconds=stats.seconds,
-                peak_memory_mb=peak_mb,
+                peak_memory_mb=stats.peak_rss_mb,
+                process_peak_mb=process_peak_mb,
                 parameters=stats.parameters,
                 epochs=stats.epochs,
                 best_epoch=stats.best_epoch,
@@ -360,7 +365,8 @@ def _train_isolated(
     train: ExampleSet, rates: BaseRates, ranker: RankerConfig, tasks: Sequence[str]
 ) -> tuple[Ranker, float]:
     """Train in a fresh process, so each model's memory is measured on its own; returns the model
-    and how far training raised that process's peak resident memory (MB)."""
+    (its ``stats.peak_rss_mb``: how far training raised the resident set above where it started)
+    and the peak resident memory of the whole training process (MB)."""
     context = multiprocessing.get_context("spawn")  # never fork a process that holds torch
     with context.Pool(1) as pool:
         meta, arrays, stats, peak_mb = pool.apply(_train_in_child, (train, rates, ranker, tasks))
@@ -377,11 +383,11 @@ def _train_in_child(
     train_ranker(
         train.subset(np.arange(min(len(train), 512))), rates, with_overrides(ranker, epochs=1)
     )
-    before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gc.collect()  # the unpickled arguments' temporaries are not the model's either
     model = train_ranker(train, rates, ranker, tasks)
-    after_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    process_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     meta, arrays = model.to_arrays()
-    return meta, arrays, model.stats, (after_kb - before_kb) / 1024.0
+    return meta, arrays, model.stats, process_peak_mb
 
 
 def _binary(examples: ExampleSet, task: str) -> npt.NDArray[np.float64]:
@@ -469,13 +475,14 @@ def markdown(result: RankerEvalResult) -> str:
         "",
         "## Cost",
         "",
-        "| model | training s | peak memory growth MB | parameters | epochs (best) |",
-        "|---|---|---|---|---|",
+        "| model | training s | memory growth while training MB | training process peak MB "
+        "| parameters | epochs (best) |",
+        "|---|---|---|---|---|---|",
     ]
     for m in result.models:
         lines.append(
-            f"| {m.name} | {m.train_seconds:.1f} | {m.peak_memory_mb:.1f} | {m.parameters:,} | "
-            f"{m.epochs} ({m.best_epoch}) |"
+            f"| {m.name} | {m.train_seconds:.1f} | {m.peak_memory_mb:.1f} | "
+            f"{m.process_peak_mb:.0f} | {m.parameters:,} | {m.epochs} ({m.best_epoch}) |"
         )
     v = verdict(result)
     heads = ", ".join(f"{t} {d:+.4f}" for t, d in v["shared_heads_gauc_delta"].items())
@@ -492,10 +499,12 @@ def markdown(result: RankerEvalResult) -> str:
         f"**{'yes' if v['full_beats_no_watch_on_every_value_outcome'] else 'no'}**.",
         "",
         "Training time and memory are measured on a shared 2-core machine with "
-        f"{result.environment.get('train_threads', '1')} torch thread(s). Each model trains in "
-        "a fresh process that first holds the training examples and runs a throwaway warm-up; "
-        "memory is how far training then raised that process's peak resident set (`ru_maxrss`). "
-        "The hand-weighted model trains nothing.",
+        f"{result.environment.get('train_threads', '1')} torch thread(s), other work running "
+        "alongside. Each model trains in a fresh process that first holds the training examples "
+        "and runs a throwaway warm-up (torch's one-time set-up); *memory growth* is the rise of "
+        "that process's resident set during the real training above where it started (sampled "
+        "every 20 ms), *process peak* its `ru_maxrss` (Python, torch, the examples and the "
+        "model). The hand-weighted model trains nothing.",
         "",
     ]
     return "\n".join(lines)
