@@ -13,6 +13,12 @@ region counters (plays, finishes, likes, shares, skips, not-interested, watch-ra
 the region's item stats count them). An example's features are read *before* its own play is
 applied, and its labels are filled in by the later events, so no label can leak into its features.
 
+**Left out on purpose.** The page position: scoring happens before the page is ordered, so it is
+unknown when the ranker runs. Which sources found a candidate: a logged viewing cannot say which
+sources would have found it, so no weight for those scores could be learned. The learned source's
+own score (viewer vector . item factor) is an input; ``fyp.models.ranker_retrieval`` fills it in
+point in time.
+
 **Serving.** ``serving_numeric`` computes the same numeric features from a candidate's catalog
 record and region stats and the viewer's hydrated state, so the model sees at serving what it was
 trained on. No torch here: this module is also what the evaluation and the tests import cheaply.
