@@ -136,6 +136,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{r.region}: {r.version} from {r.events:,} events, {r.users:,} users, "
                 f"{r.items:,} items in {r.seconds:.1f}s"
             )
+            if r.ranker and r.ranker.get("train"):
+                t = r.ranker["train"]
+                print(
+                    f"{r.region}: ranker from {t['examples']:,} viewings in {t['seconds']:.1f}s "
+                    f"({t['epochs']} epochs, best {t['best_epoch']})"
+                )
+            elif r.ranker:
+                print(f"{r.region}: no ranker ({r.ranker.get('skipped_reason')})")
     return 0
 
 
@@ -279,6 +287,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(table(result))
         print(verdict(result).replace("**", ""))
         print(f"report: {files['markdown']}  json: {files['json']}\n")
+    return 0
+
+
+def cmd_eval_ranker(args: argparse.Namespace) -> int:
+    from fyp.eval.ranking import run_ranker_eval, summary_table, with_overrides, write_ranker_report
+
+    ranker = load_config(args.data_dir).ranker if args.data_dir else FypConfig().ranker
+    overrides: dict[str, Any] = {"train_threads": args.threads}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    command = " ".join(["fyp", "eval-ranker", *sys.argv[2:]]) if len(sys.argv) > 1 else None
+    results = []
+    for seed in range(args.seed, args.seed + args.repeats):
+        print(f"seed {seed}:", file=sys.stderr, flush=True)
+        result = run_ranker_eval(
+            args.users,
+            seed,
+            test_share=args.test_share,
+            ranker=with_overrides(ranker, **overrides),
+            exposures_per_viewer=args.exposures,
+            command=command,
+            progress=lambda message: print(f"  {message}", file=sys.stderr, flush=True),
+        )
+        print(summary_table(result))
+        results.append(result)
+    files = write_ranker_report(results, Path(args.out))
+    print(f"report: {files['markdown']}  json: {files['json']}")
     return 0
 
 
@@ -497,6 +532,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval-results", help="directory for JSON, plots, Markdown")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "eval-ranker",
+        help="the multi-task ranker vs the same ranker without watch-time heads, on a sim world",
+    )
+    p.add_argument("--users", type=int, default=1000, help="simulated viewers")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="worlds to run: seeds S, S+1, ...")
+    p.add_argument("--exposures", type=int, default=60, help="viewings per simulated viewer")
+    p.add_argument("--test-share", type=float, default=0.2, help="last share of time for test")
+    p.add_argument("--epochs", type=int, default=None, help="override ranker.epochs")
+    p.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    p.add_argument("--out", default="eval-results", help="directory for ranker-sim.{json,md}")
+    p.add_argument(
+        "--data-dir", default=None, help="read the [ranker] settings of this data directory"
+    )
+    p.set_defaults(func=cmd_eval_ranker)
 
     p = sub.add_parser(
         "offline-recommend", help="fit the default model on a training log, write top-K lists"

@@ -5,9 +5,9 @@ knob of the feed algorithm. It loads from ``<data_dir>/fyp.toml`` when that file
 section may be omitted) and from a few ``FYP_*`` environment variables. Unknown keys are errors,
 so a typo in a config file cannot silently fall back to a default.
 
-The *algorithm* sections (sources, scoring, selectors, affinity, training) are hashed; the hash
-travels with every feed response, logged impression and model snapshot, so any ranking can be traced
-to the exact settings that produced it.
+The *algorithm* sections (sources, scoring, selectors, affinity, training, ranker) are hashed; the
+hash travels with every feed response, logged impression and model snapshot, so any ranking can be
+traced to the exact settings that produced it.
 """
 
 from __future__ import annotations
@@ -192,6 +192,7 @@ class ScoringConfig(_Section):
             "engagement": 0.8,
             "freshness": 0.3,
             "popularity": 0.4,
+            "ranker": 1.5,
         }
     )
     """Weight of each feature in the final score; the transparency report publishes them."""
@@ -219,6 +220,7 @@ SCORING_FEATURES: Final = (
     "engagement",
     "freshness",
     "popularity",
+    "ranker",
 )
 
 
@@ -278,6 +280,62 @@ class TrainingConfig(_Section):
     seed: int = 0
 
 
+RANKER_TASKS: Final = ("watch_ratio", "finish", "quick_skip", "like", "share", "follow")
+"""The heads of the multi-task ranker; ``watch_ratio`` is watched / duration, clipped to [0, 1]."""
+
+
+class RankerConfig(_Section):
+    """The multi-task watch-time ranker (MMoE) and the value model that combines its heads."""
+
+    enabled: bool = True
+    """Train the ranker with the region's models and use it in the feed's scoring stage."""
+    objective_weights: dict[str, float] = Field(
+        default_factory=lambda: {
+            "watch_ratio": 1.0,
+            "finish": 0.5,
+            "quick_skip": -1.0,
+            "like": 1.0,
+            "share": 1.5,
+            "follow": 1.0,
+        }
+    )
+    """The ranker's value model: the ``ranker`` feature is the sum of weight * predicted head
+    (published). A negative weight (quick skip) lowers what the viewer would swipe away."""
+    embedding_dim: int = Field(default=16, ge=2, le=256)
+    """Width of the user, item, creator and tag embeddings."""
+    experts: int = Field(default=4, ge=1, le=32)
+    """Shared experts of the MMoE; each task mixes them through its own gate."""
+    expert_hidden: int = Field(default=64, ge=4, le=1024)
+    """Width of each expert's hidden layer (its output is half as wide)."""
+    epochs: int = Field(default=6, ge=1, le=200)
+    """Passes over the training viewings at most; the epoch with the best validation loss wins."""
+    max_train_seconds: float = Field(default=60.0, gt=0)
+    """Training stops after the epoch that crosses this budget."""
+    batch_size: int = Field(default=512, ge=8, le=65_536)
+    learning_rate: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-6, ge=0)
+    id_dropout: float = Field(default=0.1, ge=0, lt=1)
+    """Share of training ids replaced by the unknown row, so that row learns what a new id is."""
+    min_examples: int = Field(default=200, ge=1)
+    """A region with fewer viewings is served without a ranker (the feature contributes 0)."""
+    max_examples: int = Field(default=1_000_000, ge=1)
+    """At most this many most recent viewings train the ranker."""
+    label_window_s: float = Field(default=1800.0, gt=0)
+    """Engagement this long after a play still counts as that viewing's label."""
+    prior_plays: float = Field(default=20.0, ge=0)
+    """Pseudo-plays pulling an item's engagement-rate features toward the training log's average."""
+    train_threads: int = Field(default=1, ge=1, le=64)
+    """Torch threads while training (serving always uses one)."""
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _known_tasks(self) -> RankerConfig:
+        unknown = set(self.objective_weights) - set(RANKER_TASKS)
+        if unknown:
+            raise ValueError(f"unknown ranker tasks {sorted(unknown)}; known: {RANKER_TASKS}")
+        return self
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -299,6 +357,7 @@ class FypConfig(_Section):
     scoring: ScoringConfig = ScoringConfig()
     selectors: SelectorsConfig = SelectorsConfig()
     training: TrainingConfig = TrainingConfig()
+    ranker: RankerConfig = RankerConfig()
     server: ServerConfig = ServerConfig()
     sync_interval_s: float = Field(default=2.0, gt=0)
     """How often a serving process picks up catalog changes and models made by other processes."""
@@ -357,7 +416,8 @@ class FypConfig(_Section):
     def algorithm(self) -> dict[str, Any]:
         """The settings that decide what a viewer is shown, as plain data."""
         return self.model_dump(
-            mode="json", include={"sources", "affinity", "scoring", "selectors", "training"}
+            mode="json",
+            include={"sources", "affinity", "scoring", "selectors", "training", "ranker"},
         )
 
     @functools.cached_property

@@ -100,6 +100,7 @@ class Engine:
         self._train_locks = {name: threading.Lock() for name in config.region_names}
         self.retrainer = Retrainer(self)
         self.rights = UserRightsService(self.gate, clock)
+        self.rights.on_erase(self._forget_in_models)
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
         for region in config.region_names:
@@ -233,7 +234,12 @@ class Engine:
             with self._train_locks[region]:
                 handle = self.gate.open(region, Principal.service(region), "train")
                 report = train_region(
-                    handle, self.catalog, self.config.training, self.config.algorithm_hash
+                    handle,
+                    self.catalog,
+                    self.config.training,
+                    self.config.algorithm_hash,
+                    ranker=self.config.ranker,
+                    policy=fold_policy(self.config),
                 )
             if report.version is not None:
                 self.reload_model(region)
@@ -251,6 +257,13 @@ class Engine:
         if current is None or current.version != snapshot.version:
             slot.swap(ServingModel(snapshot))
         return slot.version
+
+    def _forget_in_models(self, region: str, user_id: str) -> None:
+        """Erasure reaches the served model at once (the ranker's embedding row of the user);
+        the stored model loses it at the next training, which the retrainer then runs."""
+        model = self.slots[region].current
+        if model is not None:
+            model.forget_user(user_id)
 
     def warm(self) -> int:
         """Bring hot read paths into memory before serving; returns the catalog items loaded."""
@@ -367,6 +380,8 @@ class Retrainer:
     def due(self, region: str) -> bool:
         config = self._engine.config.training
         handle = self._engine.gate.open(region, Principal.service(region), "operate")
+        if handle.models.last_erasure() > self.trained_at.get(region, 0.0):
+            return True  # a user was erased since: their rows must leave the stored model
         new_events = handle.events.last_seq() - self.trained_seq.get(region, 0)
         if new_events <= 0:
             return False

@@ -29,7 +29,9 @@ _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
     "events": frozenset({"append", "recent_for_user", "scan", "last_seq"}),
     "state": frozenset({"hydrate", "seen_among", "record_served"}),
     "stats": frozenset({"stats", "trending", "totals"}),
-    "models": frozenset({"save", "load_current", "current_version"}),
+    "models": frozenset(
+        {"save", "load_current", "current_version", "mark_erasure", "last_erasure"}
+    ),
     "audit": frozenset({"append", "tail", "count", "verify", "leaf"}),
     "rights": frozenset(
         {

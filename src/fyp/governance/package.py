@@ -113,6 +113,7 @@ def _manifest(
             "value_model": dict(config.scoring.weights),
             "training_event_weights": dict(config.training.event_weights),
             "play_weight": config.training.play_weight,
+            "ranker_heads": dict(config.ranker.objective_weights),
         },
         "feature_schema": {
             "value_model_features": list(SCORING_FEATURES),

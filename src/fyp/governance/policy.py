@@ -70,11 +70,17 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
         }
     ),
     "operate": frozenset(
-        {"users.count_users", "events.last_seq", "stats.totals", "models.current_version"}
+        {
+            "users.count_users",
+            "events.last_seq",
+            "stats.totals",
+            "models.current_version",
+            "models.last_erasure",
+        }
     ),
     "audit": frozenset({"audit.tail", "audit.count", "audit.verify", "audit.leaf"}),
     "export_user": frozenset({"users.get_user", "rights.export_user", "rights.interests"}),
-    "erase_user": frozenset({"users.has_users", "rights.erase_user"}),
+    "erase_user": frozenset({"users.has_users", "rights.erase_user", "models.mark_erasure"}),
     # Checking an incoming algorithm package against the region's own users and model rows.
     "scan_package": frozenset({"users.user_ids", "models.load_current"}),
     "manage_controls": frozenset(

@@ -93,6 +93,8 @@ class UserRightsService:
         started = time.perf_counter()
         counts = handle.rights.erase_user(user_id)
         self._gate.forget(user_id)
+        # Wall-clock, like the training times it is compared with.
+        handle.models.mark_erasure(time.time())
         for hook in self._erasure_hooks:
             hook(handle.region, user_id)
         erased_at = self._clock()

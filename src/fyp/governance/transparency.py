@@ -90,6 +90,11 @@ def report(config: FypConfig, model_versions: dict[str, str]) -> dict[str, Any]:
         "ranking": {
             "value_model": value_model,
             "explanation": (type(scoring).__doc__ or "").strip(),
+            "ranker": {
+                "enabled": config.ranker.enabled,
+                "objective_weights": dict(config.ranker.objective_weights),
+                "explanation": _doc(type(config.ranker), "objective_weights"),
+            },
         },
         "diversity": {
             "creator_gap": selectors.creator_gap,
@@ -124,6 +129,7 @@ def _sentences(data: dict[str, Any], config: FypConfig) -> list[str]:
     lowering = [f"{_SIGNAL_WORDS.get(k, k)} ({_signed(v)})" for k, v in training.items() if v < 0]
     enabled = [s for s in data["candidate_sources"] if s["enabled"]]
     ranked = data["ranking"]["value_model"]
+    ranker = data["ranking"]["ranker"]
     features = ", ".join(f"{f['feature']} (weight {f['weight']:g})" for f in ranked)
     d, e = data["diversity"], data["exploration"]
     return [
@@ -136,6 +142,17 @@ def _sentences(data: dict[str, Any], config: FypConfig) -> list[str]:
         + "; ".join(f"{s['name']} ({s['what'].rstrip('.')})" for s in enabled)
         + ".",
         f"Candidates are ranked by a weighted sum of features: {features}.",
+        *(
+            [
+                "The ranker feature is a model's prediction of how you will react, combined as: "
+                + ", ".join(
+                    f"{task} (weight {w:g})" for task, w in ranker["objective_weights"].items()
+                )
+                + "."
+            ]
+            if ranker["enabled"]
+            else []
+        ),
         f"No creator appears twice within {d['creator_gap'] + 1} consecutive items; every "
         f"earlier item sharing a tag lowers a candidate's score by {d['tag_repeat_penalty']:g}.",
         f"Each page reserves {e['slots_per_page']} slot(s) for a new video with fewer than "

@@ -9,9 +9,11 @@ model under a running request.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faiss
 import numpy as np
@@ -20,6 +22,11 @@ import scipy.sparse as sp
 from implicit.als import AlternatingLeastSquares
 
 from fyp.storage.models import ModelSnapshot
+
+if TYPE_CHECKING:
+    from fyp.models.ranker import Ranker
+
+log = logging.getLogger(__name__)
 
 # Exact search is fast enough below this many items; above it an IVF index keeps queries ~1 ms.
 _EXACT_SEARCH_MAX_ITEMS = 50_000
@@ -67,7 +74,16 @@ class ServingModel:
         )
         self._als.item_factors = factors
         self._fold_lock = threading.Lock()
+        # The learned source and the ranker fold in the same viewer in one request: solve once.
+        self._recent_vectors: OrderedDict[
+            tuple[tuple[str, float], ...], npt.NDArray[np.float32] | None
+        ] = OrderedDict()
         self._index = _build_index(factors)
+        self.ranker: Ranker | None = _load_ranker(snapshot)
+
+    def forget_user(self, user_id: str) -> bool:
+        """Drop a viewer's per-user rows from this model in memory (the ranker's embedding)."""
+        return self.ranker.forget_user(user_id) if self.ranker is not None else False
 
     def user_vector(
         self, interactions: Sequence[tuple[str, float]]
@@ -77,6 +93,19 @@ class ServingModel:
         This is one ALS half-step for a single row: the least-squares user vector that the model
         would have learned from these interactions, computed in well under a millisecond.
         """
+        key = tuple(interactions)
+        with self._fold_lock:
+            if key in self._recent_vectors:
+                self._recent_vectors.move_to_end(key)
+                return self._recent_vectors[key]
+        vector = self._fold_in(interactions)
+        with self._fold_lock:
+            self._recent_vectors[key] = vector
+            while len(self._recent_vectors) > 64:
+                self._recent_vectors.popitem(last=False)
+        return vector
+
+    def _fold_in(self, interactions: Sequence[tuple[str, float]]) -> npt.NDArray[np.float32] | None:
         weights: dict[int, float] = {}
         for item_id, weight in interactions:
             col = self.index_of.get(item_id)
@@ -91,6 +120,17 @@ class ServingModel:
         with self._fold_lock:  # implicit caches YtY on the model object
             vector = self._als.recalculate_user(0, row)
         return np.asarray(vector, dtype=np.float32)
+
+    def item_scores(
+        self, vector: npt.NDArray[np.float32], item_ids: Sequence[str]
+    ) -> list[float | None]:
+        """``vector . item factor`` per item; ``None`` for items the model does not know."""
+        rows = [self.index_of.get(item_id, -1) for item_id in item_ids]
+        known = [r for r in rows if r >= 0]
+        if not known:
+            return [None] * len(rows)
+        dots = iter((self._als.item_factors[known] @ vector.reshape(-1)).tolist())
+        return [next(dots) if r >= 0 else None for r in rows]
 
     def nearest(self, vector: npt.NDArray[np.float32], k: int) -> list[tuple[str, float]]:
         k = min(k, len(self.item_ids))
@@ -115,6 +155,22 @@ class ServingModel:
         return [
             (ids[c], v) for c, v in zip(cols[order].tolist(), vals[order].tolist(), strict=True)
         ]
+
+
+def _load_ranker(snapshot: ModelSnapshot) -> Ranker | None:
+    """The snapshot's multi-task ranker, if it has one (torch is imported only then)."""
+    meta = snapshot.meta.get("ranker")
+    if not isinstance(meta, dict) or "tasks" not in meta:
+        return None
+    from fyp.models.ranker import load_for_serving
+
+    try:
+        return load_for_serving(meta, snapshot.arrays)
+    except (ValueError, KeyError, RuntimeError) as exc:
+        # A snapshot from another feature schema: serve the learned sources without the ranker
+        # (its feature is then 0) until the next training replaces it.
+        log.warning("snapshot %s: ranker not loaded: %s", snapshot.version, exc)
+        return None
 
 
 class ModelSlot:

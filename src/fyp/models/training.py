@@ -12,6 +12,11 @@ Two models come out of one pass over the event log:
 
 Viewer factors are not stored: serving folds a viewer in from their latest events at request time,
 which keeps snapshots free of per-user vectors and makes every new event count immediately.
+
+When a ``RankerConfig`` is given (the engine always passes one), the same run also trains the
+multi-task watch-time ranker (``fyp.models.ranker``) on the region's viewings and stores it in the
+same snapshot under ``ranker.*`` keys. Its user-embedding rows are personal data: they stay in the
+region's own model store like everything else trained here.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ from implicit.nearest_neighbours import CosineRecommender
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from fyp.config import TrainingConfig
+from fyp.config import RankerConfig, TrainingConfig
 from fyp.governance.gate import RegionHandle
-from fyp.signals import QUICK_SKIP_MS
+from fyp.signals import QUICK_SKIP_MS, FoldPolicy
 from fyp.storage.roles import Catalog
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,8 @@ class TrainReport:
     items: int
     seconds: float
     skipped_reason: str | None = None
+    ranker: dict[str, Any] | None = None
+    """The ranker's training summary (viewings, seconds, memory), or why it was not trained."""
 
 
 def _preference_matrix(
@@ -111,10 +118,62 @@ def _preference_matrix(
     return matrix.astype(np.float32), list(items), n_events, last_seq
 
 
+def _train_ranker(
+    handle: RegionHandle,
+    catalog: Catalog,
+    config: TrainingConfig,
+    ranker: RankerConfig,
+    policy: FoldPolicy,
+) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+    """Train the ranker on the region's viewings; ``(meta, arrays)`` to add to the snapshot.
+
+    The meta holds ``skipped_reason`` (and no arrays come back) when there are too few viewings.
+    """
+    from fyp.models.ranker import train_ranker
+    from fyp.models.ranker_data import base_rates, build_examples, from_records
+    from fyp.models.ranker_retrieval import als_scores_before
+
+    started = time.perf_counter()
+    events = [e for batch in handle.events.scan(config.max_events) for e in from_records(batch)]
+    items = catalog.get_items(list({e.item_id for e in events}))
+    rates = base_rates(events, items)
+    examples = build_examples(
+        events,
+        items,
+        policy,
+        rates,
+        prior_plays=ranker.prior_plays,
+        label_window_s=ranker.label_window_s,
+    )
+    if len(examples) > ranker.max_examples:
+        examples = examples.subset(np.arange(len(examples) - ranker.max_examples, len(examples)))
+    if len(examples) < ranker.min_examples:
+        return {
+            "skipped_reason": f"{len(examples)} viewings; the ranker needs {ranker.min_examples}"
+        }, {}
+    # The later half of the viewings gets the learned source's score from an ALS fit that ended
+    # where they begin (point in time); the earlier half has none, as a new viewer would.
+    scored = als_scores_before(events, items, examples, config, float(np.median(examples.ts)))
+    model = train_ranker(examples, rates, ranker)
+    meta, arrays = model.to_arrays()
+    meta["viewings_with_als_score"] = scored
+    meta["seconds_total"] = time.perf_counter() - started
+    return meta, arrays
+
+
 def train_region(
-    handle: RegionHandle, catalog: Catalog, config: TrainingConfig, algorithm_hash: str
+    handle: RegionHandle,
+    catalog: Catalog,
+    config: TrainingConfig,
+    algorithm_hash: str,
+    ranker: RankerConfig | None = None,
+    policy: FoldPolicy | None = None,
 ) -> TrainReport:
-    """Train and save a new snapshot for ``handle.region`` (a handle opened for ``train``)."""
+    """Train and save a new snapshot for ``handle.region`` (a handle opened for ``train``).
+
+    With ``ranker`` (enabled) and the online-state ``policy`` its features replay, the snapshot
+    also holds the multi-task ranker.
+    """
     started = time.perf_counter()
     matrix, item_ids, n_events, last_seq = _preference_matrix(handle, catalog, config)
     if n_events < config.min_events or matrix.nnz == 0:
@@ -172,7 +231,20 @@ def train_region(
         "alpha": config.alpha,
         "algorithm_hash": algorithm_hash,
     }
+    ranker_meta: dict[str, Any] | None = None
+    if ranker is not None and ranker.enabled and policy is not None:
+        ranker_meta, ranker_arrays = _train_ranker(handle, catalog, config, ranker, policy)
+        meta["ranker"] = ranker_meta
+        arrays.update(ranker_arrays)
     handle.models.save(version, meta, arrays)
     seconds = time.perf_counter() - started
     log.info("trained %s on %d events in %.1fs", version, n_events, seconds)
-    return TrainReport(handle.region, version, n_events, matrix.shape[0], matrix.shape[1], seconds)
+    return TrainReport(
+        handle.region,
+        version,
+        n_events,
+        matrix.shape[0],
+        matrix.shape[1],
+        seconds,
+        ranker=ranker_meta,
+    )

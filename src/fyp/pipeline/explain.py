@@ -2,8 +2,10 @@
 
 A reason is only given when the trace supports it: the item came from that source (with that
 anchor), or the exploration selector placed it, or a scoring feature with a positive contribution
-(affinity to the creator or to a tag) lifted it. Codes are stable and machine-readable; texts are
-one sentence for the viewer.
+(affinity to the creator or to a tag, the multi-task ranker's prediction) lifted it. A ranker
+reason names the head that supports it (a predicted finish, long watch or like), and comes first
+when the ranker is the largest weighted contribution to the item's score. Codes are stable and
+machine-readable; texts are one sentence for the viewer.
 """
 
 from __future__ import annotations
@@ -53,6 +55,33 @@ def _source_reason(
     return Reason(f"source:{source}", f"Found by the {source} source.")
 
 
+_PREDICTED_FINISH_MIN: Final = 0.5
+_PREDICTED_WATCH_MIN: Final = 0.5
+_PREDICTED_LIKE_MIN: Final = 0.3
+
+
+def _ranker_reason(cand: Candidate, weights: dict[str, float]) -> tuple[Reason | None, bool]:
+    """The ranker's reason, if its prediction lifted the item; and whether it lifted it most."""
+    features = cand.features
+    push = weights.get("ranker", 0.0) * features.get("ranker", 0.0)
+    if push < _AFFINITY_REASON_MIN:
+        return None, False
+    dominant = all(
+        push >= weight * features.get(name, 0.0)
+        for name, weight in weights.items()
+        if name != "ranker"
+    )
+    if features.get("ranker_finish", 0.0) >= _PREDICTED_FINISH_MIN:
+        reason = Reason("predicted_watch_through", "We predict you will watch it through.")
+    elif features.get("ranker_watch_ratio", 0.0) >= _PREDICTED_WATCH_MIN:
+        reason = Reason("predicted_long_watch", "We predict you will watch most of it.")
+    elif features.get("ranker_like", 0.0) >= _PREDICTED_LIKE_MIN:
+        reason = Reason("predicted_like", "We predict you will like it.")
+    else:
+        return None, False
+    return reason, dominant
+
+
 def _reasons(
     query: FeedQuery, cand: Candidate, priors: dict[str, float], captions: dict[str, str]
 ) -> tuple[Reason, ...]:
@@ -61,9 +90,14 @@ def _reasons(
         reasons.append(
             Reason("exploration", "A new video we are showing to a few viewers to see how it does.")
         )
+    weights = query.context.config.scoring.weights
+    predicted, predicted_first = _ranker_reason(cand, weights)
+    if predicted is not None and predicted_first:
+        reasons.append(predicted)
     by_strength = sorted(cand.sources, key=lambda s: (-(priors.get(s, 0.5) * cand.sources[s]), s))
     reasons.extend(_source_reason(query, cand, s, captions) for s in by_strength)
-    weights = query.context.config.scoring.weights
+    if predicted is not None and not predicted_first:
+        reasons.append(predicted)
     creator_push = weights.get("creator_affinity", 0.0) * cand.features.get("creator_affinity", 0.0)
     if creator_push >= _AFFINITY_REASON_MIN and "following" not in cand.sources:
         reasons.append(

@@ -19,6 +19,7 @@ from fyp.scoring.features import (
     RetrievalScorer,
     TagAffinityScorer,
 )
+from fyp.scoring.ranker import RankerScorer
 from fyp.scoring.value_model import PlainOrder, ValueModel
 from fyp.selectors.basic import (
     DiversifyTags,
@@ -102,6 +103,11 @@ def for_you_pipeline(config: FypConfig) -> FeedPipeline:
             EngagementScorer(config.scoring),
             FreshnessScorer(config.scoring),
             PopularityScorer(),
+            *(
+                [RankerScorer(config.ranker, config.training, s.embedding.history)]
+                if config.ranker.enabled
+                else []
+            ),
             ValueModel(config.scoring),  # last: its output is the candidate's score
         ],
         selectors=[

@@ -23,6 +23,7 @@ _CURRENT: Final = "CURRENT"
 _HISTORY: Final = "HISTORY"
 """Saved versions, one per line, in save order: pruning follows it, not file timestamps."""
 _KEEP: Final = 3
+_ERASED: Final = "LAST_ERASURE"
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,21 @@ class ModelStore:
         except FileNotFoundError:
             return []
         return [line for line in lines if line and (self.root / line).is_dir()]
+
+    def mark_erasure(self, now: float) -> None:
+        """Note that a user was erased at ``now``: models trained before it must be retrained.
+
+        Only the instant is written (no id): the retrainer compares it with the current model's
+        training time, so the erased user's rows leave the stored model at the next training.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._write_atomically(_ERASED, repr(float(now)))
+
+    def last_erasure(self) -> float:
+        try:
+            return float((self.root / _ERASED).read_text().strip() or 0.0)
+        except FileNotFoundError:
+            return 0.0
 
     def current_version(self) -> str | None:
         try:
