@@ -21,7 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from fyp.storage.roles import ItemRecord, ItemStatsRecord, UserRecord, UserStateSnapshot
+from fyp.storage.roles import (
+    EventRecord,
+    ItemRecord,
+    ItemStatsRecord,
+    UserRecord,
+    UserStateSnapshot,
+)
 
 if TYPE_CHECKING:
     from fyp.config import FypConfig
@@ -77,6 +83,16 @@ class FeedQuery:
     trace: Trace
     user: UserRecord | None = None
     state: UserStateSnapshot | None = None
+    _recent: dict[int, list[EventRecord]] = field(default_factory=dict)
+
+    def recent_events(self, limit: int) -> list[EventRecord]:
+        """The viewer's latest events, newest first: read once per request, shared by the
+        components that need them (the learned source and the ranker)."""
+        found = self._recent.get(limit)
+        if found is None:
+            found = self.context.data.events.recent_for_user(self.user_id, limit)
+            self._recent[limit] = found
+        return found
 
     @property
     def viewer(self) -> UserStateSnapshot:

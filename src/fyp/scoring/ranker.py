@@ -52,7 +52,7 @@ class RankerScorer:
     def _als_scores(
         self, query: FeedQuery, model: ServingModel, items: list[ItemRecord]
     ) -> list[float | None] | None:
-        history = query.context.data.events.recent_for_user(query.user_id, self.history)
+        history = query.recent_events(self.history)
         if not history:
             return None
         durations = {item.item_id: item.duration_s for item in items}

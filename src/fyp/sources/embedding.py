@@ -25,7 +25,7 @@ class EmbeddingSource:
         model = query.context.model
         if model is None:
             return []
-        history = query.context.data.events.recent_for_user(query.user_id, self.config.history)
+        history = query.recent_events(self.config.history)
         if not history:
             return []
         records = query.context.catalog.get_items(list({e.item_id for e in history}))
