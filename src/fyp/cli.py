@@ -473,6 +473,29 @@ def cmd_package(args: argparse.Namespace) -> int:
         engine.close()
 
 
+def cmd_user(args: argparse.Namespace) -> int:
+    """Carry out a user's export or erasure request as an operator of their home region."""
+    from fyp.engine import Engine
+
+    engine = Engine(load_config(args.data_dir))
+    try:
+        operator = args.operator or os.environ.get("USER") or "cli"
+        if args.action == "export":
+            data = engine.rights.export(args.user_id, as_operator=operator)
+            text = json.dumps(data, indent=2, sort_keys=True)
+            if args.out:
+                Path(args.out).write_text(text + "\n", encoding="utf-8")
+                print(f"wrote {args.out}: {len(data['events']):,} events", file=sys.stderr)
+            else:
+                print(text)
+            return 0
+        receipt = engine.rights.erase(args.user_id, as_operator=operator)
+        print(json.dumps(receipt, indent=2, sort_keys=True))
+        return 0
+    finally:
+        engine.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fyp", description="A self-hosted For You feed engine.")
     parser.add_argument("--version", action="version", version=f"fyp {__version__}")
@@ -577,6 +600,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data_dir_arg(p)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("user", help="export or erase a user (as an operator of their region)")
+    p.add_argument("action", choices=["export", "erase"])
+    p.add_argument("user_id")
+    p.add_argument("--out", default=None, help="export: write the JSON here instead of stdout")
+    p.add_argument("--operator", default=None, help="operator name for the audit log ($USER)")
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_user)
 
     p = sub.add_parser("package", help="export, verify or import the algorithm package")
     p.add_argument("action", choices=["export", "verify", "import"])

@@ -45,17 +45,22 @@ class UserRightsService:
     def on_erase(self, hook: ErasureHook) -> None:
         self._erasure_hooks.append(hook)
 
-    def _open(self, user_id: str, purpose: Purpose) -> RegionHandle:
+    def _open(self, user_id: str, purpose: Purpose, as_operator: str | None = None) -> RegionHandle:
+        """Open the user's home region: as its service (API calls made on the user's request),
+        or as a named operator of that region (``fyp user`` on the command line)."""
         region = self._gate.locate(user_id)
         if region is None:
             raise NotFound(f"no user {user_id!r}")
-        return self._gate.open(region, Principal.service(region), purpose)
+        principal = (
+            Principal.operator(region, as_operator) if as_operator else Principal.service(region)
+        )
+        return self._gate.open(region, principal, purpose)
 
     # ---- export ---------------------------------------------------------------------------------
 
-    def export(self, user_id: str) -> dict[str, Any]:
+    def export(self, user_id: str, as_operator: str | None = None) -> dict[str, Any]:
         """Everything held about the user: profile, events, state, interests, served reasons."""
-        handle = self._open(user_id, "export_user")
+        handle = self._open(user_id, "export_user", as_operator)
         now = self._clock()
         rows = handle.rights.export_user(user_id)
         if rows is None:
@@ -86,8 +91,8 @@ class UserRightsService:
 
     # ---- erasure --------------------------------------------------------------------------------
 
-    def erase(self, user_id: str) -> dict[str, Any]:
-        handle = self._open(user_id, "erase_user")
+    def erase(self, user_id: str, as_operator: str | None = None) -> dict[str, Any]:
+        handle = self._open(user_id, "erase_user", as_operator)
         if not handle.users.has_users([user_id]):
             raise NotFound(f"no user {user_id!r}")
         started = time.perf_counter()
