@@ -94,6 +94,10 @@ class Engine:
             for name in config.region_names
         }
         self.gate = Gate(stores, model_stores, audit_logs, load_policy(config), clock=clock)
+        for name, audit_log in audit_logs.items():
+            problem = audit_log.quick_check()
+            if problem is not None:
+                self.gate.quarantine(name, f"audit log check failed: {problem}")
         self.pipeline = for_you_pipeline(config)
         self.plain_pipeline = non_personalized_pipeline(config)
         self.slots = {name: ModelSlot() for name in config.region_names}
@@ -104,7 +108,8 @@ class Engine:
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
         for region in config.region_names:
-            self.reload_model(region)
+            if region not in self.gate.quarantined:
+                self.reload_model(region)
 
     # ---- catalog --------------------------------------------------------------------------------
 
@@ -276,7 +281,10 @@ class Engine:
         in-memory copies, and this is how they converge.
         """
         self.catalog.refresh_changed()
+        quarantined = self.gate.quarantined
         for region, slot in self.slots.items():
+            if region in quarantined:
+                continue
             if self.gate.model_version(region) not in (None, slot.version):
                 self.reload_model(region)
 
@@ -311,7 +319,12 @@ class Engine:
 
     def sign_audit_heads(self) -> dict[str, TreeHead]:
         """Sign each region's audit tree head where the log grew since the last signed head."""
-        return {region: self.gate.sign_audit_head(region) for region in self.config.region_names}
+        quarantined = self.gate.quarantined
+        return {
+            region: self.gate.sign_audit_head(region)
+            for region in self.config.region_names
+            if region not in quarantined
+        }
 
     def model_versions(self) -> dict[str, str]:
         return {region: slot.version for region, slot in self.slots.items()}

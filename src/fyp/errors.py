@@ -67,6 +67,15 @@ class BackendUnavailable(FypError):
     title = "Backend unavailable"
 
 
+class RegionQuarantined(FypError):
+    """A region failed an integrity check (its audit log or key): it serves no personal data
+    until an operator fixes it; other regions carry on."""
+
+    slug = "region-quarantined"
+    status = 503
+    title = "Region unavailable"
+
+
 class SchemaMismatch(FypError):
     """A database was written by a newer fyp, or is not an fyp database at all."""
 

@@ -167,11 +167,13 @@ def create_app(
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> HealthOut:
+        quarantined = engine.gate.quarantined
         return HealthOut(
-            status="ok",
+            status="degraded" if quarantined else "ok",
             version=fyp.__version__,
             regions=engine.config.region_names,
             model_versions=engine.model_versions(),
+            quarantined=quarantined,
         )
 
     @v1.get("/regions", tags=["regions"])

@@ -111,9 +111,12 @@ class TrainOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: str
+    """``ok``, or ``degraded`` when a region is quarantined (the others keep serving)."""
     version: str
     regions: list[str]
     model_versions: dict[str, str]
+    quarantined: dict[str, str] = Field(default_factory=dict)
+    """Regions that failed an integrity check, with the reason."""
 
 
 class ControlsIn(_Body):

@@ -12,17 +12,20 @@ Nothing outside ``fyp.governance`` and ``fyp.storage`` holds a regional store.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, cast
 
-from fyp.errors import AccessDenied, NotFound
+from fyp.errors import AccessDenied, NotFound, RegionQuarantined
 from fyp.governance.policy import PURPOSE_OPERATIONS, Decision, Policy, Principal, Purpose
 from fyp.storage.audit import SqlAuditLog, TreeHead
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
 from fyp.storage.roles import AuditLog, EventLog, ItemStats, UserRights, Users, UserState
+
+log_ = logging.getLogger(__name__)
 
 _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
     "users": frozenset({"upsert_users", "get_user", "has_users", "count_users", "user_ids"}),
@@ -131,16 +134,30 @@ class Gate:
         self._policy = policy
         self._clock = clock
         self._home: dict[str, str] = {}
+        self._quarantined: dict[str, str] = {}
         self._home_lock = threading.Lock()
 
     @property
     def regions(self) -> list[str]:
         return list(self._stores)
 
+    def quarantine(self, region: str, reason: str) -> None:
+        """Stop serving ``region``'s personal data (an integrity check failed); others go on."""
+        log_.error("region %s quarantined: %s", region, reason)
+        self._quarantined[region] = reason
+
+    @property
+    def quarantined(self) -> dict[str, str]:
+        return dict(self._quarantined)
+
     def open(self, region: str, principal: Principal, purpose: Purpose) -> RegionHandle:
         store = self._stores.get(region)
         if store is None:
             raise NotFound(f"no region named {region!r}; configured: {sorted(self._stores)}")
+        reason = self._quarantined.get(region)
+        if reason is not None and purpose != "audit":
+            # Auditors may still read the log to investigate; nothing else gets in.
+            raise RegionQuarantined(f"region {region!r} is quarantined: {reason}")
         decision = self._policy.decide(principal, region, purpose)
         # An allowed cross-region open is an export, and the log says so.
         self.record(region, principal, purpose, "export" if decision.export else "open", decision)
@@ -193,6 +210,11 @@ class Gate:
 
     def sign_audit_head(self, region: str) -> TreeHead:
         """Sign the region's current audit tree head unless the latest signed one is current."""
+        if region in self._quarantined:
+            # Signing now would vouch for a log that failed its check.
+            raise RegionQuarantined(
+                f"region {region!r} is quarantined: {self._quarantined[region]}"
+            )
         log = self.audit_log(region)
         latest = log.head()
         if latest is not None and latest.size == log.size():
@@ -224,12 +246,20 @@ class Gate:
         for region in self._stores:
             if not missing:
                 break
+            if region in self._quarantined:
+                continue
             handle = self.open(region, Principal.service(region), "route")
             present = handle.users.has_users(missing)
             for user_id in present:
                 found[user_id] = region
                 self.remember(user_id, region)
             missing = [u for u in missing if u not in present]
+        blind = sorted(set(self._quarantined) & set(self._stores))
+        if missing and blind:
+            # They may live in a region that cannot be asked: say so rather than "not found".
+            raise RegionQuarantined(
+                f"cannot tell where {len(missing)} user(s) live: region(s) {blind} quarantined"
+            )
         return found
 
     def remember(self, user_id: str, region: str) -> None:

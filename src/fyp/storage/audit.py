@@ -423,6 +423,35 @@ class SqlAuditLog:
 
     # ---- verification ---------------------------------------------------------------------------
 
+    def quick_check(self, verifier: Verifier | None = None) -> str | None:
+        """A startup check in O(log n): the latest signed head verifies under the region's key
+        and still matches the stored tree, and no entry past it is missing. Returns the problem,
+        or ``None``. (``verify`` is the full check, from every entry.)"""
+        verifier = verifier or self.verifier
+        head = self.head()
+        if head is None:
+            return None
+        if head.key_id != verifier.key_id or not verifier.valid(head.message(), head.signature):
+            return (
+                f"the latest signed tree head (size {head.size}) does not verify under the "
+                f"region's key {verifier.key_id}: the key file was replaced or the head forged"
+            )
+        with self.db.read() as conn:
+            size = self._size(conn)
+            count = int(conn.execute(select(func.count()).select_from(audit)).scalar_one())
+            if size < head.size or count != size:
+                return (
+                    f"the log holds {count} entries and counts {size}, but a signed head covers "
+                    f"{head.size}: entries were removed"
+                )
+            try:
+                root = self._subtree(conn)(0, head.size)
+            except merkle.ProofError as exc:
+                return f"the stored tree is incomplete: {exc}"
+        if root != head.root:
+            return f"the stored tree no longer produces the signed root of size {head.size}"
+        return None
+
     def verify(self, verifier: Verifier | None = None) -> VerifyReport:
         """Recompute the whole tree from the entries and check it against everything stored.
 
