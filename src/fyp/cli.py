@@ -43,6 +43,8 @@ def _serve(config: FypConfig, background_training: bool = True, workers: int = 1
     if workers > 1:
         # Each worker process builds its own engine from the environment (fyp.api.asgi).
         os.environ["FYP_DATA_DIR"] = str(config.data_dir)
+        if config.serving_region:
+            os.environ["FYP_SERVING_REGION"] = config.serving_region
         os.environ[BACKGROUND_TRAINING_ENV] = "1" if background_training else "0"
         print(
             f"fyp: serving {config.data_dir} on http://{host}:{port} with {workers} workers "
@@ -79,7 +81,10 @@ def _serve(config: FypConfig, background_training: bool = True, workers: int = 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    config = load_config(args.data_dir, server=_server_overrides(args))
+    overrides: dict[str, Any] = {"server": _server_overrides(args)}
+    if args.serving_region:
+        overrides["serving_region"] = args.serving_region
+    config = load_config(args.data_dir, **overrides)
     _serve(config, background_training=not args.no_background_training, workers=args.workers)
     return 0
 
@@ -524,6 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         help="server processes sharing the data directory (each holds the catalog in memory)",
+    )
+    p.add_argument(
+        "--serving-region",
+        default=None,
+        help="run as this region's deployment: other regions' users are refused as exports "
+        "(env FYP_SERVING_REGION; default: act for every region)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -366,13 +366,26 @@ class FypConfig(_Section):
     read from the data directory. Default: the built-in policy. Env ``FYP_POLICY_FILE``."""
     audit_sign_interval_s: float = Field(default=10.0, gt=0)
     """How often a serving process signs each region's audit tree head (when the log grew)."""
+    serving_region: str | None = None
+    """The region this deployment runs in. Unset (the embedded default), one process acts for
+    every region as that region's own service. Set, the process is that region's service only:
+    it trains and serves that region's models, and any request about a user who lives elsewhere
+    is a cross-region access, an export, refused by the policy unless an exception allows it.
+    Env ``FYP_SERVING_REGION``."""
 
     @model_validator(mode="after")
     def _unique_regions(self) -> FypConfig:
         names = [r.name for r in self.regions]
         if len(set(names)) != len(names):
             raise ValueError(f"region names must be unique, got {names}")
+        if self.serving_region is not None and self.serving_region not in names:
+            raise ValueError(f"serving_region {self.serving_region!r} is not one of {names}")
         return self
+
+    @property
+    def served_regions(self) -> list[str]:
+        """The regions whose models this process trains, loads and serves."""
+        return [self.serving_region] if self.serving_region else self.region_names
 
     @property
     def region_names(self) -> list[str]:
@@ -430,7 +443,7 @@ def load_config(data_dir: Path | str | None = None, **overrides: Any) -> FypConf
     """Build the configuration: ``<data_dir>/fyp.toml`` if present, then env, then ``overrides``.
 
     ``data_dir`` defaults to ``$FYP_DATA_DIR`` or ``./fyp-data``. ``FYP_API_KEY`` sets the API key,
-    ``FYP_POLICY_FILE`` the access policy.
+    ``FYP_POLICY_FILE`` the access policy, ``FYP_SERVING_REGION`` the region a deployment runs in.
     """
     directory = Path(data_dir or os.environ.get("FYP_DATA_DIR") or DEFAULT_DATA_DIR)
     raw: dict[str, Any] = {}
@@ -444,6 +457,9 @@ def load_config(data_dir: Path | str | None = None, **overrides: Any) -> FypConf
     policy_file = os.environ.get("FYP_POLICY_FILE")
     if policy_file:
         raw["policy_file"] = policy_file
+    serving_region = os.environ.get("FYP_SERVING_REGION")
+    if serving_region:
+        raw["serving_region"] = serving_region
     api_key = os.environ.get("FYP_API_KEY")
     if api_key:
         raw.setdefault("server", {})["api_key"] = api_key

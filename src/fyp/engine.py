@@ -100,16 +100,27 @@ class Engine:
                 self.gate.quarantine(name, f"audit log check failed: {problem}")
         self.pipeline = for_you_pipeline(config)
         self.plain_pipeline = non_personalized_pipeline(config)
-        self.slots = {name: ModelSlot() for name in config.region_names}
-        self._train_locks = {name: threading.Lock() for name in config.region_names}
+        # A region-pinned deployment holds only its own region's models: another region's model
+        # carries that region's users' vectors.
+        self.slots = {name: ModelSlot() for name in config.served_regions}
+        self._train_locks = {name: threading.Lock() for name in config.served_regions}
         self.retrainer = Retrainer(self)
-        self.rights = UserRightsService(self.gate, clock)
+        self.rights = UserRightsService(self.gate, clock, service_region=config.serving_region)
         self.rights.on_erase(self._forget_in_models)
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
-        for region in config.region_names:
+        for region in config.served_regions:
             if region not in self.gate.quarantined:
                 self.reload_model(region)
+
+    def service(self, region: str) -> Principal:
+        """The principal this process acts as when it opens ``region``.
+
+        Embedded default: each region's own service. A deployment pinned to a region is that
+        region's service everywhere, so its requests about another region's users are
+        cross-region accesses that the policy refuses (and the target region's log records).
+        """
+        return Principal.service(self.config.serving_region or region)
 
     # ---- catalog --------------------------------------------------------------------------------
 
@@ -148,9 +159,12 @@ class Engine:
         for user in users:
             by_region[user.region].append(user)
         created = updated = 0
+        handles = {
+            region: self.gate.open(region, self.service(region), "manage_users")
+            for region in by_region
+        }
         for region, batch in by_region.items():
-            handle = self.gate.open(region, Principal.service(region), "manage_users")
-            result = handle.users.upsert_users(batch, self.clock())
+            result = handles[region].users.upsert_users(batch, self.clock())
             created += result.created
             updated += result.updated
             for user in batch:
@@ -161,7 +175,7 @@ class Engine:
         region = self.gate.locate(user_id)
         if region is None:
             raise NotFound(f"no user {user_id!r}")
-        handle = self.gate.open(region, Principal.service(region), "read_user")
+        handle = self.gate.open(region, self.service(region), "read_user")
         user = handle.users.get_user(user_id)
         if user is None:
             raise NotFound(f"no user {user_id!r}")
@@ -192,9 +206,13 @@ class Engine:
                 )
             else:
                 by_region[homes[event.user_id]].append(event)
+        # Every region's door is decided before anything is written: a batch holding a refused
+        # (cross-region) event is refused whole, never half-stored.
+        handles = {
+            region: self.gate.open(region, self.service(region), "ingest") for region in by_region
+        }
         for region, batch in by_region.items():
-            handle = self.gate.open(region, Principal.service(region), "ingest")
-            appended = handle.events.append(batch, items, self.clock())
+            appended = handles[region].events.append(batch, items, self.clock())
             result.accepted += len(appended.accepted)
             result.duplicates += len(appended.duplicates)
         result.errors.sort()
@@ -208,7 +226,7 @@ class Engine:
         region = self.gate.locate(user_id)
         if region is None:
             raise NotFound(f"no user {user_id!r}")
-        handle = self.gate.open(region, Principal.service(region), "serve_feed")
+        handle = self.gate.open(region, self.service(region), "serve_feed")
         context = FeedContext(
             config=self.config,
             catalog=self.catalog,
@@ -233,11 +251,16 @@ class Engine:
     def train(self, regions: Sequence[str] | None = None) -> list[TrainReport]:
         """Retrain the learned sources of ``regions`` (default: all) and serve the new models."""
         reports = []
-        for region in regions or self.config.region_names:
-            if region not in self.slots:
+        for region in regions or self.config.served_regions:
+            if region not in self.config.region_names:
                 raise InvalidInput(f"unknown region {region!r}")
+            handle = self.gate.open(region, self.service(region), "train")
+            if region not in self.slots:
+                # Allowed by an exception, yet this process holds no slot to serve it from.
+                raise InvalidInput(
+                    f"this deployment serves {self.config.served_regions}, not {region!r}"
+                )
             with self._train_locks[region]:
-                handle = self.gate.open(region, Principal.service(region), "train")
                 report = train_region(
                     handle,
                     self.catalog,
@@ -253,7 +276,7 @@ class Engine:
 
     def reload_model(self, region: str) -> str:
         """Load the region's current snapshot and swap it in; requests in flight keep theirs."""
-        handle = self.gate.open(region, Principal.service(region), "serve_feed")
+        handle = self.gate.open(region, self.service(region), "serve_feed")
         snapshot = handle.models.load_current()
         slot = self.slots[region]
         if snapshot is None:
@@ -266,7 +289,8 @@ class Engine:
     def _forget_in_models(self, region: str, user_id: str) -> None:
         """Erasure reaches the served model at once (the ranker's embedding row of the user);
         the stored model loses it at the next training, which the retrainer then runs."""
-        model = self.slots[region].current
+        slot = self.slots.get(region)
+        model = slot.current if slot is not None else None
         if model is not None:
             model.forget_user(user_id)
 
@@ -322,7 +346,7 @@ class Engine:
         quarantined = self.gate.quarantined
         return {
             region: self.gate.sign_audit_head(region)
-            for region in self.config.region_names
+            for region in self.config.served_regions
             if region not in quarantined
         }
 
@@ -392,7 +416,7 @@ class Retrainer:
 
     def due(self, region: str) -> bool:
         config = self._engine.config.training
-        handle = self._engine.gate.open(region, Principal.service(region), "operate")
+        handle = self._engine.gate.open(region, self._engine.service(region), "operate")
         if handle.models.last_erasure() > self.trained_at.get(region, 0.0):
             return True  # a user was erased since: their rows must leave the stored model
         new_events = handle.events.last_seq() - self.trained_seq.get(region, 0)
@@ -405,10 +429,10 @@ class Retrainer:
     def run_once(self) -> list[TrainReport]:
         """Retrain every region that is due; returns what was trained."""
         done = []
-        for region in self._engine.config.region_names:
+        for region in self._engine.config.served_regions:
             if self._stop.is_set() or not self.due(region):
                 continue
-            handle = self._engine.gate.open(region, Principal.service(region), "operate")
+            handle = self._engine.gate.open(region, self._engine.service(region), "operate")
             seq = handle.events.last_seq()
             [report] = self._engine.train([region])
             self.trained_seq[region] = seq

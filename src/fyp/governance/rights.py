@@ -37,9 +37,17 @@ def subject_hash(region: str, user_id: str) -> str:
 
 
 class UserRightsService:
-    def __init__(self, gate: Gate, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        clock: Callable[[], float] = time.time,
+        service_region: str | None = None,
+    ) -> None:
         self._gate = gate
         self._clock = clock
+        # A region-pinned deployment acts as its own region's service for every user, so a
+        # request about a user of another region reaches the gate as the export it is.
+        self._service_region = service_region
         self._erasure_hooks: list[ErasureHook] = []
 
     def on_erase(self, hook: ErasureHook) -> None:
@@ -52,7 +60,9 @@ class UserRightsService:
         if region is None:
             raise NotFound(f"no user {user_id!r}")
         principal = (
-            Principal.operator(region, as_operator) if as_operator else Principal.service(region)
+            Principal.operator(region, as_operator)
+            if as_operator
+            else Principal.service(self._service_region or region)
         )
         return self._gate.open(region, principal, purpose)
 
