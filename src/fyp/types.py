@@ -156,7 +156,9 @@ class Item(_Strict):
 
     item_id: Id
     creator_id: Id
-    created_at: Timestamp
+    created_at: Timestamp = Field(default_factory=lambda: datetime.now(UTC))
+    """When the item was published. Omitted: when the catalog first received it (an update that
+    omits it keeps the stored time)."""
     duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S, allow_inf_nan=False)]
     caption: Annotated[str, StringConstraints(max_length=MAX_CAPTION_LEN)] = ""
     tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = Field(default_factory=list)

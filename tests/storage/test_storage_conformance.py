@@ -8,6 +8,7 @@ test in fresh schemas that are dropped afterwards. A new backend joins by adding
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,25 @@ class TestCatalogConformance:
         assert v1.regions == ("eu", "us")
         assert catalog.get_item("missing") is None
         assert catalog.count_items() == 1
+
+    def test_publication_time_defaults_to_first_receipt_and_survives_updates(
+        self, catalog: SqlCatalog
+    ) -> None:
+        from fyp.types import Item
+
+        before = time.time()
+        catalog.upsert_items([Item(item_id="v9", creator_id="c", duration_s=10.0)])
+        first = catalog.get_items(["v9"])["v9"].created_at
+        assert before - 1 <= first <= time.time() + 1
+        # An update that omits the time keeps it; one that gives it sets it.
+        catalog.upsert_items([Item(item_id="v9", creator_id="c", duration_s=12.0, tags=["x"])])
+        again = catalog.get_items(["v9"])["v9"]
+        assert (again.created_at, again.duration_s) == (pytest.approx(first), 12.0)
+        assert catalog.items_by_tags(["x"], 5) == {"x": ["v9"]}
+        catalog.upsert_items(
+            [Item(item_id="v9", creator_id="c", duration_s=12.0, created_at=from_epoch(1000.0))]
+        )
+        assert catalog.get_items(["v9"])["v9"].created_at == pytest.approx(1000.0)
 
     def test_upsert_counts_created_and_updated_and_replaces_the_record(
         self, catalog: SqlCatalog, make_item: Any

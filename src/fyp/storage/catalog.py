@@ -135,37 +135,44 @@ class SqlCatalog:
         latest = {item.item_id: item for item in batch}  # last write in a batch wins
         ids = list(latest)
         now = time.time()
-        rows = [
-            {
-                "item_id": it.item_id,
-                "creator_id": it.creator_id,
-                "created_at": epoch(it.created_at),
-                "duration_s": it.duration_s,
-                "caption": it.caption,
-                "tags": json.dumps(list(dict.fromkeys(it.tags))),
-                "language": it.language,
-                "regions": json.dumps(sorted(set(it.regions))),
-                "vector": None
-                if it.vector is None
-                else np.asarray(it.vector, dtype=np.float32).tobytes(),
-                "updated_at": now,
-            }
-            for it in latest.values()
-        ]
-        tag_rows = [
-            {"tag": tag, "item_id": it.item_id, "created_at": epoch(it.created_at)}
-            for it in latest.values()
-            for tag in dict.fromkeys(it.tags)
-        ]
         with self.db.write() as conn:
-            # What the items were before: their old creator and tags lose them from the cache too.
-            previous: dict[str, tuple[str, list[str]]] = {}
+            # What the items were before: their old creator and tags lose them from the cache too,
+            # and an update that does not say when the item was published keeps the stored time.
+            previous: dict[str, tuple[str, list[str], float]] = {}
             for part in chunked(ids):
-                query = select(items.c.item_id, items.c.creator_id, items.c.tags).where(
-                    items.c.item_id.in_(part)
-                )
-                for item_id, creator_id, tags in conn.execute(query):
-                    previous[item_id] = (creator_id, json.loads(tags))
+                query = select(
+                    items.c.item_id, items.c.creator_id, items.c.tags, items.c.created_at
+                ).where(items.c.item_id.in_(part))
+                for item_id, creator_id, tags, created_at in conn.execute(query):
+                    previous[item_id] = (creator_id, json.loads(tags), created_at)
+            published = {
+                it.item_id: previous[it.item_id][2]
+                if "created_at" not in it.model_fields_set and it.item_id in previous
+                else epoch(it.created_at)
+                for it in latest.values()
+            }
+            rows = [
+                {
+                    "item_id": it.item_id,
+                    "creator_id": it.creator_id,
+                    "created_at": published[it.item_id],
+                    "duration_s": it.duration_s,
+                    "caption": it.caption,
+                    "tags": json.dumps(list(dict.fromkeys(it.tags))),
+                    "language": it.language,
+                    "regions": json.dumps(sorted(set(it.regions))),
+                    "vector": None
+                    if it.vector is None
+                    else np.asarray(it.vector, dtype=np.float32).tobytes(),
+                    "updated_at": now,
+                }
+                for it in latest.values()
+            ]
+            tag_rows = [
+                {"tag": tag, "item_id": it.item_id, "created_at": published[it.item_id]}
+                for it in latest.values()
+                for tag in dict.fromkeys(it.tags)
+            ]
             stmt = upsert(
                 self.db,
                 items,
@@ -185,7 +192,7 @@ class SqlCatalog:
                 self._cache.pop(item_id, None)
             stale_keys = {("creator", it.creator_id) for it in latest.values()}
             stale_keys.update(("tag", tag) for it in latest.values() for tag in it.tags)
-            for creator_id, tags in previous.values():
+            for creator_id, tags, _ in previous.values():
                 stale_keys.add(("creator", creator_id))
                 stale_keys.update(("tag", tag) for tag in tags)
             for key in stale_keys:
