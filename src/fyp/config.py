@@ -131,6 +131,33 @@ class EmbeddingConfig(SourceConfig):
     """Most recent events used to fold the viewer into the embedding space at request time."""
 
 
+class ContentTowerConfig(SourceConfig):
+    prior: float = Field(default=0.9, ge=0, le=1)
+    k: int = Field(default=100, ge=1, le=5000)
+    history: int = Field(default=10, ge=1, le=200)
+    """The viewer's most recent positive items pooled into their vector at request time."""
+    dim: int = Field(default=48, ge=4, le=512)
+    """Width of the towers' vectors."""
+    epochs: int = Field(default=6, ge=1, le=100)
+    id_dropout: float = Field(default=0.8, ge=0, lt=1)
+    """Share of items whose ID embedding is switched off per training batch: the content path
+    must then place them alone, which is what a new item's vector relies on."""
+    max_train_seconds: float = Field(default=90.0, gt=0)
+    """Training stops after the epoch in which this much time has passed."""
+    min_positives: int = Field(default=1_000, ge=2)
+    """A region with fewer positive events trains no towers (the other sources serve)."""
+    max_examples: int = Field(default=300_000, ge=2)
+    """At most this many of the region's most recent positive events train the towers."""
+    max_text_items: int = Field(default=5_000, ge=0)
+    """Items whose text is embedded per training run (most engaged first; new items extra).
+    Text embedding is the slow part (a few hundred items a second on one core); items beyond
+    the bound are placed by their ID embedding alone until a later run reaches them."""
+    new_item_hours: float = Field(default=72.0, gt=0)
+    """Items this young get a vector from their content alone, before anyone has watched them."""
+    max_new_items: int = Field(default=2_000, ge=0)
+    """Most new (content-only) items added per training run or per catalog sync."""
+
+
 class SourcesConfig(_Section):
     trending: TrendingConfig = TrendingConfig()
     """Time-decayed engagement in the viewer's region."""
@@ -144,6 +171,10 @@ class SourcesConfig(_Section):
     """New items carrying the viewer's strongest tags."""
     embedding: EmbeddingConfig = EmbeddingConfig()
     """Nearest items to the viewer in the learned (ALS) embedding space, through a faiss index."""
+    content_tower: ContentTowerConfig = ContentTowerConfig()
+    """Nearest items to the viewer in a two-tower model's space whose item tower reads each
+    item's caption and tags (MiniLM sentence embeddings): new uploads are found from their
+    content before anyone has watched them."""
 
     def priors(self) -> dict[str, float]:
         return {name: getattr(self, name).prior for name in type(self).model_fields}

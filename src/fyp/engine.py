@@ -268,6 +268,7 @@ class Engine:
                     self.config.algorithm_hash,
                     ranker=self.config.ranker,
                     policy=fold_policy(self.config),
+                    tower=self.config.sources.content_tower,
                 )
             if report.version is not None:
                 self.reload_model(region)
@@ -285,6 +286,17 @@ class Engine:
         if current is None or current.version != snapshot.version:
             slot.swap(ServingModel(snapshot))
         return slot.version
+
+    def place_new_items(self, region: str) -> int:
+        """Give items uploaded since the region's last training a place in its content towers,
+        so they can be retrieved before anyone has watched them; returns how many were placed."""
+        slot = self.slots.get(region)
+        model = slot.current if slot is not None else None
+        if model is None or model.tower is None:
+            return 0
+        from fyp.models.content_tower import add_new_items
+
+        return add_new_items(model.tower, self.catalog, self.config.sources.content_tower)
 
     def _forget_in_models(self, region: str, user_id: str) -> None:
         """Erasure reaches the served model at once (the ranker's embedding row of the user);
@@ -311,6 +323,7 @@ class Engine:
                 continue
             if self.gate.model_version(region) not in (None, slot.version):
                 self.reload_model(region)
+            self.place_new_items(region)
 
     def start_background(self, train: bool) -> None:
         """Start the sync loop and, if ``train``, the retrainer (one process per data directory)."""

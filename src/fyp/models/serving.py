@@ -24,6 +24,7 @@ from implicit.als import AlternatingLeastSquares
 from fyp.storage.models import ModelSnapshot
 
 if TYPE_CHECKING:
+    from fyp.models.content_tower import ContentTowerIndex
     from fyp.models.ranker import Ranker
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ _EXACT_SEARCH_MAX_ITEMS = 50_000
 faiss.omp_set_num_threads(1)
 
 
-def _build_index(vectors: npt.NDArray[np.float32]) -> Any:
+def build_item_index(vectors: npt.NDArray[np.float32]) -> Any:
     n, dim = vectors.shape
     index: Any
     if n <= _EXACT_SEARCH_MAX_ITEMS:
@@ -78,8 +79,9 @@ class ServingModel:
         self._recent_vectors: OrderedDict[
             tuple[tuple[str, float], ...], npt.NDArray[np.float32] | None
         ] = OrderedDict()
-        self._index = _build_index(factors)
+        self._index = build_item_index(factors)
         self.ranker: Ranker | None = _load_ranker(snapshot)
+        self.tower: ContentTowerIndex | None = _load_tower(snapshot)
 
     def forget_user(self, user_id: str) -> bool:
         """Drop a viewer's per-user rows from this model in memory (the ranker's embedding)."""
@@ -171,6 +173,15 @@ def _load_ranker(snapshot: ModelSnapshot) -> Ranker | None:
         # (its feature is then 0) until the next training replaces it.
         log.warning("snapshot %s: ranker not loaded: %s", snapshot.version, exc)
         return None
+
+
+def _load_tower(snapshot: ModelSnapshot) -> ContentTowerIndex | None:
+    """The snapshot's content towers, if it has them."""
+    if "content_tower" not in snapshot.meta:
+        return None
+    from fyp.models.content_tower import load_tower
+
+    return load_tower(snapshot.meta, snapshot.arrays)
 
 
 class ModelSlot:

@@ -15,8 +15,10 @@ which keeps snapshots free of per-user vectors and makes every new event count i
 
 When a ``RankerConfig`` is given (the engine always passes one), the same run also trains the
 multi-task watch-time ranker (``fyp.models.ranker``) on the region's viewings and stores it in the
-same snapshot under ``ranker.*`` keys. Its user-embedding rows are personal data: they stay in the
-region's own model store like everything else trained here.
+same snapshot under ``ranker.*`` keys. With the content-tower source enabled, the run also fits
+the two-tower model whose item tower reads captions and tags (``fyp.models.content_tower``) and
+stores its item-side arrays under ``tower.*`` keys. The ranker's user-embedding rows are personal
+data: they stay in the region's own model store like everything else trained here.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from implicit.nearest_neighbours import CosineRecommender
 from implicit.utils import ParameterWarning
 from threadpoolctl import threadpool_limits
 
-from fyp.config import RankerConfig, TrainingConfig
+from fyp.config import ContentTowerConfig, RankerConfig, TrainingConfig
 from fyp.governance.gate import RegionHandle
 from fyp.signals import QUICK_SKIP_MS, FoldPolicy
 from fyp.storage.roles import Catalog
@@ -56,15 +58,27 @@ class TrainReport:
     skipped_reason: str | None = None
     ranker: dict[str, Any] | None = None
     """The ranker's training summary (viewings, seconds, memory), or why it was not trained."""
+    content_tower: dict[str, Any] | None = None
+    """The content towers' training summary, or why they were not trained."""
+
+
+@dataclass(frozen=True)
+class Positives:
+    """The region's positive events in log order, as (viewer row, item column, time)."""
+
+    users: npt.NDArray[np.int64]
+    items: npt.NDArray[np.int64]
+    ts: npt.NDArray[np.float64]
 
 
 def _preference_matrix(
     handle: RegionHandle, catalog: Catalog, config: TrainingConfig
-) -> tuple[sp.csr_matrix, list[str], int, int]:
+) -> tuple[sp.csr_matrix, list[str], int, int, Positives]:
     """Sum per-(viewer, item) preference weights over the region's recent events.
 
-    Returns the viewer x item matrix, the item ids of its columns, the event count and the last
-    event sequence number covered.
+    Returns the viewer x item matrix, the item ids of its columns, the event count, the last
+    event sequence number covered, and the positive events themselves (for the towers, which
+    learn from their order).
     """
     last_seq = handle.events.last_seq()
     users: dict[str, int] = {}
@@ -73,6 +87,7 @@ def _preference_matrix(
     rows: list[npt.NDArray[np.int64]] = []
     cols: list[npt.NDArray[np.int64]] = []
     vals: list[npt.NDArray[np.float64]] = []
+    stamps: list[npt.NDArray[np.float64]] = []
     n_events = 0
     durations: dict[str, float] = {}
     for batch in handle.events.scan(config.max_events):
@@ -106,16 +121,18 @@ def _preference_matrix(
         rows.append(r)
         cols.append(c)
         vals.append(weight)
+        stamps.append(np.fromiter((e.ts for e in batch), np.float64, len(batch)))
     if not n_events:
-        return sp.csr_matrix((0, 0), dtype=np.float32), [], 0, last_seq
-    matrix = sp.coo_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-        shape=(len(users), len(items)),
-    ).tocsr()
+        empty = Positives(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+        return sp.csr_matrix((0, 0), dtype=np.float32), [], 0, last_seq, empty
+    all_rows, all_cols, all_vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
+    positive = all_vals > 0
+    positives = Positives(all_rows[positive], all_cols[positive], np.concatenate(stamps)[positive])
+    matrix = sp.coo_matrix((all_vals, (all_rows, all_cols)), shape=(len(users), len(items))).tocsr()
     matrix.sum_duplicates()
     matrix.data[np.abs(matrix.data) < 1e-9] = 0.0
     matrix.eliminate_zeros()
-    return matrix.astype(np.float32), list(items), n_events, last_seq
+    return matrix.astype(np.float32), list(items), n_events, last_seq, positives
 
 
 def _train_ranker(
@@ -168,14 +185,15 @@ def train_region(
     algorithm_hash: str,
     ranker: RankerConfig | None = None,
     policy: FoldPolicy | None = None,
+    tower: ContentTowerConfig | None = None,
 ) -> TrainReport:
     """Train and save a new snapshot for ``handle.region`` (a handle opened for ``train``).
 
     With ``ranker`` (enabled) and the online-state ``policy`` its features replay, the snapshot
-    also holds the multi-task ranker.
+    also holds the multi-task ranker; with ``tower`` (enabled), the content two-tower model.
     """
     started = time.perf_counter()
-    matrix, item_ids, n_events, last_seq = _preference_matrix(handle, catalog, config)
+    matrix, item_ids, n_events, last_seq, liked = _preference_matrix(handle, catalog, config)
     if n_events < config.min_events or matrix.nnz == 0:
         return TrainReport(
             handle.region,
@@ -236,6 +254,23 @@ def train_region(
         ranker_meta, ranker_arrays = _train_ranker(handle, catalog, config, ranker, policy)
         meta["ranker"] = ranker_meta
         arrays.update(ranker_arrays)
+    tower_meta: dict[str, Any] | None = None
+    if tower is not None and tower.enabled:
+        from fyp.models.content_tower import train_content_tower
+
+        with threadpool_limits(1, "blas"):
+            tower_meta, tower_arrays = train_content_tower(
+                catalog,
+                item_ids,
+                liked.users,
+                liked.items,
+                liked.ts,
+                tower,
+                now,
+                seed=config.seed,
+            )
+        meta["content_tower"] = tower_meta
+        arrays.update(tower_arrays)
     handle.models.save(version, meta, arrays)
     seconds = time.perf_counter() - started
     log.info("trained %s on %d events in %.1fs", version, n_events, seconds)
@@ -247,4 +282,5 @@ def train_region(
         matrix.shape[1],
         seconds,
         ranker=ranker_meta,
+        content_tower=tower_meta,
     )

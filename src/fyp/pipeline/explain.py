@@ -52,6 +52,13 @@ def _source_reason(
         return Reason(f"interest_tag:{anchor}", f"Because you watch videos tagged #{anchor}.")
     if source == "embedding":
         return Reason("learned_taste", "Close to what you watch, finish and like.")
+    if source == "content_tower":
+        if anchor == "new":
+            return Reason(
+                "new_similar_content",
+                "New and not yet widely watched; its caption and tags match what you enjoy.",
+            )
+        return Reason("similar_content", "Its caption and tags are like those of videos you enjoy.")
     return Reason(f"source:{source}", f"Found by the {source} source.")
 
 

@@ -29,6 +29,7 @@ from fyp.selectors.basic import (
     TakeN,
 )
 from fyp.sources.co_engagement import CoEngagementSource
+from fyp.sources.content_tower import ContentTowerSource
 from fyp.sources.embedding import EmbeddingSource
 from fyp.sources.following import FollowingSource
 from fyp.sources.fresh import FreshSource
@@ -85,6 +86,10 @@ def for_you_pipeline(config: FypConfig) -> FeedPipeline:
     s = config.sources
     candidates: list[tuple[bool, CandidateSource]] = [
         (s.embedding.enabled, EmbeddingSource(s.embedding, config.training)),
+        (
+            s.content_tower.enabled,
+            ContentTowerSource(s.content_tower, s.embedding, config.training),
+        ),
         (s.co_engagement.enabled, CoEngagementSource(s.co_engagement)),
         (s.interest_tags.enabled, InterestTagsSource(s.interest_tags)),
         (s.following.enabled, FollowingSource(s.following)),
