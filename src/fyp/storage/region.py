@@ -671,10 +671,11 @@ class SqlRegionStore:
 
     # ---- upgrade of an older, plaintext database ----------------------------------------------
 
-    def _upgrade(self, conn: Connection, stored: int) -> None:
+    def _upgrade(self, db: Database, conn: Connection, stored: int) -> None:
         """Encrypt a version 1-2 database in place, in the transaction of the schema upgrade."""
         if stored >= 3:
             return
+        self.db = db
         self._check_keyring(conn)
         now = time.time()
         columns = {

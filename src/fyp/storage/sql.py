@@ -128,12 +128,12 @@ class Database:
         metadata: MetaData,
         kind: str,
         version: int,
-        upgrade: Callable[[Connection, int], None] | None = None,
+        upgrade: Callable[[Database, Connection, int], None] | None = None,
         prepare: bool = True,
     ) -> None:
         """Open ``url`` and bring its ``kind`` tables to ``version``.
 
-        ``upgrade(conn, stored)`` runs when the database holds an older version of the tables,
+        ``upgrade(db, conn, stored)`` runs when the database holds an older version of the tables,
         after new tables were created and in the same transaction (a failed upgrade leaves the
         database as it was). With ``prepare=False`` the database is only checked (kind, not
         newer), never changed: for a store that cannot upgrade it now (its key is unavailable).
@@ -153,7 +153,7 @@ class Database:
         self,
         kind: str,
         version: int,
-        upgrade: Callable[[Connection, int], None] | None,
+        upgrade: Callable[[Database, Connection, int], None] | None,
         prepare: bool,
     ) -> None:
         try:
@@ -191,7 +191,7 @@ class Database:
             # New tables of a newer schema appear here, then the in-place upgrade of older ones.
             self._metadata.create_all(conn)
             if 0 < stored < version and upgrade is not None:
-                upgrade(conn, stored)
+                upgrade(self, conn, stored)
             if key not in found:
                 conn.execute(self._meta.insert(), [{"key": key, "value": str(version)}])
             elif stored < version:
