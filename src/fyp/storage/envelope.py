@@ -82,7 +82,7 @@ class DataKey:
     def open(self, sealed: bytes, ad: bytes) -> bytes:
         """The plaintext; raises ``InvalidTag`` when the value was not sealed with this key
         and ``ad`` (altered, moved to another row or user, or sealed under another key)."""
-        data = bytes(sealed)
+        data = sealed if isinstance(sealed, bytes) else bytes(sealed)
         if data[:1] != _SEALED_VERSION:
             raise InvalidTag("not a sealed fyp value")
         return self._aead.decrypt(data[1 : 1 + _NONCE], data[1 + _NONCE :], ad)

@@ -360,6 +360,13 @@ def _ad_control(region: str, user_id: str, column: str) -> bytes:
     return associated_data(f"user_controls.{column}", region, user_id)
 
 
+def _length_prefixed(part: str) -> bytes:
+    data = part.encode()
+    return len(data).to_bytes(4, "big") + data
+
+
+_decode_json = json.JSONDecoder().decode
+
 _EVENT_COLUMNS: Final = (
     events.c.seq,
     events.c.event_id,
@@ -401,6 +408,7 @@ class SqlRegionStore:
             self._ring = Keyring.ephemeral(region)
         self._ring_lock = threading.Lock()
         self._deks = DataKeyCache() if dek_cache is None else DataKeyCache(dek_cache)
+        self._event_ad_prefix = associated_data("events.payload", region, "")[:-4]
         self.key_problem: str | None = None
         # Item stats are read for hundreds of candidates per feed and tolerate a few seconds of
         # staleness, so they are cached; this process's own writes update the cache on commit.
@@ -624,19 +632,31 @@ class SqlRegionStore:
             ) from exc
 
     def _event(self, conn: Connection, keys: dict[str, DataKey], row: Any) -> EventRecord:
-        ad = _ad_event(self.region, row.user_id, row.event_id)
-        plain = self._open(conn, keys, row.user_id, row.payload, ad, f"event {row.event_id!r}")
-        item_id, type_, watch_ms, request_id = json.loads(plain)
-        return EventRecord(
-            seq=row.seq,
-            event_id=row.event_id,
-            user_id=row.user_id,
-            item_id=item_id,
-            type=type_,
-            ts=row.ts,
-            watch_ms=watch_ms,
-            request_id=request_id,
-        )
+        return self._events(conn, keys, [row])[0]
+
+    def _events(
+        self, conn: Connection, keys: dict[str, DataKey], rows: Sequence[Any]
+    ) -> list[EventRecord]:
+        """Decrypt rows of ``_EVENT_COLUMNS`` (the training read's inner loop: kept lean)."""
+        prefix = self._event_ad_prefix
+        by_user: dict[str, bytes] = {}
+        out: list[EventRecord] = []
+        append = out.append
+        for seq, event_id, user_id, ts, payload in rows:
+            head = by_user.get(user_id)
+            if head is None:
+                head = by_user[user_id] = prefix + _length_prefixed(user_id)
+            ad = head + _length_prefixed(event_id)
+            key = keys.get(user_id)
+            try:
+                if key is None:
+                    raise InvalidTag
+                plain = key.open(payload, ad)
+            except InvalidTag:
+                plain = self._open(conn, keys, user_id, payload, ad, f"event {event_id!r}")
+            item_id, type_, watch_ms, request_id = _decode_json(plain.decode())
+            append(EventRecord(seq, event_id, user_id, item_id, type_, ts, watch_ms, request_id))
+        return out
 
     def _seal_event(self, key: DataKey, ev: Event) -> bytes:
         payload = json.dumps([ev.item_id, ev.type, ev.watch_ms, ev.request_id]).encode()
@@ -1104,7 +1124,7 @@ class SqlRegionStore:
                 .limit(limit)
             ).all()
             keys = self._read_keys(conn, [user_id]) if rows else {}
-            return [self._event(conn, keys, row) for row in rows]
+            return self._events(conn, keys, rows)
 
     def scan(self, max_events: int, batch: int = 50_000) -> Iterator[list[EventRecord]]:
         last = self.last_seq()
@@ -1121,7 +1141,7 @@ class SqlRegionStore:
                     return
                 # One key lookup per user of the batch; each row then decrypts with its user's key.
                 keys = self._read_keys(conn, {row.user_id for row in rows})
-                records = [self._event(conn, keys, row) for row in rows]
+                records = self._events(conn, keys, rows)
             cursor = rows[-1].seq
             yield records
 
@@ -1193,8 +1213,7 @@ class SqlRegionStore:
             ).all()
             if keys is None and rows:
                 keys = self._read_keys(conn, [user_id])
-            for row in rows:
-                record = self._event(conn, keys or {}, row)
+            for record in self._events(conn, keys or {}, rows):
                 if record.type in POSITIVE_EVENT_TYPES:
                     found.append(record.item_id)
                     if len(found) == wanted:
@@ -1297,7 +1316,8 @@ class SqlRegionStore:
     ) -> dict[str, Any]:
         """A row as JSON-ready data, decrypted: the shape it had before encryption at rest."""
         if table == "events":
-            record = self._event(conn, keys, row)
+            columns = (row.seq, row.event_id, row.user_id, row.ts, row.payload)
+            record = self._event(conn, keys, columns)
             return {
                 "seq": record.seq,
                 "event_id": record.event_id,
