@@ -577,6 +577,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
                 line += f"; {pending:,} still wrapped by an older KEK (run fyp keys rotate)"
             if stale:
                 line += f"; retired KEK {', '.join(stale)} still in the key file"
+            erased = handle.models.last_erasure()
+            if active and erased > active[0].created_at:
+                line += (
+                    "; a user was erased since this KEK was made: copies of the database from "
+                    "before that erasure still hold the user's wrapped key until you rotate"
+                )
             print(line)
             failed = failed or not active
         return 3 if failed else 0

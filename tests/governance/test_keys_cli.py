@@ -132,7 +132,12 @@ def test_rotate_from_the_command_line_is_audited_and_keeps_every_row_readable(
     finally:
         engine.close()
     assert main(["keys", "status", "--region", "eu", *args]) == 0
-    assert "1 data keys" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 data keys" in out and "until you rotate" in out
+    assert main(["keys", "rotate", "--region", "eu", "-q", *args]) == 0
+    assert main(["keys", "status", "--region", "eu", *args]) == 0
+    out = capsys.readouterr().out
+    assert "KEK v3" in out and "until you rotate" not in out
 
 
 def test_status_names_a_quarantined_region(

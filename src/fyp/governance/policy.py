@@ -85,7 +85,7 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
     # Checking an incoming algorithm package against the region's own users and model rows.
     "scan_package": frozenset({"users.user_ids", "models.load_current"}),
     # The region's key-encryption keys: re-wrapping data keys never opens a personal value.
-    "manage_keys": frozenset({"keys.rotate_kek", "keys.key_status"}),
+    "manage_keys": frozenset({"keys.rotate_kek", "keys.key_status", "models.last_erasure"}),
     "manage_controls": frozenset(
         {
             "users.get_user",
