@@ -591,3 +591,25 @@ def test_an_upgrade_that_cannot_get_its_key_leaves_the_database_alone(
     con = sqlite3.connect(path)
     assert con.execute("SELECT value FROM fyp_meta").fetchall() == [("2",)]
     con.close()
+
+
+def test_a_process_started_before_a_rotation_follows_it(
+    store: SqlRegionStore, url: str, key_file: KeyFile, now: float, make_user: Any
+) -> None:
+    """Another process rotated the KEK and deleted the old one: this process reloads the key file
+    when it meets a data key wrapped by the new KEK, and wraps new users' keys by it."""
+    other = open_store(url, key_file)
+    try:
+        report = other.rotate_kek(now)
+    finally:
+        other.close()
+    store.forget_keys()  # as after an eviction from the cache
+    assert store.get_user("u1").attributes == {"note": SECRET_ATTR}  # type: ignore[union-attr]
+    store.upsert_users([make_user("newcomer")], now)
+    [(kid,)] = raw(store, "SELECT kek_id FROM user_keys WHERE user_id = 'newcomer'")
+    assert kid == report.new_kek
+    again = open_store(url, key_file)
+    try:
+        assert again.get_user("newcomer") is not None
+    finally:
+        again.close()
