@@ -501,6 +501,100 @@ def cmd_user(args: argparse.Namespace) -> int:
         engine.close()
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """The regions' key-encryption keys: list them, check them, rotate one region's."""
+    from fyp.engine import Engine
+    from fyp.governance.policy import Principal
+
+    engine = Engine(load_config(args.data_dir))
+    try:
+        regions = _audit_regions(engine, args.region)
+        operator = args.operator or os.environ.get("USER") or "cli"
+        quarantined = engine.gate.quarantined
+        if args.action == "rotate":
+            if args.region is None:
+                raise FypError("fyp keys rotate needs --region")
+            region = args.region
+            principal = Principal.operator(region, operator)
+            handle = engine.gate.open(region, principal, "manage_keys")
+            started = time.perf_counter()
+
+            def progress(done: int) -> None:
+                if not args.quiet:
+                    print(f"\r{region}: re-wrapped {done:,} data keys", end="", file=sys.stderr)
+
+            report = handle.keys.rotate_kek(engine.clock(), batch=args.batch, progress=progress)
+            if not args.quiet and report.rewrapped:
+                print(file=sys.stderr)
+            seq = handle.record(
+                "kek_rotation",
+                {
+                    "new_kek": report.new_kek,
+                    "new_version": report.new_version,
+                    "retired": report.retired,
+                    "rewrapped": report.rewrapped,
+                    "resumed": report.resumed,
+                },
+            )
+            print(
+                f"{region}: KEK v{report.new_version} {report.new_kek} now wraps every data key "
+                f"({report.rewrapped:,} re-wrapped"
+                + (", resuming an interrupted rotation" if report.resumed else "")
+                + f"); retired {', '.join(report.retired) or 'none'}; "
+                f"{time.perf_counter() - started:.2f}s; audit entry #{seq}"
+            )
+            return 0
+        failed = False
+        for region in regions:
+            if region in quarantined:
+                failed = True
+                print(f"{region}: QUARANTINED: {quarantined[region]}")
+                continue
+            handle = engine.gate.open(region, Principal.operator(region, operator), "manage_keys")
+            keks = handle.keys.key_status()
+            if args.action == "list":
+                for k in keks:
+                    state = (
+                        "active"
+                        if k.active
+                        else "retired"
+                        if k.retired_at is not None
+                        else "retiring"
+                        if k.registered
+                        else "new"
+                    )
+                    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(k.created_at))
+                    print(
+                        f"{region}\tv{k.version}\t{k.id}\t{state}\t{stamp}\t"
+                        f"{'in file' if k.in_file else 'not in file'}\t{k.data_keys:,} data keys"
+                    )
+                continue
+            active = [k for k in keks if k.active]
+            pending = sum(k.data_keys for k in keks if not k.active)
+            stale = [k.id for k in keks if k.retired_at is not None and k.in_file]
+            line = (
+                f"{region}: ok, KEK v{active[0].version} {active[0].id} active, "
+                f"{sum(k.data_keys for k in keks):,} data keys"
+                if active
+                else f"{region}: no active KEK"
+            )
+            if pending:
+                line += f"; {pending:,} still wrapped by an older KEK (run fyp keys rotate)"
+            if stale:
+                line += f"; retired KEK {', '.join(stale)} still in the key file"
+            erased = handle.models.last_erasure()
+            if active and erased > active[0].created_at:
+                line += (
+                    "; a user was erased since this KEK was made: copies of the database from "
+                    "before that erasure still hold the user's wrapped key until you rotate"
+                )
+            print(line)
+            failed = failed or not active
+        return 3 if failed else 0
+    finally:
+        engine.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fyp", description="A self-hosted For You feed engine.")
     parser.add_argument("--version", action="version", version=f"fyp {__version__}")
@@ -619,6 +713,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--operator", default=None, help="operator name for the audit log ($USER)")
     data_dir_arg(p)
     p.set_defaults(func=cmd_user)
+
+    p = sub.add_parser(
+        "keys", help="list, check or rotate the regions' key-encryption keys (encryption at rest)"
+    )
+    p.add_argument(
+        "action",
+        choices=["list", "status", "rotate"],
+        help="list each KEK version; check each region's keys; rotate one region's KEK "
+        "(re-wraps every user's data key, never the encrypted rows; resumable)",
+    )
+    p.add_argument("--region", default=None, help="one region (rotate: required)")
+    p.add_argument("--batch", type=int, default=2000, help="data keys re-wrapped per transaction")
+    p.add_argument("--operator", default=None, help="operator name for the audit log ($USER)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("package", help="export, verify or import the algorithm package")
     p.add_argument("action", choices=["export", "verify", "import"])

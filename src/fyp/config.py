@@ -454,6 +454,10 @@ class FypConfig(_Section):
         """The region's Ed25519 key for signing audit tree heads (created on first use)."""
         return self.data_dir / "keys" / f"audit-{region}.ed25519"
 
+    def kek_path(self, region: str) -> Path:
+        """The region's keyring of key-encryption keys (created on first use, mode 0600)."""
+        return self.data_dir / "keys" / f"kek-{region}.json"
+
     def models_dir(self, region: str) -> Path:
         return self.data_dir / "models" / region
 

@@ -34,6 +34,7 @@ from fyp.pipeline.trace import Trace
 from fyp.signals import FoldPolicy
 from fyp.storage.audit import SqlAuditLog, TreeHead
 from fyp.storage.catalog import SqlCatalog
+from fyp.storage.envelope import KeyFile
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
 from fyp.storage.roles import ItemRecord, UpsertResult, UserRecord
@@ -83,7 +84,9 @@ class Engine:
         self.catalog = SqlCatalog(config.resolved_catalog_url())
         policy = fold_policy(config)
         stores = {
-            name: SqlRegionStore(config.region_url(name), name, policy)
+            name: SqlRegionStore(
+                config.region_url(name), name, policy, keys=KeyFile(config.kek_path(name), name)
+            )
             for name in config.region_names
         }
         model_stores = {name: ModelStore(config.models_dir(name)) for name in config.region_names}
@@ -98,6 +101,9 @@ class Engine:
             problem = audit_log.quick_check()
             if problem is not None:
                 self.gate.quarantine(name, f"audit log check failed: {problem}")
+        for name, store in stores.items():
+            if store.key_problem is not None and name not in self.gate.quarantined:
+                self.gate.quarantine(name, f"encryption key check failed: {store.key_problem}")
         self.pipeline = for_you_pipeline(config)
         self.plain_pipeline = non_personalized_pipeline(config)
         # A region-pinned deployment holds only its own region's models: another region's model

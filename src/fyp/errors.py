@@ -76,6 +76,24 @@ class RegionQuarantined(FypError):
     title = "Region unavailable"
 
 
+class KeyUnavailable(FypError):
+    """A region's key-encryption key is missing, unreadable, corrupt or not the one its data
+    needs: the region serves no personal data until the key file is restored."""
+
+    slug = "key-unavailable"
+    status = 503
+    title = "Encryption key unavailable"
+
+
+class CiphertextInvalid(FypError):
+    """An encrypted value does not open under its key and context (altered, or moved to another
+    user, row or column)."""
+
+    slug = "ciphertext-invalid"
+    status = 500
+    title = "Encrypted data failed its check"
+
+
 class SchemaMismatch(FypError):
     """A database was written by a newer fyp, or is not an fyp database at all."""
 

@@ -11,7 +11,7 @@ DEFAULT_GRANTS: Final[dict[str, frozenset[str]]] = {
     ),
     "operator": frozenset(
         {"route", "ingest", "manage_users", "read_user", "train", "operate"}
-        | {"export_user", "erase_user"}
+        | {"export_user", "erase_user", "manage_keys"}
     ),
     "auditor": frozenset({"audit", "operate", "scan_package"}),
     "user": frozenset({"read_user", "export_user", "erase_user", "manage_controls"}),

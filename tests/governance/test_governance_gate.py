@@ -29,6 +29,7 @@ ROLE_OPERATIONS = {
     "state": ("hydrate", "seen_among", "record_served"),
     "stats": ("stats", "trending", "totals"),
     "models": ("save", "load_current", "current_version"),
+    "keys": ("rotate_kek", "key_status"),
     "audit": ("append", "tail", "count", "verify", "leaf"),
     "rights": (
         "export_user",
@@ -110,7 +111,9 @@ def test_every_open_decision_is_audited_once_in_the_target_region(
 def test_a_handle_permits_exactly_its_purposes_operations(
     world: World, region: str, purpose: str
 ) -> None:
-    kind = "auditor" if purpose in ("audit", "scan_package") else "service"
+    kind = {"audit": "auditor", "scan_package": "auditor", "manage_keys": "operator"}.get(
+        purpose, "service"
+    )
     principal = Principal(id=f"{kind}:{region}", kind=kind, region=region)  # type: ignore[arg-type]
     handle = world.gate.open(region, principal, purpose)  # type: ignore[arg-type]
     log = world.audit[region]

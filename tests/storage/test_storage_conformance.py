@@ -21,6 +21,7 @@ from fyp.governance import merkle
 from fyp.signals import trend_now
 from fyp.storage.audit import SqlAuditLog
 from fyp.storage.catalog import SqlCatalog
+from fyp.storage.envelope import KeyFile
 from fyp.storage.region import SqlRegionStore
 from fyp.storage.roles import ItemRecord, ServedItem, UpsertResult, UserControls
 from fyp.types import from_epoch
@@ -465,11 +466,12 @@ def test_committed_events_are_visible_to_a_new_store_on_the_same_file(
 ) -> None:
     url = f"sqlite:///{tmp_path}/region.db"
     items = {"v1": make_record("v1", "alice")}
-    writer = SqlRegionStore(url, "us", fold_policy(CONFIG))
+    keys = KeyFile(tmp_path / "keys" / "kek-us.json", "us")
+    writer = SqlRegionStore(url, "us", fold_policy(CONFIG), keys=keys)
     writer.upsert_users([make_user("u1")], now)
     writer.append([make_event("u1", "v1", "like", event_id="e1", ts=now)], items, now)
     writer.close()
-    reader = SqlRegionStore(url, "us", fold_policy(CONFIG))
+    reader = SqlRegionStore(url, "us", fold_policy(CONFIG), keys=keys)
     try:
         assert [e.event_id for e in reader.recent_for_user("u1", 5)] == ["e1"]
         assert reader.hydrate("u1", now).recent_positives == ("v1",)

@@ -13,13 +13,15 @@ from fyp.engine import fold_policy
 from fyp.errors import ConfigError, SchemaMismatch
 from fyp.storage.audit import SqlAuditLog
 from fyp.storage.catalog import CATALOG_SCHEMA_VERSION, SqlCatalog
+from fyp.storage.envelope import KeyFile
 from fyp.storage.region import REGION_SCHEMA_VERSION, SqlRegionStore
 
 POLICY = fold_policy(FypConfig())
 
 
 def open_region(path: Path) -> SqlRegionStore:
-    return SqlRegionStore(f"sqlite:///{path}", "us", POLICY)
+    keys = KeyFile(path.parent / "keys" / f"kek-{path.stem}.json", "us")
+    return SqlRegionStore(f"sqlite:///{path}", "us", POLICY, keys=keys)
 
 
 def open_catalog(path: Path) -> SqlCatalog:

@@ -23,7 +23,15 @@ from fyp.governance.policy import PURPOSE_OPERATIONS, Decision, Policy, Principa
 from fyp.storage.audit import SqlAuditLog, TreeHead
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
-from fyp.storage.roles import AuditLog, EventLog, ItemStats, UserRights, Users, UserState
+from fyp.storage.roles import (
+    AuditLog,
+    EventLog,
+    ItemStats,
+    RegionKeys,
+    UserRights,
+    Users,
+    UserState,
+)
 
 log_ = logging.getLogger(__name__)
 
@@ -36,6 +44,7 @@ _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
         {"save", "load_current", "current_version", "mark_erasure", "last_erasure"}
     ),
     "audit": frozenset({"append", "tail", "count", "verify", "leaf"}),
+    "keys": frozenset({"rotate_kek", "key_status"}),
     "rights": frozenset(
         {
             "export_user",
@@ -91,6 +100,7 @@ class RegionHandle:
         self.models = cast(ModelStore, _Guarded("models", models, self._check))
         self.audit = cast(AuditLog, _Guarded("audit", audit, self._check))
         self.rights = cast(UserRights, _Guarded("rights", store, self._check))
+        self.keys = cast(RegionKeys, _Guarded("keys", store, self._check))
 
     def record(self, action: str, detail: Mapping[str, Any]) -> int:
         """Append what this handle did (an export, an erasure) to the region's audit log."""

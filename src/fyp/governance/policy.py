@@ -37,6 +37,7 @@ Purpose = Literal[
     "erase_user",
     "manage_controls",
     "scan_package",
+    "manage_keys",
 ]
 PrincipalKind = Literal["service", "operator", "auditor", "user"]
 
@@ -83,6 +84,8 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
     "erase_user": frozenset({"users.has_users", "rights.erase_user", "models.mark_erasure"}),
     # Checking an incoming algorithm package against the region's own users and model rows.
     "scan_package": frozenset({"users.user_ids", "models.load_current"}),
+    # The region's key-encryption keys: re-wrapping data keys never opens a personal value.
+    "manage_keys": frozenset({"keys.rotate_kek", "keys.key_status", "models.last_erasure"}),
     "manage_controls": frozenset(
         {
             "users.get_user",

@@ -5,7 +5,8 @@ policy decides who may exercise it, and every use is in the region's audit log: 
 the open, and export and erasure also record what they did (counts only, and the user id as a
 salted hash, so the log itself does not keep the person after their erasure).
 
-Erasure deletes every row about the user in one durable transaction (``PERSONAL_TABLES``), drops
+Erasure deletes the user's data key and every row about them in one durable transaction
+(``ERASED_TABLES``: the key first, so any copy of their sealed rows is unreadable), drops
 the cached routing entry, and calls the engine's erasure hooks (models holding per-user rows drop
 them there). The feed's learned models keep no per-user vectors (viewers are folded in at request
 time from their events), so the next training run, which reads only the remaining events, holds no

@@ -4,6 +4,13 @@ A :class:`SqlRegionStore` implements the regional data roles (``Users``, ``Event
 ``UserState``, ``ItemStats``) over one database, because an event must change the log, the viewer's
 state and the item stats in a single transaction. Nothing outside ``fyp.storage`` and
 ``fyp.governance`` constructs one: the rest of fyp reaches it through a gate handle.
+
+Personal values are encrypted at rest with the user's data key (see :mod:`fyp.storage.envelope`):
+a user's attributes, each event's payload (item, type, watch time, request id; ``seq``,
+``event_id``, ``user_id`` and ``ts`` stay plaintext for indexing and ordering), the reasons of each
+served item and the user's keyword filters and blocked tags. Every read path decrypts here, so
+callers see the same records as before. Derived state (seen items, follows, hidden items, muted
+creators, affinities, item stats) stays plaintext; erasure deletes it with the rows.
 """
 
 from __future__ import annotations
@@ -13,10 +20,11 @@ import math
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -25,16 +33,20 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
-    Text,
     and_,
+    bindparam,
     func,
+    inspect,
     select,
+    text,
 )
 
+from fyp.errors import CiphertextInvalid, KeyUnavailable
 from fyp.signals import (
     Folded,
     FoldPolicy,
@@ -43,6 +55,16 @@ from fyp.signals import (
     decay_factor,
     fold,
     logaddexp,
+)
+from fyp.storage.envelope import (
+    DataKey,
+    DataKeyCache,
+    KekStatus,
+    KeyFile,
+    Keyring,
+    RotationReport,
+    associated_data,
+    new_data_key,
 )
 from fyp.storage.roles import (
     AppendResult,
@@ -67,8 +89,11 @@ from fyp.storage.sql import (
 )
 from fyp.types import POSITIVE_EVENT_TYPES, Event, User, epoch
 
-REGION_SCHEMA_VERSION: Final = 2
-"""2: ``user_controls`` (users' own settings: personalization, filters, interest resets)."""
+REGION_SCHEMA_VERSION: Final = 3
+"""2: ``user_controls`` (users' own settings: personalization, filters, interest resets).
+3: encryption at rest: ``user_keys`` (wrapped per-user data keys), ``region_keks`` (the KEK
+versions the region's data keys are wrapped by), sealed attributes, event payloads, served reasons
+and filters. An older database is upgraded in place (its plaintext rows encrypted) at open."""
 STATS_CACHE_TTL_S: Final = 120.0
 _STATS_CACHE_MAX: Final = 500_000
 
@@ -84,7 +109,7 @@ users = Table(
     "users",
     metadata,
     Column("user_id", String(128), primary_key=True),
-    Column("attributes", Text, nullable=False),
+    Column("attributes", LargeBinary, nullable=False),  # sealed JSON object
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     sqlite_with_rowid=False,
@@ -96,12 +121,10 @@ events = Table(
     Column("seq", _SEQ, primary_key=True, autoincrement=True),
     Column("event_id", String(128), nullable=False, unique=True),
     Column("user_id", String(128), nullable=False),
-    Column("item_id", String(128), nullable=False),
-    Column("type", String(16), nullable=False),
     Column("ts", Float, nullable=False),
-    Column("watch_ms", BigInteger),
-    Column("request_id", String(128)),
     Column("received_at", Float, nullable=False),
+    # Sealed JSON [item_id, type, watch_ms, request_id], bound to (region, user_id, event_id).
+    Column("payload", LargeBinary, nullable=False),
     Index("ix_events_user_ts", "user_id", "ts"),
 )
 
@@ -165,7 +188,7 @@ feed_log = Table(
     Column("item_id", String(128), nullable=False),
     Column("score", Float, nullable=False),
     Column("model_version", String(128), nullable=False),
-    Column("reasons", Text, nullable=False),
+    Column("reasons", LargeBinary, nullable=False),  # sealed JSON list
     Column("ts", Float, nullable=False),
     PrimaryKeyConstraint("request_id", "position"),
     Index("ix_feed_log_user_ts", "user_id", "ts"),
@@ -177,11 +200,34 @@ user_controls = Table(
     metadata,
     Column("user_id", String(128), primary_key=True),
     Column("personalized", Boolean, nullable=False),
-    Column("keyword_filters", Text, nullable=False),
-    Column("blocked_tags", Text, nullable=False),
+    Column("keyword_filters", LargeBinary, nullable=False),  # sealed JSON list
+    Column("blocked_tags", LargeBinary, nullable=False),  # sealed JSON list
     Column("interests_reset_at", Float),
     Column("updated_at", Float, nullable=False),
     sqlite_with_rowid=False,
+)
+
+# Each user's data key, wrapped by one of the region's KEKs (AES-GCM, bound to region and user).
+user_keys = Table(
+    "user_keys",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("kek_id", String(32), nullable=False),
+    Column("wrapped_dek", LargeBinary, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_user_keys_kek", "kek_id"),
+    sqlite_with_rowid=False,
+)
+
+# The KEK versions this region's data keys have been wrapped by (ids only, never the keys). The
+# newest one not retired wraps new data keys, whatever process creates them.
+region_keks = Table(
+    "region_keks",
+    metadata,
+    Column("kek_id", String(32), primary_key=True),
+    Column("version", Integer, nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("retired_at", Float),
 )
 
 # Every table holding rows about one person, keyed by ``user_id``: what export reads and erasure
@@ -197,6 +243,19 @@ PERSONAL_TABLES: Final = (
     "feed_log",
     "user_controls",
 )
+
+ERASED_TABLES: Final = ("user_keys", *PERSONAL_TABLES)
+"""What erasure deletes, the data key first: any copy of the user's sealed rows is unreadable."""
+
+_RECENT_SCAN_MAX: Final = 5_000
+"""Newest events of a user looked through for their recent positives (they are sealed, so the
+type is known only after decryption)."""
+_MIGRATE_BATCH: Final = 5_000
+
+
+class _Retry(Exception):
+    """Rolls a transaction back to try again."""
+
 
 _COUNTERS: Final = ("views", "plays", "finishes", "likes", "shares", "skips", "not_interested")
 
@@ -274,18 +333,6 @@ _NO_STATS: Final = ItemStatsRecord()
 """Cached marker for "this item has no stats row yet"."""
 
 
-def _controls(conn: Connection, user_id: str) -> UserControls:
-    row = conn.execute(select(user_controls).where(user_controls.c.user_id == user_id)).first()
-    if row is None:
-        return UserControls()
-    return UserControls(
-        personalized=bool(row.personalized),
-        keyword_filters=tuple(json.loads(row.keyword_filters)),
-        blocked_tags=tuple(json.loads(row.blocked_tags)),
-        interests_reset_at=row.interests_reset_at,
-    )
-
-
 def _reset_at(conn: Connection, user_id: str) -> float:
     value = conn.execute(
         select(user_controls.c.interests_reset_at).where(user_controls.c.user_id == user_id)
@@ -293,44 +340,672 @@ def _reset_at(conn: Connection, user_id: str) -> float:
     return float("-inf") if value is None else float(value)
 
 
-def _plain(row: Mapping[Any, Any]) -> dict[str, Any]:
-    """A row as JSON-ready data: JSON text columns decoded, booleans as booleans."""
-    out = {str(k): v for k, v in row.items()}
-    for key in ("attributes", "reasons", "keyword_filters", "blocked_tags"):
-        if isinstance(out.get(key), str):
-            out[key] = json.loads(out[key])
-    if "personalized" in out:
-        out["personalized"] = bool(out["personalized"])
-    return out
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _event_record(row: Any) -> EventRecord:
-    return EventRecord(
-        seq=row.seq,
-        event_id=row.event_id,
-        user_id=row.user_id,
-        item_id=row.item_id,
-        type=row.type,
-        ts=row.ts,
-        watch_ms=row.watch_ms,
-        request_id=row.request_id,
-    )
+def _ad_attributes(region: str, user_id: str) -> bytes:
+    return associated_data("users.attributes", region, user_id)
+
+
+def _ad_event(region: str, user_id: str, event_id: str) -> bytes:
+    return associated_data("events.payload", region, user_id, event_id)
+
+
+def _ad_reasons(region: str, user_id: str, request_id: str, position: int) -> bytes:
+    return associated_data("feed_log.reasons", region, user_id, request_id, str(position))
+
+
+def _ad_control(region: str, user_id: str, column: str) -> bytes:
+    return associated_data(f"user_controls.{column}", region, user_id)
+
+
+def _length_prefixed(part: str) -> bytes:
+    data = part.encode()
+    return len(data).to_bytes(4, "big") + data
+
+
+_decode_json = json.JSONDecoder().decode
+
+_EVENT_COLUMNS: Final = (
+    events.c.seq,
+    events.c.event_id,
+    events.c.user_id,
+    events.c.ts,
+    events.c.payload,
+)
 
 
 class SqlRegionStore:
     """All regional roles over one SQL database (see the module docstring)."""
 
     def __init__(
-        self, url: str, region: str, policy: FoldPolicy, stats_ttl_s: float = STATS_CACHE_TTL_S
+        self,
+        url: str,
+        region: str,
+        policy: FoldPolicy,
+        stats_ttl_s: float = STATS_CACHE_TTL_S,
+        *,
+        keys: KeyFile | Keyring | None = None,
+        dek_cache: int | None = None,
     ) -> None:
+        """Open the region's database with its keys.
+
+        ``keys`` is the region's key file (what the engine passes), a keyring held in memory, or
+        ``None`` for a fresh in-memory keyring (tests and throwaway databases: rows written under
+        it cannot be read by another store). A key that is missing, corrupt or not the one the
+        database's data keys are wrapped by does not raise here: ``key_problem`` says what is
+        wrong, every operation on personal data raises ``KeyUnavailable``, and the engine
+        quarantines the region.
+        """
         self.region = region
         self.policy = policy
-        self.db = Database(url, metadata, kind="region", version=REGION_SCHEMA_VERSION)
+        self._key_file = keys if isinstance(keys, KeyFile) else None
+        self._ring: Keyring | None = None
+        if isinstance(keys, Keyring):
+            self._ring = keys
+        elif keys is None:
+            self._ring = Keyring.ephemeral(region)
+        self._ring_lock = threading.Lock()
+        self._deks = DataKeyCache() if dek_cache is None else DataKeyCache(dek_cache)
+        self._event_ad_prefix = associated_data("events.payload", region, "")[:-4]
+        self.key_problem: str | None = None
         # Item stats are read for hundreds of candidates per feed and tolerate a few seconds of
         # staleness, so they are cached; this process's own writes update the cache on commit.
         self._stats_ttl = stats_ttl_s
         self._stats_cache: dict[str, tuple[float, ItemStatsRecord]] = {}
         self._stats_lock = threading.Lock()
+        try:
+            self.db = Database(
+                url, metadata, kind="region", version=REGION_SCHEMA_VERSION, upgrade=self._upgrade
+            )
+        except KeyUnavailable as exc:
+            # The upgrade of an older database needs the key: leave the database untouched.
+            self._fail_keys(exc.detail)
+            self.db = Database(
+                url, metadata, kind="region", version=REGION_SCHEMA_VERSION, prepare=False
+            )
+            return
+        if self.key_problem is None:
+            try:
+                with self.db.write() as conn:
+                    self._check_keyring(conn)
+            except KeyUnavailable as exc:
+                self._fail_keys(exc.detail)
+
+    # ---- keys -----------------------------------------------------------------------------------
+
+    def _fail_keys(self, problem: str) -> None:
+        self.key_problem = problem
+        self._ring = None
+        self._deks.clear()
+
+    def _keyring(self) -> Keyring:
+        if self._ring is None:
+            raise KeyUnavailable(self.key_problem or f"region {self.region!r} has no keyring")
+        return self._ring
+
+    def _check_keyring(self, conn: Connection) -> Keyring:
+        """Load (or, for a region with no data keys yet, create) the keyring and check that it
+        holds every KEK the database's data keys are wrapped by; register the active KEK."""
+        registered = {
+            row.kek_id: row
+            for row in conn.execute(
+                select(region_keks.c.kek_id, region_keks.c.version, region_keks.c.retired_at)
+            )
+        }
+        in_use: dict[str, int] = dict(
+            conn.execute(
+                select(user_keys.c.kek_id, func.count()).group_by(user_keys.c.kek_id)
+            ).all()
+        )
+        needed = {k for k, row in registered.items() if row.retired_at is None} | set(in_use)
+        where = f"region {self.region!r}"
+        if self._key_file is not None:
+            where += f": key file {self._key_file.path}"
+            if not self._key_file.exists():
+                if needed:
+                    raise KeyUnavailable(
+                        f"{where} is missing, and the region's data keys are wrapped by KEK "
+                        f"{', '.join(sorted(needed))}; restore the key file from its backup "
+                        "(without it the region's encrypted data cannot be read)"
+                    )
+                ring = self._key_file.create()
+            else:
+                ring = self._key_file.load()
+        else:
+            ring = self._keyring()
+        if ring.region != self.region:
+            raise KeyUnavailable(f"{where}: the keyring is region {ring.region!r}'s")
+        absent = needed - ring.ids
+        if absent:
+            users = sum(in_use.get(k, 0) for k in absent)
+            raise KeyUnavailable(
+                f"{where} does not hold KEK {', '.join(sorted(absent))}, which wraps the data "
+                f"keys of {users:,} user(s): a wrong or outdated key file"
+            )
+        if not [k for k, row in registered.items() if row.retired_at is None]:
+            newest = ring.newest
+            conn.execute(
+                insert_ignore(self.db, region_keks),
+                [{"kek_id": newest.id, "version": newest.version, "created_at": newest.created_at}],
+            )
+        self._ring = ring
+        return ring
+
+    def _ring_with(self, kid: str) -> Keyring:
+        """The keyring, once reloaded from its file when it lacks ``kid`` (another process may
+        have rotated the region's KEK)."""
+        ring = self._keyring()
+        if kid in ring:
+            return ring
+        if self._key_file is not None:
+            with self._ring_lock:
+                ring = self._key_file.load()
+                self._ring = ring
+            if kid in ring:
+                return ring
+        raise KeyUnavailable(
+            f"region {self.region!r}: KEK {kid} is not in the keyring"
+            + (f" ({self._key_file.path})" if self._key_file else "")
+        )
+
+    def _active_kek(self, conn: Connection) -> str:
+        """The KEK that wraps new data keys: the newest registered one not retired.
+
+        On PostgreSQL the row is share-locked until the transaction ends, so a rotation cannot
+        retire it while a data key wrapped by it is being written.
+        """
+        query = (
+            select(region_keks.c.kek_id)
+            .where(region_keks.c.retired_at.is_(None))
+            .order_by(region_keks.c.version.desc())
+            .limit(1)
+        )
+        if self.db.dialect == "postgresql":
+            query = query.with_for_update(read=True)
+        kid = conn.execute(query).scalar()
+        if kid is None:
+            raise KeyUnavailable(f"region {self.region!r}: no active KEK is registered")
+        return str(kid)
+
+    def _stored_keys(
+        self, conn: Connection, user_ids: Sequence[str]
+    ) -> dict[str, tuple[str, bytes]]:
+        found: dict[str, tuple[str, bytes]] = {}
+        for part in chunked(list(user_ids)):
+            query = select(user_keys.c.user_id, user_keys.c.kek_id, user_keys.c.wrapped_dek)
+            for user_id, kid, wrapped in conn.execute(
+                query.where(one_of(self.db, user_keys.c.user_id, part))
+            ):
+                found[user_id] = (kid, bytes(wrapped))
+        return found
+
+    def _unwrap(self, user_id: str, kid: str, wrapped: bytes) -> DataKey:
+        return DataKey(self._ring_with(kid).unwrap(kid, user_id, wrapped), wrapped)
+
+    def _write_keys(
+        self, conn: Connection, user_ids: Iterable[str], now: float
+    ) -> dict[str, DataKey]:
+        """Each user's data key, created (and wrapped by the active KEK) for users without one.
+
+        Inside the caller's write transaction, and always checked against the stored wrapped
+        key: a key cached before another process erased and re-created the user is never used
+        to seal new rows.
+        """
+        ids = sorted(set(user_ids))
+        stored = self._stored_keys(conn, ids)
+        missing = [u for u in ids if u not in stored]
+        if missing:
+            kid = self._active_kek(conn)
+            ring = self._ring_with(kid)
+            rows = [
+                {
+                    "user_id": u,
+                    "kek_id": kid,
+                    "wrapped_dek": ring.wrap(kid, u, new_data_key()),
+                    "created_at": now,
+                }
+                for u in missing
+            ]
+            conn.execute(insert_ignore(self.db, user_keys), rows)
+            stored.update(self._stored_keys(conn, missing))
+        out: dict[str, DataKey] = {}
+        for user_id in ids:
+            kid, wrapped = stored[user_id]
+            key = self._deks.get(user_id)
+            if key is None or key.wrapped != wrapped:
+                key = self._unwrap(user_id, kid, wrapped)
+                self._deks.put(user_id, key)
+            out[user_id] = key
+        return out
+
+    def _read_keys(self, conn: Connection, user_ids: Iterable[str]) -> dict[str, DataKey]:
+        """Data keys of those users that have one (from the cache, else unwrapped)."""
+        self._keyring()
+        out: dict[str, DataKey] = {}
+        missing: list[str] = []
+        for user_id in set(user_ids):
+            key = self._deks.get(user_id)
+            if key is None:
+                missing.append(user_id)
+            else:
+                out[user_id] = key
+        if missing:
+            for user_id, (kid, wrapped) in self._stored_keys(conn, missing).items():
+                key = self._unwrap(user_id, kid, wrapped)
+                self._deks.put(user_id, key)
+                out[user_id] = key
+        return out
+
+    def _open(
+        self,
+        conn: Connection,
+        keys: dict[str, DataKey],
+        user_id: str,
+        sealed: bytes,
+        ad: bytes,
+        what: str,
+    ) -> bytes:
+        key = keys.get(user_id)
+        if key is not None:
+            try:
+                return key.open(sealed, ad)
+            except InvalidTag:
+                pass
+        # A cached key may be stale (the user was erased and created again by another process).
+        self._deks.evict([user_id])
+        stored = self._stored_keys(conn, [user_id]).get(user_id)
+        if stored is None:
+            raise CiphertextInvalid(
+                f"region {self.region!r}: {what} of a user without a data key (erased?)"
+            )
+        fresh = self._unwrap(user_id, *stored)
+        self._deks.put(user_id, fresh)
+        keys[user_id] = fresh
+        try:
+            return fresh.open(sealed, ad)
+        except InvalidTag as exc:
+            raise CiphertextInvalid(
+                f"region {self.region!r}: {what} does not open under its user's data key "
+                "(altered, or moved from another user or row)"
+            ) from exc
+
+    def _event(self, conn: Connection, keys: dict[str, DataKey], row: Any) -> EventRecord:
+        return self._events(conn, keys, [row])[0]
+
+    def _events(
+        self, conn: Connection, keys: dict[str, DataKey], rows: Sequence[Any]
+    ) -> list[EventRecord]:
+        """Decrypt rows of ``_EVENT_COLUMNS`` (the training read's inner loop: kept lean)."""
+        prefix = self._event_ad_prefix
+        by_user: dict[str, bytes] = {}
+        out: list[EventRecord] = []
+        append = out.append
+        for seq, event_id, user_id, ts, payload in rows:
+            head = by_user.get(user_id)
+            if head is None:
+                head = by_user[user_id] = prefix + _length_prefixed(user_id)
+            ad = head + _length_prefixed(event_id)
+            key = keys.get(user_id)
+            try:
+                if key is None:
+                    raise InvalidTag
+                plain = key.open(payload, ad)
+            except InvalidTag:
+                plain = self._open(conn, keys, user_id, payload, ad, f"event {event_id!r}")
+            item_id, type_, watch_ms, request_id = _decode_json(plain.decode())
+            append(EventRecord(seq, event_id, user_id, item_id, type_, ts, watch_ms, request_id))
+        return out
+
+    def _seal_event(self, key: DataKey, ev: Event) -> bytes:
+        payload = json.dumps([ev.item_id, ev.type, ev.watch_ms, ev.request_id]).encode()
+        return key.seal(payload, _ad_event(self.region, ev.user_id, ev.event_id))
+
+    def _controls(self, conn: Connection, user_id: str) -> UserControls:
+        row = conn.execute(select(user_controls).where(user_controls.c.user_id == user_id)).first()
+        if row is None:
+            return UserControls()
+        keys = self._read_keys(conn, [user_id])
+        lists = {
+            column: tuple(
+                json.loads(
+                    self._open(
+                        conn,
+                        keys,
+                        user_id,
+                        getattr(row, column),
+                        _ad_control(self.region, user_id, column),
+                        f"the {column} of a user",
+                    )
+                )
+            )
+            for column in ("keyword_filters", "blocked_tags")
+        }
+        return UserControls(
+            personalized=bool(row.personalized),
+            keyword_filters=lists["keyword_filters"],
+            blocked_tags=lists["blocked_tags"],
+            interests_reset_at=row.interests_reset_at,
+        )
+
+    # ---- upgrade of an older, plaintext database ----------------------------------------------
+
+    def _upgrade(self, db: Database, conn: Connection, stored: int) -> None:
+        """Encrypt a version 1-2 database in place, in the transaction of the schema upgrade."""
+        if stored >= 3:
+            return
+        self.db = db
+        self._check_keyring(conn)
+        now = time.time()
+        columns = {
+            table: {c["name"]: c for c in inspect(conn).get_columns(table)}
+            for table in ("users", "events", "feed_log", "user_controls")
+        }
+        binary = "BYTEA" if self.db.dialect == "postgresql" else "BLOB"
+
+        def to_binary(table: str, column: str) -> None:
+            # SQLite stores a BLOB in a TEXT column as is; PostgreSQL needs the column's type.
+            if self.db.dialect == "postgresql" and not isinstance(
+                columns[table][column]["type"], LargeBinary
+            ):
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {table} ALTER COLUMN {column} TYPE BYTEA "
+                    f"USING convert_to({column}, 'UTF8')"
+                )
+
+        def text_of(value: Any) -> str:
+            return bytes(value).decode() if isinstance(value, bytes | memoryview) else str(value)
+
+        to_binary("users", "attributes")
+        self._rewrite(
+            conn,
+            "SELECT user_id, attributes FROM users WHERE user_id > :c ORDER BY user_id LIMIT :n",
+            lambda row: row.user_id,
+            "UPDATE users SET attributes = :v WHERE user_id = :k",
+            lambda key, row: key.seal(
+                text_of(row.attributes).encode(), _ad_attributes(self.region, row.user_id)
+            ),
+            now,
+        )
+        if "payload" not in columns["events"]:
+            conn.exec_driver_sql(f"ALTER TABLE events ADD COLUMN payload {binary}")
+            self._rewrite(
+                conn,
+                "SELECT seq, event_id, user_id, item_id, type, watch_ms, request_id FROM events "
+                "WHERE seq > :c ORDER BY seq LIMIT :n",
+                lambda row: row.seq,
+                "UPDATE events SET payload = :v WHERE seq = :k",
+                lambda key, row: key.seal(
+                    json.dumps([row.item_id, row.type, row.watch_ms, row.request_id]).encode(),
+                    _ad_event(self.region, row.user_id, row.event_id),
+                ),
+                now,
+                cursor=0,
+            )
+            for column in ("item_id", "type", "watch_ms", "request_id"):
+                conn.exec_driver_sql(f"ALTER TABLE events DROP COLUMN {column}")
+            if self.db.dialect == "postgresql":
+                conn.exec_driver_sql("ALTER TABLE events ALTER COLUMN payload SET NOT NULL")
+        to_binary("feed_log", "reasons")
+        self._rewrite(
+            conn,
+            "SELECT request_id || '/' || CAST(position AS VARCHAR(12)) AS k, request_id, "
+            "position, user_id, reasons FROM feed_log "
+            "WHERE request_id || '/' || CAST(position AS VARCHAR(12)) > :c ORDER BY k LIMIT :n",
+            lambda row: row.k,
+            "UPDATE feed_log SET reasons = :v "
+            "WHERE request_id || '/' || CAST(position AS VARCHAR(12)) = :k",
+            lambda key, row: key.seal(
+                text_of(row.reasons).encode(),
+                _ad_reasons(self.region, row.user_id, row.request_id, row.position),
+            ),
+            now,
+        )
+        for column in ("keyword_filters", "blocked_tags"):
+            to_binary("user_controls", column)
+            self._rewrite(
+                conn,
+                f"SELECT user_id, {column} AS v FROM user_controls WHERE user_id > :c "
+                "ORDER BY user_id LIMIT :n",
+                lambda row: row.user_id,
+                f"UPDATE user_controls SET {column} = :v WHERE user_id = :k",
+                self._control_sealer(column, text_of),
+                now,
+            )
+
+    def _control_sealer(
+        self, column: str, text_of: Callable[[Any], str]
+    ) -> Callable[[DataKey, Any], bytes]:
+        def seal(key: DataKey, row: Any) -> bytes:
+            return key.seal(text_of(row.v).encode(), _ad_control(self.region, row.user_id, column))
+
+        return seal
+
+    def _rewrite(
+        self,
+        conn: Connection,
+        read: str,
+        key_of: Callable[[Any], Any],
+        write: str,
+        seal: Callable[[DataKey, Any], bytes],
+        now: float,
+        cursor: Any = "",
+    ) -> None:
+        """Seal every row ``read`` returns (in key order, in batches) with ``write``."""
+        while True:
+            rows = conn.execute(text(read), {"c": cursor, "n": _MIGRATE_BATCH}).all()
+            if not rows:
+                return
+            keys = self._write_keys(conn, {row.user_id for row in rows}, now)
+            conn.execute(
+                text(write),
+                [{"k": key_of(row), "v": seal(keys[row.user_id], row)} for row in rows],
+            )
+            cursor = key_of(rows[-1])
+
+    # ---- KEK rotation -----------------------------------------------------------------------
+
+    def key_status(self) -> list[KekStatus]:
+        """Every KEK the key file or the database knows, with the data keys each one wraps."""
+        ring = self._key_file.load() if self._key_file is not None else self._keyring()
+        with self.db.read() as conn:
+            registered = {
+                row.kek_id: row
+                for row in conn.execute(
+                    select(
+                        region_keks.c.kek_id,
+                        region_keks.c.version,
+                        region_keks.c.created_at,
+                        region_keks.c.retired_at,
+                    )
+                )
+            }
+            counts: dict[str, int] = dict(
+                conn.execute(
+                    select(user_keys.c.kek_id, func.count()).group_by(user_keys.c.kek_id)
+                ).all()
+            )
+        live = [row for row in registered.values() if row.retired_at is None]
+        active = max(live, key=lambda row: row.version).kek_id if live else None
+        out: list[KekStatus] = []
+        for kid in sorted(set(registered) | ring.ids):
+            kek = ring.get(kid)
+            row = registered.get(kid)
+            known: Any = kek if kek is not None else row
+            out.append(
+                KekStatus(
+                    id=kid,
+                    version=int(known.version),
+                    created_at=float(known.created_at),
+                    in_file=kek is not None,
+                    registered=row is not None,
+                    active=kid == active,
+                    retired_at=None if row is None else row.retired_at,
+                    data_keys=int(counts.get(kid, 0)),
+                )
+            )
+        return sorted(out, key=lambda k: k.version)
+
+    def rotate_kek(
+        self,
+        now: float,
+        batch: int = 2_000,
+        progress: Callable[[int], None] | None = None,
+        stop_after_batches: int | None = None,
+    ) -> RotationReport:
+        """Make a new KEK version the active one, re-wrap every data key under it, retire the
+        old versions and drop them from the key file. Event and profile rows are not touched.
+
+        Each batch of re-wrapped keys commits on its own, and every step can be repeated: run
+        again after an interruption, it resumes the rotation it finds under way instead of
+        starting another (``stop_after_batches`` interrupts on purpose, for tests).
+        """
+        if self._key_file is None:
+            raise KeyUnavailable(f"region {self.region!r}: rotation needs the region's key file")
+        started = time.perf_counter()
+        with self._ring_lock:
+            ring = self._key_file.load()
+            with self.db.read() as conn:
+                registered = {
+                    row.kek_id: row
+                    for row in conn.execute(
+                        select(
+                            region_keks.c.kek_id, region_keks.c.version, region_keks.c.retired_at
+                        )
+                    )
+                }
+            live = sorted(
+                (r for r in registered.values() if r.retired_at is None), key=lambda r: r.version
+            )
+            top = max((r.version for r in registered.values()), default=0)
+            unregistered = [k for k in ring.keks if k.id not in registered and k.version > top]
+            if len(live) > 1:
+                new, resumed = ring.get(live[-1].kek_id), True  # re-wrap under way
+            elif unregistered:
+                new, resumed = unregistered[-1], True  # the new key was written, not registered
+            else:
+                ring, new = ring.with_new_version(now)
+                self._key_file.save(ring)  # the key is on disk before anything depends on it
+                resumed = False
+            if new is None:
+                raise KeyUnavailable(
+                    f"region {self.region!r}: the active KEK {live[-1].kek_id} is not in "
+                    f"{self._key_file.path}"
+                )
+            self._ring = ring
+            with self.db.write() as conn:
+                conn.execute(
+                    insert_ignore(self.db, region_keks),
+                    [{"kek_id": new.id, "version": new.version, "created_at": new.created_at}],
+                )
+        rewrapped = 0
+        batches = 0
+        while True:
+            cursor: str | None = ""
+            while cursor is not None:
+                if stop_after_batches is not None and batches >= stop_after_batches:
+                    raise InterruptedError(f"stopped after {batches} batch(es), as asked")
+                done, cursor = self._rewrap_batch(new.id, cursor, batch)
+                batches += 1
+                rewrapped += done
+                if progress is not None and done:
+                    progress(rewrapped)
+            retired = self._retire_old_keks(new.id, now)
+            if retired is not None:
+                break
+        with self._ring_lock:
+            ring = self._key_file.load()
+            with self.db.read() as conn:
+                gone = set(
+                    conn.execute(
+                        select(region_keks.c.kek_id).where(region_keks.c.retired_at.is_not(None))
+                    ).scalars()
+                )
+            kept = ring.only(ring.ids - gone)
+            if kept.ids != ring.ids:
+                self._key_file.save(kept)
+            self._ring = kept
+        return RotationReport(
+            region=self.region,
+            new_kek=new.id,
+            new_version=new.version,
+            retired=sorted(retired),
+            rewrapped=rewrapped,
+            resumed=resumed,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _rewrap_batch(self, kid: str, cursor: str, batch: int) -> tuple[int, str | None]:
+        """Re-wrap up to ``batch`` data keys after ``cursor`` (by user id) under KEK ``kid``."""
+        with self.db.write() as conn:
+            rows = conn.execute(
+                select(user_keys.c.user_id, user_keys.c.kek_id, user_keys.c.wrapped_dek)
+                .where(user_keys.c.user_id > cursor)
+                .order_by(user_keys.c.user_id)
+                .limit(batch)
+            ).all()
+            if not rows:
+                return 0, None
+            ring = self._ring_with(kid)
+            changes = [
+                {
+                    "u": row.user_id,
+                    "old": bytes(row.wrapped_dek),
+                    "k": kid,
+                    "w": ring.wrap(
+                        kid,
+                        row.user_id,
+                        self._ring_with(row.kek_id).unwrap(
+                            row.kek_id, row.user_id, bytes(row.wrapped_dek)
+                        ),
+                    ),
+                }
+                for row in rows
+                if row.kek_id != kid
+            ]
+            if changes:
+                conn.execute(
+                    user_keys.update()
+                    .where(
+                        user_keys.c.user_id == bindparam("u"),
+                        user_keys.c.wrapped_dek == bindparam("old"),
+                    )
+                    .values(kek_id=bindparam("k"), wrapped_dek=bindparam("w")),
+                    changes,
+                )
+        return len(changes), rows[-1].user_id if len(rows) == batch else None
+
+    def _retire_old_keks(self, kid: str, now: float) -> list[str] | None:
+        """Retire every KEK but ``kid`` if no data key is wrapped by one any more; else ``None``
+        (a data key was written under an old KEK meanwhile: re-wrap again)."""
+        try:
+            with self.db.write() as conn:
+                # Lock the old versions' rows first: a writer that read one as active holds it.
+                old = list(
+                    conn.execute(
+                        region_keks.update()
+                        .where(region_keks.c.kek_id != kid, region_keks.c.retired_at.is_(None))
+                        .values(retired_at=now)
+                        .returning(region_keks.c.kek_id)
+                    ).scalars()
+                )
+                left = conn.execute(
+                    select(func.count()).select_from(user_keys).where(user_keys.c.kek_id != kid)
+                ).scalar_one()
+                if left:
+                    raise _Retry
+        except _Retry:
+            return None
+        return old
+
+    def forget_keys(self) -> None:
+        """Drop every unwrapped data key held in memory."""
+        self._deks.clear()
+
+    @property
+    def cached_keys(self) -> int:
+        return len(self._deks)
 
     # ---- Users ----------------------------------------------------------------------------------
 
@@ -339,10 +1014,17 @@ class SqlRegionStore:
         ids = list(latest)
         with self.db.write() as conn:
             existing = self._existing(conn, users.c.user_id, ids)
+            keys = self._write_keys(conn, ids, now)
+            sealed = {
+                u.user_id: keys[u.user_id].seal(
+                    _dumps(u.attributes), _ad_attributes(self.region, u.user_id)
+                )
+                for u in latest.values()
+            }
             new_rows = [
                 {
                     "user_id": u.user_id,
-                    "attributes": json.dumps(u.attributes, sort_keys=True),
+                    "attributes": sealed[u.user_id],
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -356,20 +1038,27 @@ class SqlRegionStore:
                     conn.execute(
                         users.update()
                         .where(users.c.user_id == u.user_id)
-                        .values(attributes=json.dumps(u.attributes, sort_keys=True), updated_at=now)
+                        .values(attributes=sealed[u.user_id], updated_at=now)
                     )
         return UpsertResult(created=len(new_rows), updated=len(existing))
 
     def get_user(self, user_id: str) -> UserRecord | None:
         with self.db.read() as conn:
             row = conn.execute(select(users).where(users.c.user_id == user_id)).first()
-        if row is None:
-            return None
+            if row is None:
+                return None
+            attributes = self._attributes(conn, self._read_keys(conn, [user_id]), row)
         return UserRecord(
             user_id=row.user_id,
             region=self.region,
-            attributes=json.loads(row.attributes),
+            attributes=attributes,
             created_at=row.created_at,
+        )
+
+    def _attributes(self, conn: Connection, keys: dict[str, DataKey], row: Any) -> Any:
+        ad = _ad_attributes(self.region, row.user_id)
+        return json.loads(
+            self._open(conn, keys, row.user_id, row.attributes, ad, "the attributes of a user")
         )
 
     def has_users(self, user_ids: Sequence[str]) -> set[str]:
@@ -405,6 +1094,7 @@ class SqlRegionStore:
             fresh = [ev for ev in unique.values() if ev.event_id not in stored]
             duplicates.extend(ev.event_id for ev in unique.values() if ev.event_id in stored)
             if fresh:
+                keys = self._write_keys(conn, [ev.user_id for ev in fresh], now)
                 self.db.executemany(
                     conn,
                     events.insert(),
@@ -412,12 +1102,9 @@ class SqlRegionStore:
                         {
                             "event_id": ev.event_id,
                             "user_id": ev.user_id,
-                            "item_id": ev.item_id,
-                            "type": ev.type,
                             "ts": epoch(ev.ts),
-                            "watch_ms": ev.watch_ms,
-                            "request_id": ev.request_id,
                             "received_at": now,
+                            "payload": self._seal_event(keys[ev.user_id], ev),
                         }
                         for ev in fresh
                     ],
@@ -431,12 +1118,13 @@ class SqlRegionStore:
         with self.db.read() as conn:
             since = _reset_at(conn, user_id)
             rows = conn.execute(
-                select(events)
+                select(*_EVENT_COLUMNS)
                 .where(events.c.user_id == user_id, events.c.ts > since)
                 .order_by(events.c.ts.desc(), events.c.seq.desc())
                 .limit(limit)
-            )
-            return [_event_record(row) for row in rows]
+            ).all()
+            keys = self._read_keys(conn, [user_id]) if rows else {}
+            return self._events(conn, keys, rows)
 
     def scan(self, max_events: int, batch: int = 50_000) -> Iterator[list[EventRecord]]:
         last = self.last_seq()
@@ -444,15 +1132,18 @@ class SqlRegionStore:
         while cursor < last:
             with self.db.read() as conn:
                 rows = conn.execute(
-                    select(events)
+                    select(*_EVENT_COLUMNS)
                     .where(events.c.seq > cursor, events.c.seq <= last)
                     .order_by(events.c.seq)
                     .limit(batch)
                 ).all()
-            if not rows:
-                return
+                if not rows:
+                    return
+                # One key lookup per user of the batch; each row then decrypts with its user's key.
+                keys = self._read_keys(conn, {row.user_id for row in rows})
+                records = self._events(conn, keys, rows)
             cursor = rows[-1].seq
-            yield [_event_record(row) for row in rows]
+            yield records
 
     def last_seq(self) -> int:
         with self.db.read() as conn:
@@ -492,19 +1183,9 @@ class SqlRegionStore:
                     creator_aff[key[2:]] = value
                 else:
                     tag_aff[key[2:]] = value
-            controls = _controls(conn, user_id)
+            controls = self._controls(conn, user_id)
             since = controls.interests_reset_at or float("-inf")
-            recent_rows = conn.execute(
-                select(events.c.item_id)
-                .where(
-                    events.c.user_id == user_id,
-                    events.c.type.in_(sorted(POSITIVE_EVENT_TYPES)),
-                    events.c.ts > since,
-                )
-                .order_by(events.c.ts.desc(), events.c.seq.desc())
-                .limit(self.policy.recent_positives * 3)
-            ).scalars()
-            recent = tuple(dict.fromkeys(recent_rows))[: self.policy.recent_positives]
+            recent = self._recent_positives(conn, user_id, since)
         return UserStateSnapshot(
             as_of=now,
             follows=followed,
@@ -515,6 +1196,33 @@ class SqlRegionStore:
             recent_positives=recent,
             controls=controls,
         )
+
+    def _recent_positives(self, conn: Connection, user_id: str, since: float) -> tuple[str, ...]:
+        """Items of the user's newest positive events (types are sealed: read newest first)."""
+        wanted = self.policy.recent_positives * 3
+        found: list[str] = []
+        keys: dict[str, DataKey] | None = None
+        page, scanned = wanted, 0
+        while len(found) < wanted and scanned < _RECENT_SCAN_MAX:
+            rows = conn.execute(
+                select(*_EVENT_COLUMNS)
+                .where(events.c.user_id == user_id, events.c.ts > since)
+                .order_by(events.c.ts.desc(), events.c.seq.desc())
+                .limit(page)
+                .offset(scanned)
+            ).all()
+            if keys is None and rows:
+                keys = self._read_keys(conn, [user_id])
+            for record in self._events(conn, keys or {}, rows):
+                if record.type in POSITIVE_EVENT_TYPES:
+                    found.append(record.item_id)
+                    if len(found) == wanted:
+                        break
+            scanned += len(rows)
+            if len(rows) < page:
+                break
+            page = min(page * 4, 1_000)
+        return tuple(dict.fromkeys(found))[: self.policy.recent_positives]
 
     def seen_among(self, user_id: str, item_ids: Sequence[str]) -> set[str]:
         found: set[str] = set()
@@ -540,6 +1248,7 @@ class SqlRegionStore:
         if not served:
             return
         with self.db.write() as conn:
+            key = self._write_keys(conn, [user_id], now)[user_id]
             conn.execute(
                 feed_log.insert(),
                 [
@@ -550,7 +1259,10 @@ class SqlRegionStore:
                         "item_id": s.item_id,
                         "score": s.score,
                         "model_version": model_version,
-                        "reasons": json.dumps(s.reasons),
+                        "reasons": key.seal(
+                            json.dumps(s.reasons).encode(),
+                            _ad_reasons(self.region, user_id, request_id, s.position),
+                        ),
                         "ts": now,
                     }
                     for s in served
@@ -589,33 +1301,69 @@ class SqlRegionStore:
             profile = conn.execute(select(users).where(users.c.user_id == user_id)).first()
             if profile is None:
                 return None
+            keys = self._read_keys(conn, [user_id])
             out: dict[str, Any] = {}
             for name in PERSONAL_TABLES:
                 table = tables[name]
                 query = select(table).where(table.c.user_id == user_id)
                 order = [c for c in ("seq", "ts", "request_id", "position") if c in table.c]
                 query = query.order_by(*(table.c[c] for c in order))
-                out[name] = [_plain(row._mapping) for row in conn.execute(query)]
+                out[name] = [self._plain(conn, keys, name, row) for row in conn.execute(query)]
+        return out
+
+    def _plain(
+        self, conn: Connection, keys: dict[str, DataKey], table: str, row: Any
+    ) -> dict[str, Any]:
+        """A row as JSON-ready data, decrypted: the shape it had before encryption at rest."""
+        if table == "events":
+            columns = (row.seq, row.event_id, row.user_id, row.ts, row.payload)
+            record = self._event(conn, keys, columns)
+            return {
+                "seq": record.seq,
+                "event_id": record.event_id,
+                "user_id": record.user_id,
+                "item_id": record.item_id,
+                "type": record.type,
+                "ts": record.ts,
+                "watch_ms": record.watch_ms,
+                "request_id": record.request_id,
+                "received_at": row.received_at,
+            }
+        out = {str(k): v for k, v in row._mapping.items()}
+        if table == "users":
+            out["attributes"] = self._attributes(conn, keys, row)
+        elif table == "feed_log":
+            ad = _ad_reasons(self.region, row.user_id, row.request_id, row.position)
+            out["reasons"] = json.loads(
+                self._open(conn, keys, row.user_id, row.reasons, ad, "served reasons")
+            )
+        elif table == "user_controls":
+            controls = self._controls(conn, row.user_id)
+            out["keyword_filters"] = list(controls.keyword_filters)
+            out["blocked_tags"] = list(controls.blocked_tags)
+            out["personalized"] = bool(out["personalized"])
         return out
 
     def erase_user(self, user_id: str) -> dict[str, int]:
+        """Delete the user's data key, then every row about them, in one durable transaction."""
         tables = metadata.tables
         counts: dict[str, int] = {}
         with self.db.write(durable=True) as conn:
-            for name in PERSONAL_TABLES:
+            for name in ERASED_TABLES:
                 table = tables[name]
                 result = conn.execute(table.delete().where(table.c.user_id == user_id))
                 counts[name] = int(result.rowcount or 0)
+        self._deks.evict([user_id])
         return counts
 
     def controls(self, user_id: str) -> UserControls:
         with self.db.read() as conn:
-            return _controls(conn, user_id)
+            return self._controls(conn, user_id)
 
     def put_controls(self, user_id: str, controls: UserControls, now: float) -> UserControls:
         """Store the user's controls (their interest reset instant is kept as it was)."""
         with self.db.write() as conn:
-            previous = _controls(conn, user_id)
+            previous = self._controls(conn, user_id)
             stored = replace(controls, interests_reset_at=previous.interests_reset_at)
             self._write_controls(conn, user_id, stored, now)
         return stored
@@ -637,7 +1385,7 @@ class SqlRegionStore:
             removed = int(
                 conn.execute(affinity.delete().where(affinity.c.user_id == user_id)).rowcount or 0
             )
-            current = _controls(conn, user_id)
+            current = self._controls(conn, user_id)
             self._write_controls(conn, user_id, replace(current, interests_reset_at=now), now)
             return removed
 
@@ -650,14 +1398,21 @@ class SqlRegionStore:
             ["user_id"],
             ["personalized", "keyword_filters", "blocked_tags", "interests_reset_at", "updated_at"],
         )
+        key = self._write_keys(conn, [user_id], now)[user_id]
         conn.execute(
             stmt,
             [
                 {
                     "user_id": user_id,
                     "personalized": controls.personalized,
-                    "keyword_filters": json.dumps(list(controls.keyword_filters)),
-                    "blocked_tags": json.dumps(list(controls.blocked_tags)),
+                    "keyword_filters": key.seal(
+                        json.dumps(list(controls.keyword_filters)).encode(),
+                        _ad_control(self.region, user_id, "keyword_filters"),
+                    ),
+                    "blocked_tags": key.seal(
+                        json.dumps(list(controls.blocked_tags)).encode(),
+                        _ad_control(self.region, user_id, "blocked_tags"),
+                    ),
                     "interests_reset_at": controls.interests_reset_at,
                     "updated_at": now,
                 }

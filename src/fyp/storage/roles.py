@@ -7,7 +7,7 @@ Records are plain frozen dataclasses, cheap to build on the feed's hot path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -16,6 +16,7 @@ from fyp.types import Event, Item, User
 if TYPE_CHECKING:
     from fyp.governance.keys import Verifier
     from fyp.storage.audit import VerifyReport
+    from fyp.storage.envelope import KekStatus, RotationReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +204,21 @@ class UserRights(Protocol):
     def put_controls(self, user_id: str, controls: UserControls, now: float) -> UserControls: ...
     def interests(self, user_id: str, now: float) -> list[Interest]: ...
     def reset_interests(self, user_id: str, now: float, tag: str | None = None) -> int: ...
+
+
+class RegionKeys(Protocol):
+    """The region's key-encryption keys (never a personal value: data keys stay wrapped)."""
+
+    def key_status(self) -> list[KekStatus]: ...
+    def rotate_kek(
+        self,
+        now: float,
+        batch: int = 2_000,
+        progress: Callable[[int], None] | None = None,
+        stop_after_batches: int | None = None,
+    ) -> RotationReport:
+        """A new KEK version wraps every data key; the old versions are retired and dropped."""
+        ...
 
 
 class UserState(Protocol):

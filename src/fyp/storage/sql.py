@@ -13,7 +13,7 @@ import contextlib
 import functools
 import json
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,22 @@ class Database:
     waiting on a Python lock is cheaper than on SQLite's busy handler).
     """
 
-    def __init__(self, url: str, metadata: MetaData, kind: str, version: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        metadata: MetaData,
+        kind: str,
+        version: int,
+        upgrade: Callable[[Database, Connection, int], None] | None = None,
+        prepare: bool = True,
+    ) -> None:
+        """Open ``url`` and bring its ``kind`` tables to ``version``.
+
+        ``upgrade(db, conn, stored)`` runs when the database holds an older version of the tables,
+        after new tables were created and in the same transaction (a failed upgrade leaves the
+        database as it was). With ``prepare=False`` the database is only checked (kind, not
+        newer), never changed: for a store that cannot upgrade it now (its key is unavailable).
+        """
         self.url = url
         self.engine = create_sql_engine(url)
         self.dialect = self.engine.dialect.name
@@ -130,9 +145,17 @@ class Database:
         self._compiled: dict[tuple[Insert, tuple[str, ...]], Any] = {}
         self._metadata = metadata
         self._meta = metadata.tables["fyp_meta"]
-        self._ensure_schema(kind, version)
+        self.stored_version = 0
+        """The schema version found at open (0 for a new database)."""
+        self._ensure_schema(kind, version, upgrade, prepare)
 
-    def _ensure_schema(self, kind: str, version: int) -> None:
+    def _ensure_schema(
+        self,
+        kind: str,
+        version: int,
+        upgrade: Callable[[Database, Connection, int], None] | None,
+        prepare: bool,
+    ) -> None:
         try:
             with self.engine.connect() as conn:
                 tables = set(inspect(conn).get_table_names())
@@ -161,9 +184,14 @@ class Database:
                 f"{self.url} has {kind} schema version {stored}, newer than this fyp's {version}; "
                 "upgrade fyp instead of opening it with an older release"
             )
+        self.stored_version = stored
+        if not prepare:
+            return
         with self.write() as conn:
-            # New tables of a newer schema appear here; in-place migrations would run here too.
+            # New tables of a newer schema appear here, then the in-place upgrade of older ones.
             self._metadata.create_all(conn)
+            if 0 < stored < version and upgrade is not None:
+                upgrade(self, conn, stored)
             if key not in found:
                 conn.execute(self._meta.insert(), [{"key": key, "value": str(version)}])
             elif stored < version:
