@@ -179,3 +179,67 @@ def test_the_package_commands(
     assert "eu: started model" in capsys.readouterr().out
     wrong_key = ["--public-key", "22" * 32]
     assert main(["package", "verify", out, *wrong_key, "--data-dir", target]) == 3
+
+
+def test_the_content_towers_travel_item_side_only_and_serve_after_import(
+    tmp_path: Path, now: float, make_item: Any, make_user: Any, make_event: Any
+) -> None:
+    """The towers' item vectors, dense layers and content path go; no viewer row does."""
+    config = load_config(
+        tmp_path / "source",
+        training={"min_events": 10, "factors": 4},
+        sources={"content_tower": {"min_positives": 50, "epochs": 2}},
+    )
+    source = Engine(config)
+    target = Engine(load_config(tmp_path / "target"))
+    try:
+        rng = random.Random(5)
+        source.put_items(
+            [
+                make_item(
+                    f"i{k:02d}", f"c{k % 6}", tags=[TAGS[k % 4]], caption=f"all about {TAGS[k % 4]}"
+                )
+                for k in range(40)
+            ]
+        )
+        source.put_users([make_user(f"user-{u:02d}", "us") for u in range(15)])
+        source.ingest(
+            [
+                make_event(f"user-{u:02d}", f"i{rng.randrange(40):02d}", "like", ts=now - k)
+                for u in range(15)
+                for k in range(8)
+            ]
+        )
+        [report] = source.train(["us"])
+        assert report.content_tower is not None and "examples" in report.content_tower
+        signer = Signer.generate()
+        out = tmp_path / "algo.zip"
+        package.export_package(source.config, source.gate, out, signer, "us")
+        with zipfile.ZipFile(out) as archive:
+            weights = load_tensors(archive.read("weights.safetensors"))
+            tower_ids = json.loads(archive.read("tower_item_ids.json"))
+        assert {"tower.item_vectors", "tower.history_weight", "tower.mlp_in_weight"} <= set(weights)
+        assert not [name for name in weights if "user" in name]
+        assert weights["tower.item_vectors"].shape[0] == len(tower_ids)
+        assert set(tower_ids) <= {f"i{k:02d}" for k in range(40)}
+        ids, rows = package.local_personal_data(source.gate, ["us"])
+        assert package.verify_package(out, signer.verifier, ids, rows).ok
+        # A user id planted among the tower's item ids is caught by the string scan.
+        planted = tmp_path / "planted.zip"
+        planted.write_bytes(out.read_bytes())
+        _rewrite(
+            planted, {"tower_item_ids.json": json.dumps([*tower_ids, "user-03"]).encode()}, signer
+        )
+        assert not package.verify_package(planted, signer.verifier, ids, rows).ok
+
+        report_t = package.verify_package(out, signer.verifier)
+        package.import_package(target.gate, "eu", out, report_t)
+        target.reload_model("eu")
+        model = target.slots["eu"].current
+        assert model is not None and model.tower is not None
+        assert model.tower.size == len(tower_ids)
+        vector = model.tower.user_vector(["i00", "i04", "i08"])
+        assert vector is not None and model.tower.nearest(vector, 5)
+    finally:
+        source.close()
+        target.close()

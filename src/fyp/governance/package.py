@@ -53,13 +53,26 @@ NON_PERSONAL_ARRAYS: Final = (
     "neighbor_indptr",
     "neighbor_indices",
     "neighbor_scores",
+    # The content towers: item vectors, the dense layer that pools a viewer's recent items, and
+    # the content path that places new items. The towers' user-ID rows are never stored.
+    "tower.item_vectors",
+    "tower.history_weight",
+    "tower.history_bias",
+    "tower.content_mean",
+    "tower.content_basis",
+    "tower.mlp_in_weight",
+    "tower.mlp_in_bias",
+    "tower.mlp_out_weight",
+    "tower.mlp_out_bias",
 )
-"""Snapshot arrays that describe items only. Anything else in a snapshot stays home."""
+"""Snapshot arrays that describe items (or dense layers) only. Anything else stays home."""
+_TOWER_META_KEYS: Final = ("dim", "history", "content_scale")
 _PERSONAL_NAME = re.compile(r"user|viewer|event|member|person", re.IGNORECASE)
 _MANIFEST = "manifest.json"
 _SIGNATURE = "signature.json"
 _WEIGHTS = "weights.safetensors"
 _ITEM_IDS = "item_ids.json"
+_TOWER_ITEM_IDS = "tower_item_ids.json"
 
 
 class PackageRefused(InvalidInput):
@@ -151,6 +164,10 @@ def export_package(
         files[_WEIGHTS] = save_tensors(arrays)
         item_ids = [str(x) for x in snapshot.arrays["item_ids"]]
         files[_ITEM_IDS] = json.dumps(item_ids).encode()
+        tower = snapshot.meta.get("content_tower")
+        if "tower.item_ids" in snapshot.arrays and isinstance(tower, dict):
+            tower_ids = [str(x) for x in snapshot.arrays["tower.item_ids"]]
+            files[_TOWER_ITEM_IDS] = json.dumps(tower_ids).encode()
         model_info = {
             "model_version": snapshot.version,
             "kind": snapshot.meta.get("kind"),
@@ -161,6 +178,10 @@ def export_package(
                 if k in snapshot.meta
             },
         }
+        if _TOWER_ITEM_IDS in files and isinstance(tower, dict):
+            model_info["meta"]["content_tower"] = {
+                k: tower[k] for k in _TOWER_META_KEYS if k in tower
+            }
     manifest = _manifest(config, region, model_info)
     manifest["files"] = {name: _sha256(data) for name, data in files.items()}
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
@@ -334,6 +355,11 @@ def import_package(gate: Gate, region: str, path: Path, report: PackageReport) -
     with zipfile.ZipFile(path) as archive:
         weights = load_tensors(archive.read(_WEIGHTS)) if _WEIGHTS in archive.namelist() else {}
         item_ids = json.loads(archive.read(_ITEM_IDS)) if weights else []
+        tower_ids = (
+            json.loads(archive.read(_TOWER_ITEM_IDS))
+            if _TOWER_ITEM_IDS in archive.namelist()
+            else None
+        )
     if not weights:
         raise InvalidInput("the package carries no weights to start a model from")
     manifest = report.manifest
@@ -344,6 +370,8 @@ def import_package(gate: Gate, region: str, path: Path, report: PackageReport) -
         "item_ids": np.asarray(item_ids, dtype=np.str_),
         **{name: np.asarray(weights[name]) for name in NON_PERSONAL_ARRAYS if name in weights},
     }
+    if tower_ids is not None:
+        arrays["tower.item_ids"] = np.asarray(tower_ids, dtype=np.str_)
     meta = {
         **info.get("meta", {}),
         "kind": info.get("kind"),
