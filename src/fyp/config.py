@@ -49,6 +49,10 @@ class RegionConfig(_Section):
     """Database URL of the region's audit log; default ``storage_url`` when that is set, else
     ``sqlite:///<data_dir>/region-<name>-audit.db`` (a file of its own, so appends never wait
     behind data writes)."""
+    policy_file: Path | None = None
+    """This region's own access policy (TOML, like the shared one; a relative path is read from
+    the data directory). Unset: the deployment's ``policy_file``, else the built-in policy. A
+    malformed region policy stops only this region (quarantined); the others carry on."""
 
 
 def _default_regions() -> list[RegionConfig]:
@@ -443,12 +447,12 @@ class FypConfig(_Section):
     def resolved_catalog_url(self) -> str:
         return self.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"
 
-    def resolved_policy_file(self) -> Path | None:
-        if self.policy_file is None:
+    def resolved_policy_file(self, region: str | None = None) -> Path | None:
+        """The shared policy file, or with ``region`` that region's own (None: not set)."""
+        path = self.policy_file if region is None else self.region(region).policy_file
+        if path is None:
             return None
-        return (
-            self.policy_file if self.policy_file.is_absolute() else self.data_dir / self.policy_file
-        )
+        return path if path.is_absolute() else self.data_dir / path
 
     def audit_key_path(self, region: str) -> Path:
         """The region's Ed25519 key for signing audit tree heads (created on first use)."""

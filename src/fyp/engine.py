@@ -21,10 +21,10 @@ from typing import TextIO
 from threadpoolctl import threadpool_limits
 
 from fyp.config import FypConfig
-from fyp.errors import Conflict, InvalidInput, NotFound
+from fyp.errors import AccessDenied, ConfigError, Conflict, InvalidInput, NotFound
 from fyp.governance.gate import Gate
 from fyp.governance.keys import Signer
-from fyp.governance.policy import DeclarativePolicy, Principal
+from fyp.governance.policy import DeclarativePolicy, Principal, RegionalPolicies
 from fyp.governance.rights import UserRightsService
 from fyp.models.serving import ModelSlot, ServingModel
 from fyp.models.training import TrainReport, train_region
@@ -65,12 +65,30 @@ def fold_policy(config: FypConfig) -> FoldPolicy:
     )
 
 
-def load_policy(config: FypConfig) -> DeclarativePolicy:
-    """The configured access policy (the built-in one by default), checked against the regions."""
+def load_policy(config: FypConfig) -> RegionalPolicies:
+    """The configured access policies, checked against the regions.
+
+    The shared policy (the built-in one by default) must load, or nothing starts. A region's own
+    policy file that fails to load is recorded as that region's problem: the region then refuses
+    every open and is quarantined, and the other regions are unaffected.
+    """
     path = config.resolved_policy_file()
-    policy = DeclarativePolicy.load(path) if path else DeclarativePolicy.default()
-    policy.check_regions(config.region_names)
-    return policy
+    shared = DeclarativePolicy.load(path) if path else DeclarativePolicy.default()
+    shared.check_regions(config.region_names)
+    own: dict[str, DeclarativePolicy] = {}
+    broken: dict[str, str] = {}
+    for region in config.region_names:
+        region_path = config.resolved_policy_file(region)
+        if region_path is None:
+            continue
+        try:
+            policy = DeclarativePolicy.load(region_path)
+            policy.check_regions(config.region_names)
+        except ConfigError as exc:
+            broken[region] = str(exc)
+        else:
+            own[region] = policy
+    return RegionalPolicies(shared, own, broken)
 
 
 class Engine:
@@ -96,7 +114,10 @@ class Engine:
             )
             for name in config.region_names
         }
-        self.gate = Gate(stores, model_stores, audit_logs, load_policy(config), clock=clock)
+        policies = load_policy(config)
+        self.gate = Gate(stores, model_stores, audit_logs, policies, clock=clock)
+        for name, policy_problem in policies.broken.items():
+            self.gate.quarantine(name, f"access policy failed to load: {policy_problem}")
         for name, audit_log in audit_logs.items():
             problem = audit_log.quick_check()
             if problem is not None:
@@ -117,7 +138,12 @@ class Engine:
         self._sync_thread: threading.Thread | None = None
         for region in config.served_regions:
             if region not in self.gate.quarantined:
-                self.reload_model(region)
+                try:
+                    self.reload_model(region)
+                except AccessDenied as exc:
+                    # The region's policy does not let this process serve its models; its
+                    # feeds are refused the same way, and everything else starts.
+                    log.warning("region %s: model not loaded: %s", region, exc)
 
     def service(self, region: str) -> Principal:
         """The principal this process acts as when it opens ``region``.
@@ -327,9 +353,12 @@ class Engine:
         for region, slot in self.slots.items():
             if region in quarantined:
                 continue
-            if self.gate.model_version(region) not in (None, slot.version):
-                self.reload_model(region)
-            self.place_new_items(region)
+            try:
+                if self.gate.model_version(region) not in (None, slot.version):
+                    self.reload_model(region)
+                self.place_new_items(region)
+            except AccessDenied as exc:  # that region's policy refuses; the others go on
+                log.warning("region %s: not synced: %s", region, exc)
 
     def start_background(self, train: bool) -> None:
         """Start the sync loop and, if ``train``, the retrainer (one process per data directory)."""

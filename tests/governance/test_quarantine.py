@@ -78,3 +78,64 @@ def test_an_intact_engine_quarantines_nothing(data_dir: Path) -> None:
         assert engine.gate.quarantined == {}
     finally:
         engine.close()
+
+
+def _with_region_policy(data_dir: Path, text: str) -> None:
+    (data_dir / "eu-policy.toml").write_text(text)
+    (data_dir / "fyp.toml").write_text(
+        '[[regions]]\nname = "us"\n\n[[regions]]\nname = "eu"\npolicy_file = "eu-policy.toml"\n'
+    )
+
+
+def test_a_malformed_region_policy_stops_only_that_region(data_dir: Path) -> None:
+    _with_region_policy(
+        data_dir, "version = 1\n[[allow]]\nname = 'typo'\npurposes = ['serve_fed']\n"
+    )
+    engine = Engine(load_config(data_dir))
+    try:
+        reason = engine.gate.quarantined["eu"]
+        assert "access policy" in reason and "eu-policy.toml" in reason
+        assert "us" not in engine.gate.quarantined
+        # Nothing about eu is allowed, not even to an auditor: there is no policy to allow it.
+        decision = engine.gate._policy.decide(Principal.auditor("eu"), "eu", "audit")
+        assert not decision.allowed and "no valid policy" in decision.reason
+        with TestClient(create_app(engine, background_training=False), client=LOCAL) as client:
+            health = client.get("/healthz").json()
+            assert health["status"] == "degraded" and "eu" in health["quarantined"]
+            response = client.get("/v1/users/eli")
+            assert response.status_code == 503
+            assert response.json()["type"] == "urn:fyp:problem:region-quarantined"
+            assert client.get("/v1/users/ana").status_code == 200
+    finally:
+        engine.close()
+
+
+def test_a_region_policy_governs_that_region_only(data_dir: Path) -> None:
+    """eu's own reviewed file may be stricter: here it lets the service route and manage users,
+    but not serve feeds; us keeps the shared policy."""
+    _with_region_policy(
+        data_dir,
+        """version = 1
+[[allow]]
+name = "eu services: routing and reading profiles only"
+kinds = ["service"]
+purposes = ["route", "read_user", "manage_users"]
+""",
+    )
+    engine = Engine(load_config(data_dir))
+    try:
+        assert not engine.gate.quarantined
+        with TestClient(create_app(engine, background_training=False), client=LOCAL) as client:
+            assert client.get("/v1/users/eli").status_code == 200
+            refused = client.get("/v1/users/eli/feed")
+            assert refused.status_code == 403
+            assert refused.json()["type"] == "urn:fyp:problem:access-denied"
+            assert client.get("/v1/users/ana/feed").status_code == 200
+        denies = [
+            r
+            for r in engine.gate.audit_log("eu").tail(20)
+            if r.decision == "deny" and r.purpose == "serve_feed"
+        ]
+        assert denies
+    finally:
+        engine.close()

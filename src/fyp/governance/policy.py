@@ -135,6 +135,30 @@ class Policy(Protocol):
     def decide(self, principal: Principal, region: str, purpose: str) -> Decision: ...
 
 
+class RegionalPolicies:
+    """Each region's opens decided by that region's own policy (the shared one by default).
+
+    A region whose policy file could not be loaded decides nothing: every open of it is refused
+    with the reason, and the engine quarantines it, while the other regions carry on.
+    """
+
+    def __init__(
+        self,
+        shared: Policy,
+        by_region: Mapping[str, Policy] | None = None,
+        broken: Mapping[str, str] | None = None,
+    ) -> None:
+        self.shared = shared
+        self.by_region = dict(by_region or {})
+        self.broken = dict(broken or {})
+
+    def decide(self, principal: Principal, region: str, purpose: str) -> Decision:
+        problem = self.broken.get(region)
+        if problem is not None:
+            return Decision(False, f"region {region!r} has no valid policy: {problem}")
+        return self.by_region.get(region, self.shared).decide(principal, region, purpose)
+
+
 _ALLOW_KEYS: Final = frozenset({"name", "kinds", "ids", "purposes"})
 _DENY_KEYS: Final = _ALLOW_KEYS | {"regions"}
 _EXCEPTION_KEYS: Final = _ALLOW_KEYS | {"justification", "from_regions", "to_regions", "expires"}
