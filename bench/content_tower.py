@@ -227,8 +227,9 @@ def section(r: dict[str, Any], command: str) -> str:
             "",
             f"New uploads: {r['uploads']:,} videos in {r['topics']} topics uploaded after "
             f"training with no events ({r['uploads_with_new_captions']:,} with captions no trained "
-            f"item has); one sync placed them in each region's towers ({r['placed']:,} "
-            f"placements, {r['place_s']:.1f} s with caption embedding). For "
+            f"item has); one sync placed every recent item the towers did not hold yet, these "
+            f"among them ({r['placed']:,} placements over both regions, {r['place_s']:.1f} s "
+            "with caption embedding). For "
             f"{r['new_items']['towers'].get('viewers', 0)} viewers with a clear favourite topic "
             f"(chance: {100 / r['topics']:.0f} % per topic):",
             "",
