@@ -57,7 +57,7 @@ def test_a_short_page_keeps_its_exploration_slot(
     # Default exploration_position is 3; a page of n=2 gets the promoted item at index 2.
     cands = [stale(make_candidate, 0, 3.0), stale(make_candidate, 1, 2.0)]
     cands += [stale(make_candidate, 2, 1.0), fresh(make_candidate, 0, 0.0)]
-    config = SelectorsConfig(exploration_slots=1, exploration_position=3)
+    config = SelectorsConfig(exploration_pools=False, exploration_slots=1, exploration_position=3)
     assert explored_on_page(config, cands, make_query(2)) == 1
 
 
@@ -67,7 +67,7 @@ def test_every_exploration_slot_lands_on_the_page(
     # n=4, two slots at position 3 with spacing 2: the second one is inserted at index 5.
     cands = [stale(make_candidate, k, 10.0 - k) for k in range(4)]
     cands += [fresh(make_candidate, 0, 1.0), fresh(make_candidate, 1, 0.0)]
-    config = SelectorsConfig(exploration_slots=2, exploration_position=3)
+    config = SelectorsConfig(exploration_pools=False, exploration_slots=2, exploration_position=3)
     assert explored_on_page(config, cands, make_query(4)) == 2
 
 
@@ -78,7 +78,7 @@ def test_promotion_does_not_push_an_eligible_item_off_the_page(
     # slots) inserts at 3 and pushes it to index n=5, so the page ends with one eligible item.
     cands = [stale(make_candidate, k, 10.0 - k) for k in range(4)]
     cands += [fresh(make_candidate, 0, 5.0), fresh(make_candidate, 1, 0.0)]
-    config = SelectorsConfig(exploration_slots=2, exploration_position=3)
+    config = SelectorsConfig(exploration_pools=False, exploration_slots=2, exploration_position=3)
     query = make_query(5)
     page = TakeN().select(query, ReserveExploration(config, FreshConfig()).select(query, cands))
     eligible = [c.item_id for c in page if c.item_id.startswith("new")]
@@ -106,7 +106,9 @@ def test_the_page_holds_as_many_eligible_items_as_slots_allow(
     cands = [stale(make_candidate, k, 0.0) for k in range(stale_count)]
     cands += [fresh(make_candidate, k, 0.0) for k in range(fresh_count)]
     rnd.shuffle(cands)
-    config = SelectorsConfig(exploration_slots=slots, exploration_position=position)
+    config = SelectorsConfig(
+        exploration_pools=False, exploration_slots=slots, exploration_position=position
+    )
     query = make_query(n)
     page = TakeN().select(query, ReserveExploration(config, FreshConfig()).select(query, cands))
     eligible = sum(c.item_id.startswith("new") for c in page)
@@ -116,7 +118,9 @@ def test_the_page_holds_as_many_eligible_items_as_slots_allow(
 def test_the_for_you_chain_keeps_the_exploration_slot_on_a_short_page(
     make_candidate: Callable[..., Candidate], make_query: Any
 ) -> None:
-    selectors = for_you_pipeline(FypConfig()).selectors  # default: 1 slot at position 3
+    # Default: 1 slot at position 3 (the plain rule; staged pools need the region's counters).
+    config = FypConfig(selectors={"exploration_pools": False})
+    selectors = for_you_pipeline(config).selectors
     cands = [stale(make_candidate, k, 10.0 - k) for k in range(6)] + [fresh(make_candidate, 0, 0)]
     query = make_query(3)
     out = cands

@@ -262,6 +262,13 @@ SCORING_FEATURES: Final = (
 # ---- selectors ----------------------------------------------------------------------------------
 
 
+class ExplorationStage(_Section):
+    views: int = Field(ge=1)
+    """The stage's view budget: the item is judged when it has this many views in the region."""
+    audience: float = Field(gt=0, le=1)
+    """Share of the region's viewers (a stable hash of item and viewer) it is explored with."""
+
+
 class SelectorsConfig(_Section):
     creator_gap: int = Field(default=1, ge=0, le=20)
     """At least this many other items between two items of one creator (1 = never back to back)."""
@@ -273,6 +280,30 @@ class SelectorsConfig(_Section):
     """An item qualifies for exploration while it has fewer views than this in the region."""
     exploration_position: int = Field(default=3, ge=0)
     """Preferred page position (0-based) of the first exploration slot."""
+    exploration_pools: bool = True
+    """Explore new items in stages with growing audiences, promoted or retired by their numbers
+    (``fyp.selectors.exploration``). Off: any fresh item under ``exploration_max_views`` views
+    qualifies for every viewer, best-scored first."""
+    exploration_stages: list[ExplorationStage] = Field(
+        default_factory=lambda: [ExplorationStage(views=50, audience=0.2)], max_length=10
+    )
+    """Stages before the last one (which runs to ``exploration_max_views`` with everyone); a
+    stage whose budget is not below ``exploration_max_views`` is never reached."""
+    exploration_promote_confidence: float = Field(default=0.8, gt=0, lt=1)
+    """Promote to the next stage when P(engagement rate > region's rate) reaches this."""
+    exploration_retire_confidence: float = Field(default=0.1, gt=0, lt=1)
+    """Retire when P(engagement rate > region's rate) falls below this."""
+    exploration_min_views_to_judge: int = Field(default=20, ge=1)
+    """No item is retired on fewer views than this."""
+
+    @model_validator(mode="after")
+    def _stages_grow(self) -> SelectorsConfig:
+        budgets = [s.views for s in self.exploration_stages]
+        if budgets != sorted(set(budgets)):
+            raise ValueError("exploration_stages need strictly increasing view budgets")
+        if self.exploration_retire_confidence >= self.exploration_promote_confidence:
+            raise ValueError("exploration_retire_confidence must be below the promote confidence")
+        return self
 
 
 # ---- training -----------------------------------------------------------------------------------

@@ -398,6 +398,21 @@ class Engine:
             if region not in quarantined
         }
 
+    def exploration_served(self) -> dict[str, float]:
+        """What this process's feeds have spent on exploring new items since it started."""
+        from fyp.selectors.basic import ReserveExploration
+
+        for selector in self.pipeline.selectors:
+            if isinstance(selector, ReserveExploration):
+                c = selector.counters
+                return {
+                    "pages": c.pages,
+                    "items": c.items,
+                    "exploration_items": c.exploration_items,
+                    "share": round(c.share(), 4),
+                }
+        return {}
+
     def model_versions(self) -> dict[str, str]:
         return {region: slot.version for region, slot in self.slots.items()}
 

@@ -64,6 +64,8 @@ selector_configs = st.builds(
     exploration_slots=st.integers(0, 3),
     exploration_max_views=st.sampled_from([200, 0, 10, 50, 300]),
     exploration_position=st.integers(0, 12),
+    # The plain rule (fresh, under the view cap); staged pools: tests/selectors/test_exploration.py
+    exploration_pools=st.just(False),
 )
 fresh_configs = st.builds(FreshConfig, max_age_hours=st.sampled_from([72.0, 1.0, 24.0, 150.0]))
 page_sizes = st.integers(1, 30)
@@ -223,7 +225,10 @@ def test_reserve_exploration_places_the_promoted_item_on_the_page(
     # the page, promoted items end up below the page: see tests/_bugs_found.py.
     n, position, specs = case
     config = SelectorsConfig(
-        exploration_slots=1, exploration_position=position, exploration_max_views=max_views
+        exploration_pools=False,
+        exploration_slots=1,
+        exploration_position=position,
+        exploration_max_views=max_views,
     )
     query = make_query(n)
     cands = [make_candidate(**s) for s in specs]
@@ -241,7 +246,7 @@ def test_reserve_exploration_moves_a_fresh_item_to_the_preferred_position(
 ) -> None:
     old = [make_candidate(f"old{i}", f"c{i}", age_hours=500, score=10 - i) for i in range(10)]
     new = make_candidate("new", "c99", age_hours=1, views=3, score=-1.0)
-    config = SelectorsConfig(exploration_slots=1, exploration_position=3)
+    config = SelectorsConfig(exploration_pools=False, exploration_slots=1, exploration_position=3)
     out = ReserveExploration(config, FreshConfig()).select(make_query(10), [*old, new])
     assert ids(out)[:5] == ["old0", "old1", "old2", "new", "old3"]
     assert new.exploration
@@ -254,9 +259,9 @@ def test_reserve_exploration_leaves_a_page_that_already_explores_alone(
     cands = [make_candidate(f"i{i}", age_hours=500, score=-i) for i in range(5)]
     cands.insert(1, make_candidate("fresh_on_page", age_hours=1, score=0.5))
     cands.append(make_candidate("fresh_below", age_hours=1))
-    out = ReserveExploration(SelectorsConfig(exploration_slots=1), FreshConfig()).select(
-        make_query(3), cands
-    )
+    out = ReserveExploration(
+        SelectorsConfig(exploration_pools=False, exploration_slots=1), FreshConfig()
+    ).select(make_query(3), cands)
     assert out == cands
     assert not any(c.exploration for c in out)
 
@@ -266,7 +271,9 @@ def test_reserve_exploration_ignores_items_with_many_views(
 ) -> None:
     cands = [make_candidate(f"i{i}", age_hours=500) for i in range(3)]
     cands.append(make_candidate("popular_new", age_hours=1, views=10_000))
-    config = SelectorsConfig(exploration_slots=1, exploration_max_views=200)
+    config = SelectorsConfig(
+        exploration_pools=False, exploration_slots=1, exploration_max_views=200
+    )
     out = ReserveExploration(config, FreshConfig()).select(make_query(2), cands)
     assert out == cands
     assert not any(c.exploration for c in out)

@@ -319,7 +319,9 @@ def create_app(
     @v1.get("/transparency", tags=["transparency"])
     def transparency() -> dict[str, Any]:
         """The main parameters of the ranking, generated from the running configuration."""
-        return transparency_report(engine.config, engine.model_versions())
+        return transparency_report(
+            engine.config, engine.model_versions(), engine.exploration_served()
+        )
 
     @v1.post("/train", tags=["models"])
     def train(region: Annotated[str | None, Query()] = None) -> TrainOut:

@@ -57,8 +57,16 @@ def _sources(config: FypConfig) -> list[dict[str, Any]]:
     return out
 
 
-def report(config: FypConfig, model_versions: dict[str, str]) -> dict[str, Any]:
-    """The report as data plus ``text``: sentences generated from that data."""
+def report(
+    config: FypConfig,
+    model_versions: dict[str, str],
+    exploration_served: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The report as data plus ``text``: sentences generated from that data.
+
+    ``exploration_served``: what this process's feeds spent on exploration so far (pages, items,
+    exploration items, share), reported beside the configured rule.
+    """
     training = config.training
     affinity = config.affinity
     scoring = config.scoring
@@ -104,6 +112,16 @@ def report(config: FypConfig, model_versions: dict[str, str]) -> dict[str, Any]:
             "slots_per_page": selectors.exploration_slots,
             "max_views_to_qualify": selectors.exploration_max_views,
             "preferred_position": selectors.exploration_position,
+            "staged_pools": selectors.exploration_pools,
+            "stages": [
+                {"views": st.views, "audience_share": st.audience}
+                for st in selectors.exploration_stages
+                if st.views < selectors.exploration_max_views
+            ]
+            + [{"views": selectors.exploration_max_views, "audience_share": 1.0}],
+            "promote_confidence": selectors.exploration_promote_confidence,
+            "retire_confidence": selectors.exploration_retire_confidence,
+            "served": exploration_served or {},
         },
         "learning": {
             "retrain_interval_s": training.retrain_interval_s,
@@ -157,7 +175,19 @@ def _sentences(data: dict[str, Any], config: FypConfig) -> list[str]:
         f"earlier item sharing a tag lowers a candidate's score by {d['tag_repeat_penalty']:g}.",
         f"Each page reserves {e['slots_per_page']} slot(s) for a new video with fewer than "
         f"{e['max_views_to_qualify']} views in your region, to give new videos a fair first "
-        "audience.",
+        "audience"
+        + (
+            ": a new video is first shown to "
+            + ", then to ".join(
+                f"{st['audience_share']:.0%} of viewers for up to {st['views']} views"
+                for st in e["stages"]
+            )
+            + f"; it moves on only when it is at least {e['promote_confidence']:.0%} likely to "
+            "be finished or liked more often than the region's videos, and stops being tried "
+            f"when that likelihood falls below {e['retire_confidence']:.0%}."
+            if e["staged_pools"]
+            else "."
+        ),
         "Your interests fade: an affinity halves after "
         f"{config.affinity.half_life_hours:g} hours without new signals.",
         data["learning"]["explanation"],

@@ -8,10 +8,12 @@ candidates it cannot place rather than breaking the rule.
 from __future__ import annotations
 
 import heapq
+import threading
 from collections import Counter
 
 from fyp.config import FreshConfig, SelectorsConfig
 from fyp.pipeline.contracts import Candidate, FeedQuery
+from fyp.selectors.exploration import ExplorationCounters, ExplorationPolicy, RegionBar
 
 
 class RankByScore:
@@ -60,12 +62,15 @@ class DiversifyTags:
 
 
 class ReserveExploration:
-    """At least ``exploration_slots`` fresh, under-exposed items on each page.
+    """At least ``exploration_slots`` new items under exploration on each page.
 
-    An item qualifies while it is younger than the fresh window and has fewer than
-    ``exploration_max_views`` views in the region. If the page's top ``n`` already holds enough
-    qualifying items nothing moves; otherwise the best qualifying items from below the fold are
-    moved up to ``exploration_position`` (and spread out when there are several slots), marked as
+    With ``exploration_pools`` (the default) an item qualifies while it is younger than the
+    fresh window and ``fyp.selectors.exploration`` has it exploring a stage whose audience
+    includes this viewer; the slots go to the qualifying items below the fold with the highest
+    Thompson draws. Without pools an item qualifies while fresh and under
+    ``exploration_max_views`` views, best-scored first. If the page's top ``n`` already holds
+    enough qualifying items nothing moves; otherwise the chosen items are moved up to
+    ``exploration_position`` (spread out when there are several slots) and marked as
     exploration so the viewer is told why they see them.
     """
 
@@ -76,20 +81,34 @@ class ReserveExploration:
         self.max_views = config.exploration_max_views
         self.position = config.exploration_position
         self.max_age_s = fresh.max_age_hours * 3600.0
+        self.policy = ExplorationPolicy(config) if config.exploration_pools else None
+        self.bar = RegionBar()
+        self.counters = ExplorationCounters()
+        self._lock = threading.Lock()
 
-    def eligible(self, query: FeedQuery, cand: Candidate) -> bool:
-        if cand.item is None:
+    def eligible(self, query: FeedQuery, cand: Candidate, bar: float | None = None) -> bool:
+        if cand.item is None or query.now - cand.item.created_at > self.max_age_s:
             return False
-        views = cand.stats.views if cand.stats else 0
-        return query.now - cand.item.created_at <= self.max_age_s and views < self.max_views
+        if self.policy is None:
+            views = cand.stats.views if cand.stats else 0
+            return views < self.max_views
+        return self.policy.admits(query, cand, self.bar.get(query) if bar is None else bar)
 
     def select(self, query: FeedQuery, candidates: list[Candidate]) -> list[Candidate]:
         n = query.n
         if self.slots <= 0 or not candidates:
             return list(candidates)
+        bar = self.bar.get(query) if self.policy is not None else None
         page, rest = list(candidates[:n]), list(candidates[n:])
-        needed = min(self.slots, n) - sum(1 for c in page if self.eligible(query, c))
-        promoted = [c for c in rest if self.eligible(query, c)][: max(needed, 0)]
+        on_page = sum(1 for c in page if self.eligible(query, c, bar))
+        needed = min(self.slots, n) - on_page
+        qualifying = [c for c in rest if self.eligible(query, c, bar)] if needed > 0 else []
+        if self.policy is not None and len(qualifying) > 1:
+            draws = self.policy.draws(query, qualifying)
+            order = sorted(range(len(qualifying)), key=lambda i: -draws[i])
+            qualifying = [qualifying[i] for i in order]
+        promoted = qualifying[: max(needed, 0)]
+        self._count(n, on_page + len(promoted))
         if not promoted:
             return page + rest
         # Make room by moving the page's lowest-ranked ineligible items just below the fold.
@@ -97,7 +116,7 @@ class ReserveExploration:
         for index in range(len(page) - 1, -1, -1):
             if len(bumped) == len(promoted):
                 break
-            if not self.eligible(query, page[index]):
+            if not self.eligible(query, page[index], bar):
                 bumped.insert(0, page.pop(index))
         spacing = max(1, n // self.slots)
         for k, cand in enumerate(promoted):
@@ -106,6 +125,12 @@ class ReserveExploration:
             page.insert(min(self.position + k * spacing, len(page)), cand)
         promoted_ids = {c.item_id for c in promoted}
         return page + bumped + [c for c in rest if c.item_id not in promoted_ids]
+
+    def _count(self, n: int, exploring: int) -> None:
+        with self._lock:
+            self.counters.pages += 1
+            self.counters.items += n
+            self.counters.exploration_items += min(exploring, n)
 
 
 class SpaceCreators:
