@@ -27,7 +27,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -566,10 +566,21 @@ class HashedEmbeddingTable:
     expiry: what a fixed-size hashed table gives up is exactly what collisions cost.
     """
 
-    def __init__(self, num_rows: int, dim: int, *, lr: float = 0.05, seed: int = 0) -> None:
+    def __init__(
+        self,
+        num_rows: int,
+        dim: int,
+        *,
+        lr: float = 0.05,
+        seed: int = 0,
+        hash_fn: Callable[[str], int] = stable_hash,
+    ) -> None:
+        """``hash_fn`` must be stable wherever rows are saved and reloaded; Python's salted
+        ``hash`` is only fit for a table that lives and dies in one process."""
         if num_rows < 1 or dim < 1:
             raise InvalidInput("num_rows and dim must be at least 1")
         rng = np.random.default_rng(seed)
+        self._hash = hash_fn
         self.num_rows = num_rows
         self.dim = dim
         self.lr = lr
@@ -577,8 +588,8 @@ class HashedEmbeddingTable:
         self._acc: F32 = np.full((num_rows, dim), 0.1, dtype=np.float32)
 
     def rows(self, ids: Sequence[str]) -> I64:
-        n = self.num_rows
-        return np.fromiter((stable_hash(i) % n for i in ids), dtype=np.int64, count=len(ids))
+        n, h = self.num_rows, self._hash
+        return np.fromiter((h(i) % n for i in ids), dtype=np.int64, count=len(ids))
 
     def lookup(self, ids: Sequence[str]) -> F32:
         return self._weights[self.rows(ids)]
