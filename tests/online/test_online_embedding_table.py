@@ -343,3 +343,12 @@ def test_hashed_table_collides_and_collision_rate_counts_it() -> None:
     np.testing.assert_array_equal(
         hashed.lookup(same), np.repeat(hashed.lookup([ids[0]]), len(same), 0)
     )
+
+
+def test_a_restored_table_does_not_replay_its_initialisations(tmp_path: Path) -> None:
+    table = EmbeddingTable(TableConfig(dim=4))
+    table.observe(["a"], now=0.0)
+    table.save_base(tmp_path / "base")
+    restored = EmbeddingTable.load(tmp_path / "base")
+    restored.observe(["b"], now=1.0)
+    assert not np.array_equal(restored.lookup(["b"]), table.lookup(["a"]))

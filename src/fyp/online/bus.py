@@ -155,7 +155,8 @@ class InProcessBus:
     def ack(self, group: str, ids: Sequence[str]) -> int:
         with self._cond:
             g = self._group(group)
-            return sum(g.pending.pop(int(i), None) is not None for i in ids)
+            seqs = [int(i) for i in ids if i.isdigit()]  # another bus's ids are never pending
+            return sum(g.pending.pop(seq, None) is not None for seq in seqs)
 
     def reclaim(
         self, group: str, consumer: str, min_idle_ms: int, max_count: int = 100

@@ -490,6 +490,7 @@ class EmbeddingTable:
             table._grow()
         table._lineage = meta["lineage"]
         table._apply(tensors)
+        # A restored table must not replay the initialisations its rows already drew.
         for delta in deltas:
             tensors, meta = _read(Path(delta))
             if meta["kind"] != "delta" or meta["lineage"] != table._lineage:
@@ -500,6 +501,9 @@ class EmbeddingTable:
                 table._grow()
             table._apply(tensors)
             table._seq = int(meta["seq"])
+        table._rng = np.random.default_rng(
+            [config.seed, int(str(table._lineage)[:15], 16), table._seq]
+        )
         table._free = sorted(np.flatnonzero(~table._live).tolist(), reverse=True)
         table._dirty[:] = False
         table._removed.clear()

@@ -21,7 +21,9 @@ condition that early emission makes unavoidable: an impression's events that pre
 event in event time arrive before it (a client reports in order). Open state is bounded by
 ``max_open`` impressions and ``max_orphans`` held events; the keys of emitted impressions are kept
 until no event for them could still be matched (a window and the skew past the window's end), so a
-re-delivered impression cannot reopen one; after that it is a late impression.
+re-delivered impression cannot reopen one; after that it is a late impression. Those keys and held
+orphans are released as the watermark moves: feed it (``lateness_s``, or :meth:`Joiner.advance`
+from a clock) or they accumulate.
 
 Events are matched by ``(request_id, item_id)``; an event without a request id is matched to the
 latest open impression of the same viewer and item whose window covers it.
@@ -277,6 +279,7 @@ class Joiner:
             self._stats.late_impressions += 1
             return
         self._stats.impressions += 1
+        self._compact()
         while len(self._open) >= cfg.max_open:
             self._close_oldest(out)
         entry = _Open(imp)
