@@ -150,6 +150,11 @@ def test_open_bus_by_url_scheme() -> None:
     assert isinstance(open_bus("memory://"), InProcessBus)
     with pytest.raises(InvalidInput):
         open_bus("kafka://somewhere")
+    url = os.environ.get(REDIS_ENV)
+    if url:
+        bus = open_bus(url, key=f"fyp-test-{uuid.uuid4().hex}")
+        assert isinstance(bus, RedisStreamBus)
+        bus.close()
 
 
 # ---- the joiner's examples through the bus ------------------------------------------------------
