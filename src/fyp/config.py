@@ -295,6 +295,8 @@ class SelectorsConfig(_Section):
     """Retire when P(engagement rate > region's rate) falls below this."""
     exploration_min_views_to_judge: int = Field(default=20, ge=1)
     """No item is retired on fewer views than this."""
+    exploration_shortlist: int = Field(default=5, ge=1, le=100)
+    """Per slot, the best-scored qualifying items among which the posterior draws decide."""
 
     @model_validator(mode="after")
     def _stages_grow(self) -> SelectorsConfig:

@@ -66,12 +66,12 @@ class ReserveExploration:
 
     With ``exploration_pools`` (the default) an item qualifies while it is younger than the
     fresh window and ``fyp.selectors.exploration`` has it exploring a stage whose audience
-    includes this viewer; the slots go to the qualifying items below the fold with the highest
-    Thompson draws. Without pools an item qualifies while fresh and under
-    ``exploration_max_views`` views, best-scored first. If the page's top ``n`` already holds
-    enough qualifying items nothing moves; otherwise the chosen items are moved up to
-    ``exploration_position`` (spread out when there are several slots) and marked as
-    exploration so the viewer is told why they see them.
+    includes this viewer; each slot goes to the highest Thompson draw among the
+    ``exploration_shortlist`` best-scored qualifying items below the fold. Without pools an
+    item qualifies while fresh and under ``exploration_max_views`` views, best-scored first.
+    If the page's top ``n`` already holds enough qualifying items nothing moves; otherwise the
+    chosen items are moved up to ``exploration_position`` (spread out when there are several
+    slots) and marked as exploration so the viewer is told why they see them.
     """
 
     name = "reserve_exploration"
@@ -82,6 +82,7 @@ class ReserveExploration:
         self.position = config.exploration_position
         self.max_age_s = fresh.max_age_hours * 3600.0
         self.policy = ExplorationPolicy(config) if config.exploration_pools else None
+        self.shortlist = config.exploration_shortlist
         self.bar = RegionBar()
         self.counters = ExplorationCounters()
         self._lock = threading.Lock()
@@ -104,6 +105,9 @@ class ReserveExploration:
         needed = min(self.slots, n) - on_page
         qualifying = [c for c in rest if self.eligible(query, c, bar)] if needed > 0 else []
         if self.policy is not None and len(qualifying) > 1:
+            # The best-scored few for this viewer, ordered by their posterior draws: exploration
+            # learns about the items while still showing ones that suit the viewer.
+            qualifying = qualifying[: max(needed, 0) * self.shortlist]
             draws = self.policy.draws(query, qualifying)
             order = sorted(range(len(qualifying)), key=lambda i: -draws[i])
             qualifying = [qualifying[i] for i in order]
