@@ -2,11 +2,16 @@
 
 No single model wins everywhere. An item-item linear model (EASE) is hard to beat on dense
 catalogs, factor models (iALS) on large sparse ones, what a person did last predicts what they do
-next on sequential data, and content vectors are the only signal for items nobody has touched yet.
-:class:`FusionRecommender` fits all that apply, and tunes both each component's few settings and
-the fusion weights on a validation part it carves from the training data it is given (the last
-interaction of each user when there are timestamps, a random tenth of each user's items when
-there are not). It is never told which dataset it is; the same defaults run everywhere.
+next on sequential data, and content vectors are the only signal for items nobody has touched yet
+(a TF-IDF/vector similarity component, and a two-tower model trained in PyTorch whose item tower
+reads the content, :class:`TwoTower`). :class:`FusionRecommender` fits all that apply, and
+tunes both each component's few settings and the fusion weights on a validation part it carves
+from the training data it is given (the last interaction of each user when there are
+timestamps, a random tenth of each user's items when there are not). It is never told which
+dataset it is; the same defaults run everywhere.
+
+With a cold-start validation (``FitContext.tuning_candidates``: the validation items were held
+out of the fit part entirely) the validation ranks among those items only, as the test will.
 
 Components expose ``scores(users) -> users x items``; each component's scores are standardised
 per user (zero mean, unit variance over the catalog) before the weighted sum, so weights compare
