@@ -6,7 +6,7 @@ import numpy as np
 
 from fyp.eval.data import Dataset, Interactions, ItemFeatures
 from fyp.eval.harness import run
-from fyp.eval.protocols import cold_items, describe
+from fyp.eval.protocols import cold_items, describe, shuffle_item_ids
 
 
 def topical(seed: int = 0, users: int = 160, items: int = 120, topics: int = 4) -> Dataset:
@@ -84,3 +84,31 @@ def test_content_recommends_new_items_better_than_id_only_models() -> None:
     assert fyp is not None
     n_candidates = result.split["candidate_items"]
     assert fyp.metrics["coverage@20"] <= n_candidates / result.split["n_items"] + 1e-9
+
+
+def test_shuffled_item_ids_keep_every_fact() -> None:
+    data = topical()
+    data = Dataset(
+        name=data.name,
+        interactions=data.interactions,
+        items=ItemFeatures(
+            vectors=dict(data.items.vectors) if data.items else {},
+            text=[f"video {i}" for i in range(data.interactions.n_items)],
+            tags=[[f"t{i % 3}"] for i in range(data.interactions.n_items)],
+        ),
+    )
+    shuffled = shuffle_item_ids(data, seed=2)
+    old, new = data.interactions, shuffled.interactions
+    assert not np.array_equal(old.item, new.item)
+    # The same (user, item label) pairs, in the same row order.
+    assert [old.item_labels[i] for i in old.item] == [new.item_labels[i] for i in new.item]
+    assert shuffled.items is not None and data.items is not None
+    assert shuffled.items.text is not None and shuffled.items.tags is not None
+    for new_index, label in enumerate(new.item_labels):
+        old_index = old.item_labels.index(label)
+        assert shuffled.items.text[new_index] == f"video {old_index}"
+        assert shuffled.items.tags[new_index] == [f"t{old_index % 3}"]
+        np.testing.assert_array_equal(
+            shuffled.items.vectors["image"][new_index], data.items.vectors["image"][old_index]
+        )
+    assert np.array_equal(shuffle_item_ids(data, seed=2).interactions.item, new.item)

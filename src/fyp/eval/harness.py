@@ -33,6 +33,7 @@ from fyp.eval.protocols import (
     given_split,
     global_temporal,
     leave_last_n_out,
+    shuffle_item_ids,
 )
 from fyp.models.fusion import ComponentRecommender, Content, FusionRecommender, TwoTower
 
@@ -95,6 +96,7 @@ def make_split(dataset: Dataset, protocol: str, seed: int = 0) -> Split:
             raise ValueError(f"{dataset.name} has no timestamps: no temporal protocol")
         return global_temporal(dataset.interactions)
     if protocol == "cold-items":
+        # ``run`` shuffles the item ids first (see ``shuffle_item_ids``).
         return cold_items(dataset.interactions, fraction=0.2, seed=seed)
     raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
 
@@ -205,6 +207,10 @@ def run(
     """Evaluate ``models`` (default: every baseline and fyp) on ``dataset`` under ``protocol``."""
     say = progress or (lambda _: None)
     started = time.perf_counter()
+    if protocol == "cold-items":
+        # Item indices follow the files' order, which can correlate with popularity; on new
+        # items a model without signal would rank by it. Shuffled ids make its ties random.
+        dataset = shuffle_item_ids(dataset, seed)
     split = make_split(dataset, protocol, seed)
     names = list(models) if models else [b.name for b in BASELINES] + ["fyp"]
     if not models and split.candidates is not None:
