@@ -655,7 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate fyp against tuned baselines on a dataset")
     p.add_argument("dataset", help="a dataset directory or an interactions CSV")
-    p.add_argument("--protocol", choices=["given", "loo", "temporal"], default=None)
+    p.add_argument("--protocol", choices=["given", "loo", "temporal", "cold-items"], default=None)
     p.add_argument("--models", default=None, help="comma-separated subset (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="eval-results", help="directory for JSON, plots, Markdown")

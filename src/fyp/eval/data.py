@@ -126,6 +126,10 @@ class Split:
     test: Interactions
     validation: Interactions | None = None
     train_for_validation: Interactions | None = None
+    candidates: IntArray | None = None
+    """Items the test ranks among (cold-start protocols: the held-out items); None: all."""
+    validation_candidates: IntArray | None = None
+    """Items the validation ranks among, likewise."""
 
     def tuning_pair(self) -> tuple[Interactions, Interactions]:
         if self.validation is None or self.train_for_validation is None:
@@ -158,6 +162,9 @@ class FitContext:
     """``(fit part, validation part)`` of ``train`` for a model that tunes itself, when the
     caller has one (the harness passes the split's, so every model tunes on the same data); a
     model carves its own from ``train`` otherwise."""
+    tuning_candidates: IntArray | None = None
+    """Items the validation part ranks among when it is a cold-start validation (items held out
+    of the fit part entirely); None: the whole catalog."""
 
 
 class Recommender(Protocol):

@@ -21,17 +21,27 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import scipy.sparse as sp
 
 import fyp
 from fyp.eval.baselines import BASELINES, ModelTooLargeError, tune
-from fyp.eval.data import Dataset, FitContext, Recommender, Split
+from fyp.eval.data import Dataset, FitContext, IntArray, Recommender, Split
 from fyp.eval.metrics import EvalResult, evaluate
-from fyp.eval.protocols import describe, given_split, global_temporal, leave_last_n_out
-from fyp.models.fusion import FusionRecommender
+from fyp.eval.protocols import (
+    cold_items,
+    describe,
+    given_split,
+    global_temporal,
+    leave_last_n_out,
+    shuffle_item_ids,
+)
+from fyp.models.fusion import ComponentRecommender, Content, FusionRecommender, TwoTower
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS: Final = ("given", "loo", "temporal")
+PROTOCOLS: Final = ("given", "loo", "temporal", "cold-items")
+COLD_START_MODELS: Final = ("content", "two-tower")
+"""fyp's content paths on their own, added to the models of a cold-start run."""
 DEFAULT_KS: Final = (5, 10, 20, 50, 100)
 SELECTION_METRIC: Final = "ndcg@20"
 ACTIVITY_BUCKETS: Final = ((1, 5), (6, 20), (21, 100), (101, 10**9))
@@ -62,7 +72,8 @@ class RunResult:
     environment: dict[str, str]
 
     def best_baseline(self, metric: str = SELECTION_METRIC) -> ModelResult | None:
-        scored = [r for r in self.results if r.name != "fyp" and r.skipped is None]
+        own = ("fyp", *COLD_START_MODELS)
+        scored = [r for r in self.results if r.name not in own and r.skipped is None]
         return max(scored, key=lambda r: r.metrics.get(metric, -1.0), default=None)
 
     def result(self, name: str) -> ModelResult | None:
@@ -73,7 +84,9 @@ class RunResult:
 
 
 def make_split(dataset: Dataset, protocol: str, seed: int = 0) -> Split:
-    """``given`` (the dataset's own split), ``loo`` (leave last one out), ``temporal`` (global)."""
+    """``given`` (the dataset's own split), ``loo`` (leave last one out), ``temporal`` (global),
+    ``cold-items`` (a seeded 20 % of the items held out entirely; see
+    :func:`~fyp.eval.protocols.cold_items`)."""
     if protocol == "given":
         return given_split(dataset, seed=seed)
     if protocol == "loo":
@@ -82,6 +95,9 @@ def make_split(dataset: Dataset, protocol: str, seed: int = 0) -> Split:
         if not dataset.has_timestamps:
             raise ValueError(f"{dataset.name} has no timestamps: no temporal protocol")
         return global_temporal(dataset.interactions)
+    if protocol == "cold-items":
+        # ``run`` shuffles the item ids first (see ``shuffle_item_ids``).
+        return cold_items(dataset.interactions, fraction=0.2, seed=seed)
     raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
 
 
@@ -113,6 +129,34 @@ def _activity(split: Split, result: EvalResult) -> dict[str, dict[str, float]]:
     return out
 
 
+class CandidateRestricted:
+    """A recommender whose lists keep only ``candidates`` (cold-start protocols rank the
+    held-out items only): it asks the model for its full ranking of the catalog and keeps the
+    candidates in that order, so every model, whatever it is, is restricted the same way."""
+
+    def __init__(self, model: Recommender, candidates: IntArray, n_items: int) -> None:
+        self.model = model
+        self.name = model.name
+        self.n_items = n_items
+        self.allowed = np.zeros(n_items, dtype=bool)
+        self.allowed[candidates] = True
+
+    def fit(self, train: sp.csr_matrix, context: FitContext) -> None:
+        self.model.fit(train, context)
+
+    def recommend(self, users: IntArray, k: int, exclude: sp.csr_matrix) -> IntArray:
+        out = np.full((len(users), k), -1, dtype=np.int64)
+        step = max(1, 8_000_000 // max(self.n_items, 1))
+        for start in range(0, len(users), step):
+            batch = users[start : start + step]
+            full = np.asarray(self.model.recommend(batch, self.n_items, exclude), dtype=np.int64)
+            keep = (full >= 0) & self.allowed[np.maximum(full, 0)]
+            for r in range(len(batch)):
+                chosen = full[r][keep[r]][:k]
+                out[start + r, : len(chosen)] = chosen
+        return out
+
+
 def _score(
     name: str,
     model: Recommender,
@@ -126,12 +170,20 @@ def _score(
     if items is not None and items.vectors:
         vectors = np.hstack([np.asarray(v, dtype=np.float32) for v in items.vectors.values()])
     tuning = split.tuning_pair() if split.validation is not None else None
+    if split.candidates is not None:
+        model = CandidateRestricted(model, split.candidates, split.train.n_items)
     result = evaluate(
         model,
         split.train.matrix(),
         split.test,
         ks=ks,
-        context=FitContext(train=split.train, items=items, seed=seed, tuning=tuning),
+        context=FitContext(
+            train=split.train,
+            items=items,
+            seed=seed,
+            tuning=tuning,
+            tuning_candidates=split.validation_candidates,
+        ),
         item_vectors=vectors,
         item_tags=items.tags if items is not None and vectors is None else None,
     )
@@ -155,8 +207,14 @@ def run(
     """Evaluate ``models`` (default: every baseline and fyp) on ``dataset`` under ``protocol``."""
     say = progress or (lambda _: None)
     started = time.perf_counter()
+    if protocol == "cold-items":
+        # Item indices follow the files' order, which can correlate with popularity; on new
+        # items a model without signal would rank by it. Shuffled ids make its ties random.
+        dataset = shuffle_item_ids(dataset, seed)
     split = make_split(dataset, protocol, seed)
     names = list(models) if models else [b.name for b in BASELINES] + ["fyp"]
+    if not models and split.candidates is not None:
+        names[-1:-1] = list(COLD_START_MODELS)
     results: list[ModelResult] = []
     baselines: Sequence[Any] = BASELINES  # heterogeneous config types: checked by each class
     for baseline in baselines:
@@ -178,6 +236,15 @@ def run(
             scored.tune_seconds = tuned.seconds
         except ModelTooLargeError as exc:
             scored = ModelResult(name=baseline.name, skipped=str(exc))
+        results.append(scored)
+    for name, make in (("content", Content), ("two-tower", TwoTower)):
+        if name not in names:
+            continue
+        if not Content.available(dataset.items):
+            results.append(ModelResult(name=name, skipped="the dataset has no item features"))
+            continue
+        say(f"{name}: fitting fyp's {name} component alone")
+        _, scored = _score(name, ComponentRecommender(name, make), split, dataset, ks, seed)
         results.append(scored)
     if "fyp" in names:
         say("fyp: fitting (tunes itself on a validation part of the training data)")

@@ -12,6 +12,8 @@ input's row order.
   as in production.
 * :func:`given_split`: the dataset's own split, with a validation part carved from its training
   part when the dataset has none.
+* :func:`cold_items`: a seeded share of the items is held out entirely (every interaction with
+  them is test); models rank only those items, which none of them saw in training.
 
 :func:`describe` summarizes a split for reports.
 """
@@ -24,9 +26,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fyp.eval.data import Dataset, FloatArray, IntArray, Interactions, Split
+from fyp.eval.data import Dataset, FloatArray, IntArray, Interactions, ItemFeatures, Split
 
-__all__ = ["describe", "given_split", "global_temporal", "leave_last_n_out"]
+__all__ = [
+    "cold_items",
+    "describe",
+    "given_split",
+    "global_temporal",
+    "leave_last_n_out",
+    "shuffle_item_ids",
+]
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -168,6 +177,100 @@ def given_split(dataset: Dataset, seed: int = 0, validation_fraction: float = 0.
     )
 
 
+def _hold_items(items: IntArray, fraction: float, rng: np.random.Generator) -> IntArray:
+    count = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
+    return np.sort(rng.choice(items, size=count, replace=False)).astype(np.int64)
+
+
+def cold_items(
+    interactions: Interactions,
+    fraction: float = 0.2,
+    seed: int = 0,
+    validation_fraction: float = 0.2,
+) -> Split:
+    """Item cold start: a seeded random ``fraction`` of the items that have interactions is held
+    out entirely; all their interactions are the test and none is in train, so to every model
+    they are new items. ``candidates`` lists them: the test ranks only those items (a model
+    that knows nothing about unseen items can do no better than chance there).
+
+    The validation part is built the same way inside train: a seeded ``validation_fraction`` of
+    the remaining items is held out of ``train_for_validation`` entirely
+    (``validation_candidates``), so a model tuning itself is tuned for cold start too.
+    ``train`` keeps every interaction with a non-test item. The same seed gives the same split.
+    """
+    if not 0 < fraction < 1 or not 0 <= validation_fraction < 1:
+        raise ValueError("fraction must lie in (0, 1) and validation_fraction in [0, 1)")
+    rng = np.random.default_rng(seed)
+    present = np.unique(interactions.item).astype(np.int64)
+    held = _hold_items(present, fraction, rng)
+    test = np.isin(interactions.item, held)
+    remaining = np.setdiff1d(present, held)
+    validation_items = (
+        _hold_items(remaining, validation_fraction, rng)
+        if validation_fraction > 0
+        else np.zeros(0, np.int64)
+    )
+    validation = np.isin(interactions.item, validation_items) & ~test
+    split = _split("cold-items", interactions, test, validation if validation_fraction else None)
+    return Split(
+        protocol=split.protocol,
+        train=split.train,
+        test=split.test,
+        validation=split.validation,
+        train_for_validation=split.train_for_validation,
+        candidates=held,
+        validation_candidates=validation_items if validation_fraction else None,
+    )
+
+
+def shuffle_item_ids(dataset: Dataset, seed: int = 0) -> Dataset:
+    """The same dataset with its item indices permuted (seeded): interactions, labels and item
+    features move together; a given split is dropped.
+
+    Dense item indices are assigned in order of first appearance in the files, so they carry
+    information (on TikTok, a held-out item's index correlates with its test popularity at
+    Spearman -0.68). A model that cannot tell items apart ranks them in index order; on new
+    items that order would pass for a signal. Cold-start protocols run on shuffled ids, so ties
+    are broken at random.
+    """
+    log = dataset.interactions
+    n = log.n_items
+    new_of_old = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    old_of_new = np.argsort(new_of_old)
+    labels = [log.item_labels[int(i)] for i in old_of_new]
+    shuffled = Interactions(
+        user=log.user,
+        item=new_of_old[log.item],
+        user_labels=log.user_labels,
+        item_labels=labels,
+        timestamp=log.timestamp,
+        weight=log.weight,
+        extra=log.extra,
+    )
+    items = dataset.items
+    if items is not None:
+
+        def move(values: Any, missing: Any) -> Any:
+            if values is None:
+                return None
+            full = list(values) + [missing] * (n - len(values))
+            return [full[int(i)] for i in old_of_new]
+
+        items = ItemFeatures(
+            text=move(items.text, ""),
+            tags=move(items.tags, []),
+            creator=move(items.creator, ""),
+            vectors={k: np.asarray(v)[old_of_new] for k, v in items.vectors.items()},
+        )
+    return Dataset(
+        name=dataset.name,
+        interactions=shuffled,
+        given_split=None,
+        items=items,
+        description=dataset.description,
+    )
+
+
 def random_holdout(
     interactions: Interactions, fraction: float = 0.1, seed: int = 0
 ) -> tuple[Interactions, Interactions]:
@@ -243,4 +346,6 @@ def describe(split: Split) -> dict[str, Any]:
     train_pairs = np.unique(train.user.astype(np.int64) * width + train.item)
     test_pairs = test.user.astype(np.int64) * width + test.item
     out["test_rows_repeating_train"] = int(np.count_nonzero(np.isin(test_pairs, train_pairs)))
+    if split.candidates is not None:
+        out["candidate_items"] = len(split.candidates)
     return out

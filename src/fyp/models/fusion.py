@@ -2,11 +2,16 @@
 
 No single model wins everywhere. An item-item linear model (EASE) is hard to beat on dense
 catalogs, factor models (iALS) on large sparse ones, what a person did last predicts what they do
-next on sequential data, and content vectors are the only signal for items nobody has touched yet.
-:class:`FusionRecommender` fits all that apply, and tunes both each component's few settings and
-the fusion weights on a validation part it carves from the training data it is given (the last
-interaction of each user when there are timestamps, a random tenth of each user's items when
-there are not). It is never told which dataset it is; the same defaults run everywhere.
+next on sequential data, and content vectors are the only signal for items nobody has touched yet
+(a TF-IDF/vector similarity component, and a two-tower model trained in PyTorch whose item tower
+reads the content, :class:`TwoTower`). :class:`FusionRecommender` fits all that apply, and
+tunes both each component's few settings and the fusion weights on a validation part it carves
+from the training data it is given (the last interaction of each user when there are
+timestamps, a random tenth of each user's items when there are not). It is never told which
+dataset it is; the same defaults run everywhere.
+
+With a cold-start validation (``FitContext.tuning_candidates``: the validation items were held
+out of the fit part entirely) the validation ranks among those items only, as the test will.
 
 Components expose ``scores(users) -> users x items``; each component's scores are standardised
 per user (zero mean, unit variance over the catalog) before the weighted sum, so weights compare
@@ -34,6 +39,9 @@ from threadpoolctl import threadpool_limits
 from fyp.eval.data import FitContext, IntArray, Interactions, ItemFeatures
 from fyp.eval.metrics import ranking_metrics
 from fyp.eval.protocols import leave_last_n_out, random_holdout
+from fyp.models.text import embed_texts, item_text
+from fyp.models.two_tower import TwoTower as TwoTowerTrainer
+from fyp.models.two_tower import TwoTowerConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,10 @@ POOL_PER_COMPONENT: Final = 150
 """Candidates each component contributes per validation user to the fusion search."""
 MAX_VALIDATION_USERS: Final = 10_000
 WEIGHT_STEPS: Final = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+TWO_TOWER_MAX_INTERACTIONS: Final = 400_000
+"""Above this many training interactions the two-tower component is left out of the grid: it is
+fit twice (on the validation part, then on everything) and at about 30 s per epoch per million
+interactions on 2 cores it would break the offline contract's five-minute budget."""
 _SCORE_BUDGET: Final = 16_000_000
 """Floats per scored user batch (bounds memory: users x items per batch)."""
 
@@ -283,6 +295,83 @@ class Content:
         return np.asarray(profile @ self._items.T, dtype=np.float32)
 
 
+class TwoTower:
+    """The learned two-tower retrieval model (:mod:`fyp.models.two_tower`) as a component.
+
+    Its item tower sees the item's content when there is any (:func:`item_content_features`),
+    so items with no interactions get scores from their content; users are their ID embedding
+    plus their most recent training items.
+    """
+
+    name = "two_tower"
+
+    def __init__(self, epochs: int = 8, temperature: float = 0.1, dim: int = 64) -> None:
+        self.config = TwoTowerConfig(dim=dim, epochs=epochs, temperature=temperature)
+        self._users: FloatMatrix | None = None
+        self._items: FloatMatrix | None = None
+
+    @staticmethod
+    def applicable(items: ItemFeatures | None, n_interactions: int) -> bool:
+        """In the grid when items have content (the reason for a learned content tower; on
+        ID-only data iALS and EASE already cover what it would learn) and the log is small
+        enough (:data:`TWO_TOWER_MAX_INTERACTIONS`)."""
+        return Content.available(items) and n_interactions <= TWO_TOWER_MAX_INTERACTIONS
+
+    def fit(self, train: sp.csr_matrix, context: FitContext) -> None:
+        log_ = context.train
+        n_users, n_items = train.shape
+        content = item_content_features(context.items, n_items)
+        config = TwoTowerConfig(**{**self.config.__dict__, "seed": context.seed})
+        model = TwoTowerTrainer(config).fit(
+            log_.user, log_.item, n_users, n_items, content=content, timestamps=log_.timestamp
+        )
+        self._users = model.user_vectors_from_history(
+            log_.sequences(), np.arange(n_users, dtype=np.int64)
+        )
+        self._items = model.item_vectors()
+        log.info(
+            "two-tower: %d epochs in %.1f s, last loss %.3f",
+            model.epochs_run,
+            model.seconds,
+            model.losses[-1] if model.losses else float("nan"),
+        )
+
+    def scores(self, users: IntArray) -> FloatMatrix:
+        assert self._users is not None and self._items is not None
+        return self._users[users] @ self._items.T
+
+
+def item_content_features(items: ItemFeatures | None, n_items: int) -> FloatMatrix | None:
+    """Dense content per item for learned models: each app-given vector set centred and
+    L2-normalised, and the item's text and tags embedded by :func:`fyp.models.text.embed_texts`,
+    side by side (``n_items x d``); None when nothing is known. Unknown rows are zeros."""
+    if items is None:
+        return None
+    blocks: list[FloatMatrix] = []
+    for vectors in items.vectors.values():
+        v = np.zeros((n_items, np.asarray(vectors).shape[1]), dtype=np.float32)
+        given = np.asarray(vectors, dtype=np.float32)[:n_items]
+        v[: len(given)] = given
+        present = np.abs(v).sum(axis=1) > 0
+        if present.any():
+            v[present] -= v[present].mean(axis=0, keepdims=True)
+        v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-8)
+        blocks.append(v)
+    if items.text is not None or items.tags is not None:
+        texts = [
+            item_text(
+                items.text[i] if items.text is not None and i < len(items.text) else "",
+                [t.replace(":", " ") for t in items.tags[i]]
+                if items.tags is not None and i < len(items.tags)
+                else None,
+            )
+            for i in range(n_items)
+        ]
+        if any(texts):
+            blocks.append(embed_texts(texts, threads=1))
+    return np.hstack(blocks) if blocks else None
+
+
 def item_content_matrix(items: ItemFeatures | None, n_items: int) -> sp.csr_matrix:
     """Items x features: normalised dense vectors and TF-IDF tag/word blocks, side by side."""
     blocks: list[sp.csr_matrix] = []
@@ -362,7 +451,7 @@ class FusionReport:
 
 
 def _candidates(
-    items: ItemFeatures | None, n_items: int, has_time: bool
+    items: ItemFeatures | None, n_items: int, has_time: bool, n_interactions: int = 0
 ) -> list[tuple[str, list[dict[str, Any]], Callable[..., Component]]]:
     """Each applicable component with its small grid of settings."""
     grid: list[tuple[str, list[dict[str, Any]], Callable[..., Component]]] = [
@@ -391,6 +480,8 @@ def _candidates(
         grid.append(("transitions", [{"window": w, "decay": 0.5} for w in (1, 3, 10)], Transitions))
     if Content.available(items):
         grid.append(("content", [{}], Content))
+    if TwoTower.applicable(items, n_interactions):
+        grid.append(("two_tower", [{}], TwoTower))
     return grid
 
 
@@ -428,6 +519,11 @@ class FusionRecommender:
         if len(users) > MAX_VALIDATION_USERS:
             users = np.sort(rng.choice(users, MAX_VALIDATION_USERS, replace=False))
         inner_context = FitContext(train=inner_train, items=context.items, seed=self.seed)
+        allowed: npt.NDArray[np.bool_] | None = None
+        if context.tuning is not None and context.tuning_candidates is not None:
+            # A cold-start validation: rank among the held-out items only, as the test will.
+            allowed = np.zeros(self._n_items, dtype=bool)
+            allowed[np.asarray(context.tuning_candidates, dtype=np.int64)] = True
         exclude = x_inner[users]
         truth_rows = truth[users]
         k_pool = min(POOL_PER_COMPONENT, self._n_items)
@@ -435,12 +531,14 @@ class FusionRecommender:
         fitted: dict[str, Component] = {}
         candidate_sets: list[IntArray] = []
         has_time = context.train.timestamp is not None
-        for name, grid, make in _candidates(context.items, self._n_items, has_time):
+        for name, grid, make in _candidates(
+            context.items, self._n_items, has_time, len(context.train)
+        ):
             best: tuple[float, dict[str, Any], Component, IntArray] | None = None
             for settings in grid:
                 component = make(**settings)
                 component.fit(x_inner, inner_context)
-                recs = _top_lists(component, users, exclude, k_pool)
+                recs = _top_lists(component, users, exclude, k_pool, allowed)
                 ndcg = _ndcg(recs[:, :20], truth_rows)
                 log.info("fusion: %s %s validation ndcg@20 %.4f", name, settings, ndcg)
                 if best is None or ndcg > best[0]:
@@ -458,7 +556,7 @@ class FusionRecommender:
         }
         del fitted
         weights = self._search_weights(
-            pooled, pool, exclude, truth_rows, {name: ndcg for name, _, _, ndcg in chosen}
+            pooled, pool, exclude, truth_rows, {name: ndcg for name, _, _, ndcg in chosen}, allowed
         )
         self.report = FusionReport(
             validation=how,
@@ -486,13 +584,15 @@ class FusionRecommender:
         exclude: sp.csr_matrix,
         truth: sp.csr_matrix,
         single: dict[str, float],
+        allowed: npt.NDArray[np.bool_] | None = None,
     ) -> dict[str, float]:
         names = list(pooled)
-        # Items of the pool that are excluded (training items) never count.
-        excluded = np.zeros(pool.shape, dtype=bool)
+        # Items of the pool that are excluded (training items, or outside the allowed ones)
+        # never count.
+        excluded = np.zeros(pool.shape, dtype=bool) if allowed is None else ~allowed[pool]
         for r in range(pool.shape[0]):
             start, end = exclude.indptr[r], exclude.indptr[r + 1]
-            excluded[r] = np.isin(pool[r], exclude.indices[start:end])
+            excluded[r] |= np.isin(pool[r], exclude.indices[start:end])
         relevant = np.zeros(pool.shape, dtype=bool)
         for r in range(pool.shape[0]):
             start, end = truth.indptr[r], truth.indptr[r + 1]
@@ -555,18 +655,46 @@ class FusionRecommender:
         return out
 
 
-def _top_lists(component: Component, users: IntArray, exclude: sp.csr_matrix, k: int) -> IntArray:
-    """Each user's top-``k`` items (excluding ``exclude``'s, -1 padded), in bounded batches."""
+def _top_lists(
+    component: Component,
+    users: IntArray,
+    exclude: sp.csr_matrix,
+    k: int,
+    allowed: npt.NDArray[np.bool_] | None = None,
+) -> IntArray:
+    """Each user's top-``k`` items (excluding ``exclude``'s and, with ``allowed``, every item
+    not allowed; -1 padded), in bounded batches."""
     from fyp.eval.baselines import top_k_excluding
 
     out = np.full((len(users), k), -1, dtype=np.int64)
     step = 256
     for start in range(0, len(users), step):
         batch = users[start : start + step]
+        scores = component.scores(batch)
+        if allowed is not None:
+            scores[:, ~allowed] = -np.inf
         out[start : start + len(batch)] = top_k_excluding(
-            component.scores(batch), exclude[start : start + len(batch)], k
+            scores, exclude[start : start + len(batch)], k
         )
     return out
+
+
+class ComponentRecommender:
+    """One component on its own, as a ``Recommender`` (ablations, cold-start reports)."""
+
+    def __init__(self, name: str, make: Callable[[], Component]) -> None:
+        self.name = name
+        self._make = make
+        self._component: Component | None = None
+
+    def fit(self, train: sp.csr_matrix, context: FitContext) -> None:
+        self._component = self._make()
+        self._component.fit(train, context)
+
+    def recommend(self, users: IntArray, k: int, exclude: sp.csr_matrix) -> IntArray:
+        assert self._component is not None, "fit first"
+        users = np.asarray(users, dtype=np.int64)
+        return _top_lists(self._component, users, sp.csr_matrix(exclude)[users], k)
 
 
 def _gather_standardised(component: Component, users: IntArray, pool: IntArray) -> FloatMatrix:

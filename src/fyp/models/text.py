@@ -6,18 +6,19 @@ The model is ``sentence-transformers/all-MiniLM-L6-v2`` as packaged by ``gt-all-
 Public API (stable; the feed's serving builds on it):
 
 * :data:`TEXT_DIM`: the embedding width (384).
-* :func:`embed_texts` ``(texts, batch_size=64) -> np.ndarray``: one float32 row per text, shape
-  ``(len(texts), TEXT_DIM)``, each row L2-normalised; a text that is empty (or only whitespace)
-  gets an all-zero row, so "nothing known" never looks like some particular content.
+* :func:`embed_texts` ``(texts, batch_size=64, *, threads=None) -> np.ndarray``: one float32
+  row per text, shape ``(len(texts), TEXT_DIM)``, each row L2-normalised; a text that is empty
+  (or only whitespace) gets an all-zero row, so "nothing known" never looks like some content.
 * :func:`item_text` ``(text, tags) -> str``: the one string fyp embeds for an item (its caption
   or title followed by its tags), so every caller describes items the same way.
 * :func:`clear_cache`: drop the cached embeddings (the model stays loaded).
 
-The model is loaded lazily, once per process (thread-safe), on the first call that needs it.
-Embeddings of recently seen texts are kept in a least-recently-used cache bounded by
-:data:`CACHE_SIZE` entries (about 1.5 KB each), so repeated catalog refreshes do not re-encode
-unchanged items and memory stays bounded however many distinct texts pass through. The function
-does not change torch's global thread count; callers that must limit threads do so around it.
+The model is loaded lazily, once per process (thread-safe), on the first call that needs it;
+importing this module does not import torch. Embeddings of recently seen texts are kept in a
+least-recently-used cache bounded by :data:`CACHE_SIZE` entries (about 1.5 KB each), so
+repeated catalog refreshes do not re-encode unchanged items and memory stays bounded however
+many distinct texts pass through. Torch's global thread count is left alone, except with
+``threads=``, which sets it for that call only.
 """
 
 from __future__ import annotations
@@ -77,11 +78,13 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def _encode(texts: list[str], batch_size: int) -> npt.NDArray[np.float32]:
+def _encode(texts: list[str], batch_size: int, threads: int | None) -> npt.NDArray[np.float32]:
     import torch
 
+    from fyp.models.two_tower import torch_threads
+
     model = _load()
-    with torch.inference_mode():
+    with torch_threads(threads or torch.get_num_threads()), torch.inference_mode():
         encoded = model.encode(
             texts,
             batch_size=batch_size,
@@ -92,10 +95,13 @@ def _encode(texts: list[str], batch_size: int) -> npt.NDArray[np.float32]:
     return np.asarray(encoded, dtype=np.float32).reshape(len(texts), TEXT_DIM)
 
 
-def embed_texts(texts: Sequence[str], batch_size: int = 64) -> npt.NDArray[np.float32]:
+def embed_texts(
+    texts: Sequence[str], batch_size: int = 64, *, threads: int | None = None
+) -> npt.NDArray[np.float32]:
     """Embed ``texts``: float32 ``(len(texts), TEXT_DIM)``, rows L2-normalised, empty text → zeros.
 
     Identical texts are encoded once; texts seen recently come from the bounded cache.
+    ``threads`` (optional) sets torch's thread count for the encoding only.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -113,7 +119,7 @@ def embed_texts(texts: Sequence[str], batch_size: int = 64) -> npt.NDArray[np.fl
     fresh: dict[str, npt.NDArray[np.float32]] = {}
     if missing:
         # Copies, so a cached row never keeps a whole batch's array alive.
-        encoded = _encode(missing, batch_size)
+        encoded = _encode(missing, batch_size, threads)
         fresh = {key: encoded[i].copy() for i, key in enumerate(missing)}
     lost: list[int] = []
     with _lock:
@@ -133,5 +139,5 @@ def embed_texts(texts: Sequence[str], batch_size: int = 64) -> npt.NDArray[np.fl
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
     if lost:
-        out[lost] = _encode([keys[i] for i in lost], batch_size)
+        out[lost] = _encode([keys[i] for i in lost], batch_size, threads)
     return out

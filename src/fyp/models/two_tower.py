@@ -49,7 +49,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Final
@@ -61,7 +62,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional
 
-__all__ = ["TwoTower", "TwoTowerConfig", "TwoTowerModel", "prepare_content"]
+__all__ = ["TwoTower", "TwoTowerConfig", "TwoTowerModel", "prepare_content", "torch_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,14 @@ class TwoTowerConfig:
     seed: int = 0
     max_seconds: float | None = None
     """Stop after the epoch during which this much training time has passed (None: never)."""
+    threads: int = 1
+    """torch threads while fitting (restored afterwards). One is the default: on a shared
+    machine several threads that wait on each other are many times slower than one."""
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.epochs < 0 or self.batch_size < 2 or self.history_len < 1:
+            raise ValueError(f"invalid two-tower settings: {self}")
+        if self.threads < 1:
             raise ValueError(f"invalid two-tower settings: {self}")
         if not 0 <= self.id_dropout < 1 or self.temperature <= 0 or self.lr <= 0:
             raise ValueError(f"invalid two-tower settings: {self}")
@@ -337,6 +343,20 @@ class TwoTowerModel:
 # ---- training ---------------------------------------------------------------------------------
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    if n == previous:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class TwoTower:
     """Trains a :class:`TwoTowerModel` (see the module docstring)."""
 
@@ -351,6 +371,19 @@ class TwoTower:
         n_items: int,
         content: npt.ArrayLike | None = None,
         timestamps: npt.ArrayLike | None = None,
+    ) -> TwoTowerModel:
+        """Train on the interactions ``(user_idx[k], item_idx[k])`` (see the module docstring)."""
+        with torch_threads(self.config.threads):
+            return self._fit(user_idx, item_idx, n_users, n_items, content, timestamps)
+
+    def _fit(
+        self,
+        user_idx: npt.ArrayLike,
+        item_idx: npt.ArrayLike,
+        n_users: int,
+        n_items: int,
+        content: npt.ArrayLike | None,
+        timestamps: npt.ArrayLike | None,
     ) -> TwoTowerModel:
         cfg = self.config
         started = time.perf_counter()
