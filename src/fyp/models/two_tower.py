@@ -78,7 +78,7 @@ class TwoTowerConfig:
     epochs: int = 8
     batch_size: int = 1024
     lr: float = 0.005
-    temperature: float = 0.07
+    temperature: float = 0.1
     id_dropout: float = 0.3
     """Share of a batch's items (and users) whose ID embedding is switched off."""
     history_len: int = 10
