@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewers", type=int, default=1500)
     parser.add_argument("--items", type=int, default=2000)
     parser.add_argument("--uploads", type=int, default=40)
-    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--requests", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     args = parser.parse_args(argv)
