@@ -152,7 +152,11 @@ def run(viewers: int, items: int, uploads_per_topic: int, seed: int) -> dict[str
         out["uploads_with_new_captions"] = sum(u.caption not in trained_captions for u in uploads)
         engine.put_items(uploads)
         t0 = time.perf_counter()
-        placed = sum(engine.place_new_items(region) for region in engine.config.served_regions)
+        placed = 0
+        for region in engine.config.served_regions:
+            # Sync rounds until the region's towers hold every recent item (64 per round).
+            while (added := engine.place_new_items(region)) > 0:
+                placed += added
         out["placed"] = placed
         out["place_s"] = time.perf_counter() - t0
         positives: dict[str, list[str]] = {}

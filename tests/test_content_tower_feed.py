@@ -180,3 +180,32 @@ def test_an_event_moves_the_towers_vector_at_once(world: World, engine: Engine) 
         ]
     )
     assert engine.feed(user_id, n=5).items
+
+
+def test_a_backlog_of_uploads_is_placed_a_bounded_batch_per_round(
+    world: World, engine: Engine
+) -> None:
+    """Text embedding takes CPU from serving: each sync round places at most a few items."""
+    from fyp.models.content_tower import add_new_items
+
+    model = engine.slots["eu"].current
+    assert model is not None and model.tower is not None
+    base = world.items[0]
+    engine.put_items(
+        [
+            Item(
+                item_id=f"backlog-{n}",
+                creator_id="bulk",
+                created_at=from_epoch(time.time() + n),
+                duration_s=15.0,
+                caption=f"{base.caption} part {n}",
+                tags=list(base.tags),
+            )
+            for n in range(3)
+        ]
+    )
+    config = engine.config.sources.content_tower.model_copy(update={"new_items_per_sync": 2})
+    assert add_new_items(model.tower, engine.catalog, config) == 2
+    assert "backlog-2" in model.tower and "backlog-1" in model.tower  # newest first
+    assert add_new_items(model.tower, engine.catalog, config) == 1
+    assert add_new_items(model.tower, engine.catalog, config) == 0

@@ -159,7 +159,9 @@ class ContentTowerConfig(SourceConfig):
     new_item_hours: float = Field(default=72.0, gt=0)
     """Items this young get a vector from their content alone, before anyone has watched them."""
     max_new_items: int = Field(default=2_000, ge=0)
-    """Most new (content-only) items added per training run or per catalog sync."""
+    """Most new (content-only) items added per training run, or looked at per catalog sync."""
+    new_items_per_sync: int = Field(default=64, ge=1)
+    """Most new items a serving process embeds and places per sync round (every few seconds)."""
 
 
 class SourcesConfig(_Section):

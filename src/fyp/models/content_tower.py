@@ -240,8 +240,9 @@ class ContentTowerIndex:
         result: FloatMatrix = out.astype(np.float32)
         return result
 
-    def add_items(self, records: Sequence[ItemRecord]) -> int:
-        """Place items the index does not hold yet by their caption and tags; returns how many."""
+    def add_items(self, records: Sequence[ItemRecord], limit: int | None = None) -> int:
+        """Place items the index does not hold yet by their caption and tags (at most ``limit``
+        of them, in the order given); returns how many."""
         if self._content is None:
             return 0
         from fyp.models.text import embed_texts
@@ -255,6 +256,8 @@ class ContentTowerIndex:
                     if r.item_id not in positions and r.item_id not in self._tried
                 }.values()
             )
+            if limit is not None:
+                fresh = fresh[:limit]
             if not fresh:
                 return 0
             # Items without text stay out; remember them so they are not embedded again.
@@ -312,7 +315,11 @@ class ContentTowerIndex:
 def add_new_items(tower: ContentTowerIndex, catalog: Catalog, config: ContentTowerConfig) -> int:
     """Place the catalog's newest items the tower does not hold yet (the engine's sync loop)."""
     since = time.time() - config.new_item_hours * 3600.0
-    return tower.add_items(catalog.recent_items(since, config.max_new_items))
+    # Newest first, a bounded batch per round: embedding text takes CPU from serving, so a
+    # backlog (a restart, a bulk upload) is worked off over several rounds.
+    return tower.add_items(
+        catalog.recent_items(since, config.max_new_items), limit=config.new_items_per_sync
+    )
 
 
 def load_tower(
