@@ -52,7 +52,11 @@ the cold-items protocol described in its own section below. Timing is wall-clock
 named in each run, a shared 2-core machine, so treat seconds as indicative.
 
 Reproduce a section with the command written in it; then `python bench/quality_report.py`
-rebuilds this page from the JSON files in `docs/quality/`.
+rebuilds this page from the JSON files in `docs/quality/`. Each model's training time and memory
+on every run, each fitted alone in a fresh process, are in
+[BENCHMARKS.md](BENCHMARKS.md#training-time-and-memory-per-model-benchmodel_memorypy)
+(`bench/model_memory.py`); the offline contract on a million interactions is there too
+(`bench/offline_contract.py`).
 """
 
 
