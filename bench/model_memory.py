@@ -140,9 +140,7 @@ def section(results: list[dict[str, Any]], command: str) -> str:
     for r in results:
         for row in r["rows"]:
             if "skipped" in row:
-                lines.append(
-                    f"| {r['run']} | {row['model']} | — | skipped: {row['skipped'][:60]} |"
-                )
+                lines.append(f"| {r['run']} | {row['model']} | — | {row['skipped'][:70]} |")
             elif "error" in row:
                 lines.append(f"| {r['run']} | {row['model']} | — | error: {row['error'][:60]} |")
             else:
