@@ -45,6 +45,10 @@ def generate(path: Path, interactions: int, users: int, items: int, seed: int) -
     weights = [popularity[ids] / popularity[ids].sum() for ids in by_group]
     activity = rng.pareto(1.5, users) + 1.0
     counts = np.maximum(1, (activity / activity.sum() * interactions).astype(int))
+    # Rounding down leaves a remainder: spread it so the log has the requested size exactly.
+    short = interactions - int(counts.sum())
+    if short > 0:
+        np.add.at(counts, rng.integers(0, users, short), 1)
     start = 1_600_000_000
     with path.open("w", newline="", encoding="utf-8") as fh:
         out = csv.writer(fh)
