@@ -91,18 +91,24 @@ def train_content_tower(
         keep = np.argsort(timestamps, kind="stable")[-config.max_examples :]
         user_idx, item_idx, timestamps = user_idx[keep], item_idx[keep], timestamps[keep]
     # Young items nobody in this region has touched yet become content-only rows.
-    known = set(item_ids)
-    new_ids = [
+    position = {item_id: i for i, item_id in enumerate(item_ids)}
+    recent = [
         r.item_id
         for r in catalog.recent_items(now - config.new_item_hours * 3600.0, config.max_new_items)
-        if r.item_id not in known
     ]
+    new_ids = [item_id for item_id in recent if item_id not in position]
     all_ids = [*item_ids, *new_ids]
-    # Text is embedded for the most engaged items and every new one, within the bound.
+    # Text is embedded for every recent item (those nobody in the region touched, and those
+    # only skipped or merely played, which the towers' positives would not place either), then
+    # for the most engaged items, within the bound. Recent items all get a vector here, so a
+    # serving process only has uploads made after this training left to place.
+    recent_rows = [position[i] for i in recent if i in position]
+    recent_rows += list(range(len(item_ids), len(all_ids)))
+    chosen = set(recent_rows)
     engaged = np.bincount(item_idx, minlength=len(item_ids))
-    budget = max(config.max_text_items - len(new_ids), 0)
-    with_text = np.argsort(-engaged, kind="stable")[: min(budget, len(item_ids))]
-    with_text = np.concatenate([with_text, np.arange(len(item_ids), len(all_ids))]).astype(int)
+    budget = max(config.max_text_items - len(chosen), 0)
+    top = [int(i) for i in np.argsort(-engaged, kind="stable") if int(i) not in chosen][:budget]
+    with_text = np.asarray(sorted(chosen) + top, dtype=int)
     records = catalog.get_items([all_ids[i] for i in with_text])
     content = np.zeros((len(all_ids), TEXT_DIM), dtype=np.float32)
     if len(with_text):
