@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sqlalchemy import Column, Float, Integer, MetaData, Table, Text  # noqa: E402
 
-from bench_report import machine_info  # noqa: E402
+from bench_report import machine_info, write_section  # noqa: E402
 from fyp.governance import merkle  # noqa: E402
 from fyp.storage.audit import SqlAuditLog  # noqa: E402
 
@@ -177,15 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(result, command)
     print(text)
     if args.docs:
-        docs = REPO / "docs" / "BENCHMARKS.md"
-        current = docs.read_text(encoding="utf-8")
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            after = rest.split(END, 1)[1]
-            current = before + text + after
-        else:
-            current = current.rstrip("\n") + "\n\n" + text + "\n"
-        docs.write_text(current, encoding="utf-8")
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
 
 

@@ -519,3 +519,24 @@ def update_docs(path: Path, section: str, workers: int) -> None:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def write_section(docs: Path, start: str, end: str, text: str) -> None:
+    """Put ``text`` (which begins with ``start`` and ends with ``end``) into ``docs``: in place of
+    the earlier section between those markers, or appended when there is none yet. Everything
+    outside the markers is kept."""
+    current = docs.read_text(encoding="utf-8")
+    if start in current and end in current:
+        before, rest = current.split(start, 1)
+        current = before + text + rest.split(end, 1)[1]
+    else:
+        current = current.rstrip("\n") + "\n\n" + text + "\n"
+    docs.write_text(current, encoding="utf-8")
+
+
+def load_world(engine: Any, world: Any, batch: int = 5000) -> None:
+    """Put a demo world's catalog, viewers and history into ``engine`` (history in batches)."""
+    engine.put_items(world.items)
+    engine.put_users(world.users)
+    for start in range(0, len(world.history), batch):
+        engine.ingest(world.history[start : start + batch])

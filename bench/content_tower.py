@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_report import machine_info  # noqa: E402
+from bench_report import load_world, machine_info, write_section  # noqa: E402
 from fyp.config import load_config  # noqa: E402
 from fyp.engine import Engine  # noqa: E402
 from fyp.pipeline.contracts import FeedContext, FeedQuery  # noqa: E402
@@ -64,10 +64,7 @@ def run(viewers: int, items: int, uploads_per_topic: int, seed: int) -> dict[str
     out: dict[str, Any] = {"viewers": viewers, "items": items, "events": len(world.history)}
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(load_config(Path(tmp)), clock=time.time)
-        engine.put_items(world.items)
-        engine.put_users(world.users)
-        for start in range(0, len(world.history), 5000):
-            engine.ingest(world.history[start : start + 5000])
+        load_world(engine, world)
         started = time.perf_counter()
         reports = engine.train()
         out["train_s"] = time.perf_counter() - started
@@ -263,14 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(result, ".venv/bin/python bench/content_tower.py")
     print(text)
     if args.docs:
-        docs = REPO / "docs" / "BENCHMARKS.md"
-        current = docs.read_text(encoding="utf-8")
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            current = before + text + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip("\n") + "\n\n" + text + "\n"
-        docs.write_text(current, encoding="utf-8")
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
 
 

@@ -28,7 +28,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import machine_info  # noqa: E402
+from bench_report import machine_info, write_section  # noqa: E402
 from fyp.online.embedding_table import (  # noqa: E402
     EmbeddingTable,
     HashedEmbeddingTable,
@@ -328,14 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(result, ".venv/bin/python bench/embedding_table.py")
     print(text)
     if args.docs:
-        docs = REPO / "docs" / "BENCHMARKS.md"
-        current = docs.read_text(encoding="utf-8")
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            current = before + text + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip("\n") + "\n\n" + text + "\n"
-        docs.write_text(current, encoding="utf-8")
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
 
 

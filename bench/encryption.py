@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import machine_info  # noqa: E402
+from bench_report import machine_info, write_section  # noqa: E402
 from fyp.config import FypConfig  # noqa: E402
 from fyp.engine import fold_policy  # noqa: E402
 from fyp.storage import region as sealed_region  # noqa: E402
@@ -278,15 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(result, args, command)
     print(text)
     if args.docs:
-        docs = REPO / "docs" / "BENCHMARKS.md"
-        current = docs.read_text(encoding="utf-8")
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            after = rest.split(END, 1)[1]
-            current = before + text + after
-        else:
-            current = current.rstrip("\n") + "\n\n" + text + "\n"
-        docs.write_text(current, encoding="utf-8")
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
 
 

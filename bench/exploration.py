@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_report import machine_info  # noqa: E402
+from bench_report import load_world, machine_info, write_section  # noqa: E402
 from fyp.config import load_config  # noqa: E402
 from fyp.engine import Engine  # noqa: E402
 from fyp.selectors.basic import ReserveExploration  # noqa: E402
@@ -81,10 +81,7 @@ def run(viewers: int, items: int, uploads: int, requests: int, seed: int) -> dic
     with tempfile.TemporaryDirectory() as tmp:
         base_dir = Path(tmp) / "base"
         engine = Engine(load_config(base_dir), clock=lambda: now)
-        engine.put_items(world.items)
-        engine.put_users(world.users)
-        for start in range(0, len(world.history), 5000):
-            engine.ingest(world.history[start : start + 5000])
+        load_world(engine, world)
         engine.train()
         engine.close()
         for arm, pools in (("staged pools (default)", True), ("plain rule", False)):
@@ -235,14 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(result, ".venv/bin/python bench/exploration.py")
     print(text)
     if args.docs:
-        docs = REPO / "docs" / "BENCHMARKS.md"
-        current = docs.read_text(encoding="utf-8")
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            current = before + text + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip("\n") + "\n\n" + text + "\n"
-        docs.write_text(current, encoding="utf-8")
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
 
 

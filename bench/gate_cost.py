@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import machine_info  # noqa: E402
+from bench_report import load_world, machine_info, write_section  # noqa: E402
 from fyp.config import load_config  # noqa: E402
 from fyp.engine import Engine  # noqa: E402
 from fyp.governance.policy import Decision, DeclarativePolicy, Principal  # noqa: E402
@@ -62,10 +62,7 @@ def run(viewers: int, requests: int, seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {"viewers": viewers, "decisions_per_s": _decisions_per_second()}
     with tempfile.TemporaryDirectory() as tmp:
         engine = Engine(load_config(Path(tmp)), clock=lambda: world.now)
-        engine.put_items(world.items)
-        engine.put_users(world.users)
-        for start in range(0, len(world.history), 5000):
-            engine.ingest(world.history[start : start + 5000])
+        load_world(engine, world)
         engine.train()
         engine.warm()
         users = [u.user_id for u in world.users]
@@ -151,14 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(result, ".venv/bin/python bench/gate_cost.py")
     print(text)
     if args.docs:
-        docs = REPO / "docs" / "BENCHMARKS.md"
-        current = docs.read_text(encoding="utf-8")
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            current = before + text + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip("\n") + "\n\n" + text + "\n"
-        docs.write_text(current, encoding="utf-8")
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
 
 

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_report import machine_info  # noqa: E402
+from bench_report import machine_info, write_section  # noqa: E402
 
 START = "<!-- bench:model_memory:start -->"
 END = "<!-- bench:model_memory:end -->"
@@ -165,14 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(results, command)
     print(text)
     if args.docs:
-        docs = REPO / "docs" / "BENCHMARKS.md"
-        current = docs.read_text(encoding="utf-8")
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            current = before + text + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip("\n") + "\n\n" + text + "\n"
-        docs.write_text(current, encoding="utf-8")
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
 
 

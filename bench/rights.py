@@ -25,7 +25,7 @@ from typing import TypeVar
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_report import machine_info  # noqa: E402
+from bench_report import machine_info, write_section  # noqa: E402
 from fyp.config import load_config  # noqa: E402
 from fyp.engine import Engine  # noqa: E402
 from fyp.types import Event, Item, User  # noqa: E402
@@ -141,14 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     text = section(result, command)
     print(text)
     if args.docs:
-        docs = REPO / "docs" / "BENCHMARKS.md"
-        current = docs.read_text(encoding="utf-8")
-        if START in current and END in current:
-            before, rest = current.split(START, 1)
-            current = before + text + rest.split(END, 1)[1]
-        else:
-            current = current.rstrip("\n") + "\n\n" + text + "\n"
-        docs.write_text(current, encoding="utf-8")
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
 
 
