@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from fyp.signals import preference_weight
 from fyp.storage.roles import (
     EventRecord,
     ItemRecord,
@@ -84,6 +85,7 @@ class FeedQuery:
     user: UserRecord | None = None
     state: UserStateSnapshot | None = None
     _recent: dict[int, list[EventRecord]] = field(default_factory=dict)
+    _preferences: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
 
     def recent_events(self, limit: int) -> list[EventRecord]:
         """The viewer's latest events, newest first: read once per request, shared by the
@@ -92,6 +94,30 @@ class FeedQuery:
         if found is None:
             found = self.context.data.events.recent_for_user(self.user_id, limit)
             self._recent[limit] = found
+        return found
+
+    def recent_preferences(self, limit: int) -> list[tuple[str, float]]:
+        """``(item id, preference weight)`` of the viewer's latest events, newest first, weighed
+        as training weighs them; computed once per request for the learned sources."""
+        found = self._preferences.get(limit)
+        if found is None:
+            history = self.recent_events(limit)
+            training = self.context.config.training
+            records = self.context.catalog.get_items(list({e.item_id for e in history}))
+            found = [
+                (
+                    e.item_id,
+                    preference_weight(
+                        e.type,
+                        e.watch_ms,
+                        records[e.item_id].duration_s if e.item_id in records else 0.0,
+                        training.event_weights,
+                        training.play_weight,
+                    ),
+                )
+                for e in history
+            ]
+            self._preferences[limit] = found
         return found
 
     @property

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from fyp.config import ContentTowerConfig, EmbeddingConfig, TrainingConfig
 from fyp.pipeline.contracts import Candidate, FeedQuery
-from fyp.signals import preference_weight
 
 NEW_ITEM_ANCHOR = "new"
 """Anchor of a candidate the towers placed from its content alone (no training interactions)."""
@@ -35,24 +34,13 @@ class ContentTowerSource:
         tower = model.tower if model is not None else None
         if tower is None:
             return []
-        history = query.recent_events(self.history_events)
-        if not history:
-            return []
-        records = query.context.catalog.get_items(list({e.item_id for e in history}))
         positive: list[str] = []
-        for event in reversed(history):  # oldest first, so the newest positives come last
-            record = records.get(event.item_id)
-            weight = preference_weight(
-                event.type,
-                event.watch_ms,
-                record.duration_s if record is not None else 0.0,
-                self.training.event_weights,
-                self.training.play_weight,
-            )
+        # Oldest first, so the newest positives come last (and a repeat moves to the end).
+        for item_id, weight in reversed(query.recent_preferences(self.history_events)):
             if weight > 0:
-                if event.item_id in positive:
-                    positive.remove(event.item_id)
-                positive.append(event.item_id)
+                if item_id in positive:
+                    positive.remove(item_id)
+                positive.append(item_id)
         vector = tower.user_vector(positive[-self.config.history :])
         if vector is None:
             return []

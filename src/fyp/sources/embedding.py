@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from fyp.config import EmbeddingConfig, TrainingConfig
 from fyp.pipeline.contracts import Candidate, FeedQuery
-from fyp.signals import preference_weight
 
 
 class EmbeddingSource:
@@ -25,23 +24,9 @@ class EmbeddingSource:
         model = query.context.model
         if model is None:
             return []
-        history = query.recent_events(self.config.history)
-        if not history:
+        interactions = query.recent_preferences(self.config.history)
+        if not interactions:
             return []
-        records = query.context.catalog.get_items(list({e.item_id for e in history}))
-        interactions = [
-            (
-                e.item_id,
-                preference_weight(
-                    e.type,
-                    e.watch_ms,
-                    records[e.item_id].duration_s if e.item_id in records else 0.0,
-                    self.training.event_weights,
-                    self.training.play_weight,
-                ),
-            )
-            for e in history
-        ]
         vector = model.user_vector(interactions)
         if vector is None:
             return []
