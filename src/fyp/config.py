@@ -406,6 +406,37 @@ class RankerConfig(_Section):
         return self
 
 
+class OnlineConfig(_Section):
+    """Learning while serving: feed impressions joined with the engagements that follow, and the
+    ranker trained on them in mini-batches and re-served every few seconds (``fyp.online``)."""
+
+    enabled: bool = True
+    """Log impressions, join them and train the ranker online in a server that trains."""
+    bus_url: str = "memory://"
+    """Where joined examples travel to the trainer: ``memory://`` (one process) or
+    ``redis://...`` (API workers publish, the training process consumes; the stream of region
+    ``r`` is ``fyp:examples:<r>``)."""
+    bus_max_len: int = Field(default=200_000, ge=1_000)
+    """Examples kept on the bus at most (oldest trimmed first)."""
+    window_s: float = Field(default=600.0, gt=0)
+    """How long after an impression its engagements still count."""
+    close_on_next_play: bool = True
+    """A viewer's play of another item closes their earlier played impressions at once (they
+    moved on), so the example trains within seconds instead of after ``window_s``."""
+    lateness_s: float = Field(default=30.0, ge=0)
+    """Events reaching the server this long after their window closed are counted late."""
+    batch_size: int = Field(default=256, ge=1, le=65_536)
+    publish_interval_s: float = Field(default=2.0, gt=0)
+    """The learner is frozen and served at most this often (when it learned something)."""
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    dense_lr: float = Field(default=1e-3, gt=0)
+    sparse_lr: float = Field(default=0.05, gt=0)
+    min_count: int = Field(default=2, ge=1)
+    """Examples an id needs before it gets its own embedding row."""
+    ttl_hours: float | None = Field(default=720.0, gt=0)
+    """Embedding rows unused this long are evicted; ``None`` keeps them."""
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -429,6 +460,7 @@ class FypConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     ranker: RankerConfig = RankerConfig()
     server: ServerConfig = ServerConfig()
+    online: OnlineConfig = OnlineConfig()
     sync_interval_s: float = Field(default=2.0, gt=0)
     """How often a serving process picks up catalog changes and models made by other processes."""
     policy_file: Path | None = None

@@ -26,8 +26,14 @@ from fyp.governance.gate import Gate
 from fyp.governance.keys import Signer
 from fyp.governance.policy import DeclarativePolicy, Principal, RegionalPolicies
 from fyp.governance.rights import UserRightsService
+from fyp.models.ranker import Ranker
 from fyp.models.serving import ModelSlot, ServingModel
 from fyp.models.training import TrainReport, train_region
+from fyp.online.bus import open_bus
+from fyp.online.joiner import Joiner, JoinerConfig
+from fyp.online.learner import LearnerConfig
+from fyp.online.log import OnlineLog
+from fyp.online.trainer import OnlineTrainer, TrainerConfig, ranker_features
 from fyp.pipeline.contracts import FeedContext, FeedQuery, FeedResult
 from fyp.pipeline.for_you import for_you_pipeline, non_personalized_pipeline
 from fyp.pipeline.trace import Trace
@@ -136,6 +142,20 @@ class Engine:
         self.rights.on_erase(self._forget_in_models)
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
+        # Learning while serving: each served region joins its own impressions and events (the
+        # joiner's memory and the bus stream are per region, like the data they come from).
+        self.online: dict[str, OnlineLog] = {}
+        self.trainers: dict[str, OnlineTrainer] = {}
+        self._trainer_stop = threading.Event()
+        self._trainer_threads: list[threading.Thread] = []
+        if config.online.enabled:
+            o = config.online
+            for region in config.served_regions:
+                joiner = Joiner(
+                    JoinerConfig(window_s=o.window_s, close_on_next_play=o.close_on_next_play)
+                )
+                bus = open_bus(o.bus_url, key=f"fyp:examples:{region}", max_len=o.bus_max_len)
+                self.online[region] = OnlineLog(joiner, bus, lateness_s=o.lateness_s, clock=clock)
         for region in config.served_regions:
             if region not in self.gate.quarantined:
                 try:
@@ -247,6 +267,13 @@ class Engine:
             appended = handles[region].events.append(batch, items, self.clock())
             result.accepted += len(appended.accepted)
             result.duplicates += len(appended.duplicates)
+            online = self.online.get(region)
+            if online is not None and appended.accepted:
+                stored = set(appended.accepted)
+                try:
+                    online.record_events(e for e in batch if e.event_id in stored)
+                except Exception:  # learning must never cost an acknowledged event
+                    log.exception("region %s: events not joined for online training", region)
         result.errors.sort()
         return result
 
@@ -276,7 +303,26 @@ class Engine:
         )
         # The viewer's own switch: without personalization nothing inferred about them is used.
         personalized = handle.rights.controls(user_id).personalized
-        return (self.pipeline if personalized else self.plain_pipeline).run(query)
+        result = (self.pipeline if personalized else self.plain_pipeline).run(query)
+        online = self.online.get(region)
+        # Only a personalized feed teaches the ranker: a viewer who switched personalization off
+        # is not profiled, so their impressions are not logged for training.
+        if online is not None and personalized and result.items:
+            try:
+                self._log_impressions(online, result, query.now)
+            except Exception:  # the page is served whatever happens to its log
+                log.exception("region %s: feed not logged for online training", region)
+        return result
+
+    def _log_impressions(self, online: OnlineLog, result: FeedResult, now: float) -> None:
+        records = self.catalog.get_items([item.item_id for item in result.items])
+        durations = {item_id: record.duration_s for item_id, record in records.items()}
+        features = {
+            item.item_id: ranker_features(item.ranker_inputs)
+            for item in result.items
+            if item.ranker_inputs is not None
+        }
+        online.record_feed(result, durations, now=now, features=features)
 
     # ---- models ---------------------------------------------------------------------------------
 
@@ -315,7 +361,7 @@ class Engine:
         if snapshot is None:
             return slot.version
         current = slot.current
-        if current is None or current.version != snapshot.version:
+        if current is None or current.base_version != snapshot.version:
             slot.swap(ServingModel(snapshot))
         return slot.version
 
@@ -331,12 +377,94 @@ class Engine:
         return add_new_items(model.tower, self.catalog, self.config.sources.content_tower)
 
     def _forget_in_models(self, region: str, user_id: str) -> None:
-        """Erasure reaches the served model at once (the ranker's embedding row of the user);
-        the stored model loses it at the next training, which the retrainer then runs."""
+        """Erasure reaches the served model at once (the ranker's embedding row of the user), the
+        online learner and the joiner's open impressions too; the stored model loses the row at
+        the next training, which the retrainer then runs (the online checkpoint is dropped by the
+        erasure itself and rewritten without the viewer)."""
         slot = self.slots.get(region)
         model = slot.current if slot is not None else None
         if model is not None:
             model.forget_user(user_id)
+            if model.batch_ranker is not None and model.batch_ranker is not model.ranker:
+                model.batch_ranker.forget_user(user_id)
+        online = self.online.get(region)
+        if online is not None:
+            online.joiner.forget_user(user_id)
+        trainer = self.trainers.get(region)
+        if trainer is not None:
+            trainer.forget_user(user_id)
+
+    # ---- learning while serving -----------------------------------------------------------------
+
+    def trainer(self, region: str) -> OnlineTrainer:
+        """The region's online trainer (created on first use; requires online learning on)."""
+        trainer = self.trainers.get(region)
+        if trainer is not None:
+            return trainer
+        online = self.online.get(region)
+        if online is None:
+            raise InvalidInput(f"online learning is off or region {region!r} is not served here")
+        o = self.config.online
+        handle = self.gate.open(region, self.service(region), "train")
+        slot = self.slots[region]
+
+        def base() -> tuple[str, Ranker] | None:
+            model = slot.current
+            if model is None or model.batch_ranker is None:
+                return None
+            return model.base_version, model.batch_ranker
+
+        trainer = OnlineTrainer(
+            region,
+            online.bus,
+            self.catalog.get_items,
+            base,
+            slot.publish_ranker,
+            TrainerConfig(
+                batch_size=o.batch_size,
+                publish_interval_s=o.publish_interval_s,
+                checkpoint_interval_s=o.checkpoint_interval_s,
+                learner=LearnerConfig(
+                    dense_lr=o.dense_lr,
+                    sparse_lr=o.sparse_lr,
+                    min_count=o.min_count,
+                    ttl_s=o.ttl_hours * 3600.0 if o.ttl_hours is not None else None,
+                ),
+            ),
+            checkpoint_dir=handle.models.online_dir(),
+            clock=self.clock,
+        )
+        self.trainers[region] = trainer
+        return trainer
+
+    def learn_now(self, regions: Sequence[str] | None = None) -> dict[str, int]:
+        """Close what the clock says has ended, train on everything waiting and serve the result
+        at once; returns the examples trained per region. (The background trainer does the same
+        continuously; this is for tools and tests that drive the engine step by step.)"""
+        out: dict[str, int] = {}
+        for region in regions or list(self.online):
+            self.online[region].tick()
+            trainer = self.trainer(region)
+            trained = 0
+            while True:
+                trained += trainer.step(block_ms=0)
+                if trainer.last_delivered == 0:
+                    break
+            if trained:
+                trainer.publish_now()
+            out[region] = trained
+        return out
+
+    def online_stats(self) -> dict[str, dict[str, object]]:
+        """Per region: the joiner's counters and the trainer's (when one runs)."""
+        out: dict[str, dict[str, object]] = {}
+        for region, online in self.online.items():
+            entry: dict[str, object] = {"joiner": online.stats()}
+            trainer = self.trainers.get(region)
+            if trainer is not None:
+                entry["trainer"] = trainer.stats.as_dict()
+            out[region] = entry
+        return out
 
     def warm(self) -> int:
         """Bring hot read paths into memory before serving; returns the catalog items loaded."""
@@ -354,7 +482,7 @@ class Engine:
             if region in quarantined:
                 continue
             try:
-                if self.gate.model_version(region) not in (None, slot.version):
+                if self.gate.model_version(region) not in (None, slot.base_version):
                     self.reload_model(region)
                 self.place_new_items(region)
             except AccessDenied as exc:  # that region's policy refuses; the others go on
@@ -368,10 +496,38 @@ class Engine:
                 target=self._sync_loop, name="fyp-sync", daemon=True
             )
             self._sync_thread.start()
-        if train:
-            self.retrainer.start()
+        if train and self.retrainer.start():
+            self._start_trainers()
+
+    def _start_trainers(self) -> None:
+        """One online-training thread per served region (in the process that retrains: with the
+        in-process bus that is the one serving; with Redis, the workers publish to it)."""
+        if self._trainer_threads:
+            return
+        self._trainer_stop.clear()
+        quarantined = self.gate.quarantined
+        for region in self.online:
+            if region in quarantined:
+                continue
+            try:
+                trainer = self.trainer(region)
+            except AccessDenied as exc:
+                log.warning("region %s: no online training: %s", region, exc)
+                continue
+            thread = threading.Thread(
+                target=trainer.run,
+                args=(self._trainer_stop,),
+                name=f"fyp-online-{region}",
+                daemon=True,
+            )
+            thread.start()
+            self._trainer_threads.append(thread)
 
     def stop_background(self) -> None:
+        self._trainer_stop.set()
+        for thread in self._trainer_threads:
+            thread.join(timeout=30)
+        self._trainer_threads = []
         self.retrainer.stop()
         self._sync_stop.set()
         if self._sync_thread is not None:
@@ -382,6 +538,8 @@ class Engine:
         next_signing = 0.0
         while not self._sync_stop.wait(self.config.sync_interval_s):
             try:
+                for online in self.online.values():
+                    online.tick()  # close the impressions whose window ended
                 self.sync()
                 if time.monotonic() >= next_signing:
                     next_signing = time.monotonic() + self.config.audit_sign_interval_s
@@ -418,6 +576,8 @@ class Engine:
 
     def close(self) -> None:
         self.stop_background()
+        for online in self.online.values():
+            online.bus.close()
         self.gate.close()
         self.catalog.close()
 

@@ -320,7 +320,10 @@ def create_app(
     def transparency() -> dict[str, Any]:
         """The main parameters of the ranking, generated from the running configuration."""
         return transparency_report(
-            engine.config, engine.model_versions(), engine.exploration_served()
+            engine.config,
+            engine.model_versions(),
+            engine.exploration_served(),
+            engine.online_stats(),
         )
 
     @v1.post("/train", tags=["models"])

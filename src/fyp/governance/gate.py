@@ -41,7 +41,7 @@ _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
     "state": frozenset({"hydrate", "seen_among", "record_served"}),
     "stats": frozenset({"stats", "trending", "totals"}),
     "models": frozenset(
-        {"save", "load_current", "current_version", "mark_erasure", "last_erasure"}
+        {"save", "load_current", "current_version", "mark_erasure", "last_erasure", "online_dir"}
     ),
     "audit": frozenset({"append", "tail", "count", "verify", "leaf"}),
     "keys": frozenset({"rotate_kek", "key_status"}),

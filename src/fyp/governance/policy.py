@@ -65,6 +65,7 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
         {
             "events.scan",
             "events.last_seq",
+            "models.online_dir",
             "models.save",
             "models.load_current",
             "models.current_version",

@@ -61,11 +61,13 @@ def report(
     config: FypConfig,
     model_versions: dict[str, str],
     exploration_served: dict[str, float] | None = None,
+    online: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The report as data plus ``text``: sentences generated from that data.
 
     ``exploration_served``: what this process's feeds spent on exploration so far (pages, items,
-    exploration items, share), reported beside the configured rule.
+    exploration items, share), reported beside the configured rule. ``online``: the online
+    learner's counters per region (joined examples, trained, published versions).
     """
     training = config.training
     affinity = config.affinity
@@ -127,6 +129,17 @@ def report(
             "retrain_interval_s": training.retrain_interval_s,
             "retrain_min_new_events": training.retrain_min_new_events,
             "explanation": "Each region's models are trained only on that region's own events.",
+            "online": {
+                "enabled": config.online.enabled,
+                "publish_interval_s": config.online.publish_interval_s,
+                "join_window_s": config.online.window_s,
+                "explanation": (
+                    "Between retrainings the ranker keeps learning from each viewing of a "
+                    "personalized feed (what was shown, what the viewer then did) and the "
+                    "updated model is served within seconds."
+                ),
+                "regions": online or {},
+            },
         },
         "your_controls": [
             "Switch personalization off: the feed then shows the newest items of creators you "

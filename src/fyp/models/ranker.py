@@ -109,10 +109,21 @@ class MMoE(nn.Module):
         numeric: torch.Tensor,
     ) -> torch.Tensor:
         u = self.user(users)
-        i = self.item(items)
-        c = self.creator(creators)
         present = (tags != TAG_PAD_ROW).unsqueeze(-1).to(u.dtype)
         bag = (self.tag(tags) * present).sum(1) / present.sum(1).clamp(min=1.0)
+        return self.from_vectors(u, self.item(items), self.creator(creators), bag, numeric)
+
+    def from_vectors(
+        self,
+        u: torch.Tensor,
+        i: torch.Tensor,
+        c: torch.Tensor,
+        bag: torch.Tensor,
+        numeric: torch.Tensor,
+    ) -> torch.Tensor:
+        """The logits from embedding vectors already looked up (the viewer, the item, its
+        creator, the mean of its tags): what online training calls with rows of its own
+        collisionless tables instead of this module's fixed ``nn.Embedding`` tables."""
         x_numeric = (numeric - self.numeric_mean) / self.numeric_std
         dots = torch.stack(((u * i).sum(-1), (u * c).sum(-1), (u * bag).sum(-1)), dim=-1)
         x = torch.cat((u, i, c, bag, x_numeric, dots), dim=-1)
@@ -191,8 +202,20 @@ class Ranker:
         als_scores: Sequence[float | None] | None = None,
     ) -> npt.NDArray[np.float32]:
         """Head probabilities (n, tasks) for one viewer's candidates, in one forward pass."""
+        return self.predict(self.serving_batch(user_id, items, stats, viewer, now, als_scores))
+
+    def serving_batch(
+        self,
+        user_id: str,
+        items: Sequence[ItemRecord],
+        stats: Sequence[ItemStatsRecord | None],
+        viewer: UserStateSnapshot,
+        now: float,
+        als_scores: Sequence[float | None] | None = None,
+    ) -> EncodedBatch:
+        """The model inputs of one viewer's candidates (ids as rows, numeric features)."""
         n = len(items)
-        batch = EncodedBatch(
+        return EncodedBatch(
             users=np.full(n, self.vocabs.users.row(user_id), dtype=np.int64),
             items=self.vocabs.items.rows([item.item_id for item in items]),
             creators=self.vocabs.creators.rows([item.creator_id for item in items]),
@@ -201,7 +224,6 @@ class Ranker:
                 items, stats, viewer, now, self.rates, self.prior_plays, als_scores
             ),
         )
-        return self.predict(batch)
 
     def predict_examples(
         self, examples: ExampleSet, chunk: int = 65_536
@@ -417,7 +439,7 @@ def train_ranker(
                     tag_rows, config.id_dropout, vocabs.tags.unknown_row, gen, TAG_PAD_ROW
                 )
                 logits = network(users, items, creators, tag_rows, numeric)
-                loss = _loss(logits, y_train[rows], k_train[rows])
+                loss = task_loss(logits, y_train[rows], k_train[rows])
                 optimizer.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
@@ -428,7 +450,7 @@ def train_ranker(
             if n_valid:
                 network.eval()
                 with torch.inference_mode():
-                    val = float(_loss(network(*x_valid), y_valid, k_valid))
+                    val = float(task_loss(network(*x_valid), y_valid, k_valid))
             else:
                 val = train_loss
             if val < best_loss:
@@ -453,7 +475,7 @@ def train_ranker(
     return Ranker(network, tasks, vocabs, rates, config.prior_plays, stats)
 
 
-def _loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+def task_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Sum over tasks of the mean binary cross-entropy over the examples where the target is known
     (the watch-ratio head's target is the ratio itself, a soft label)."""
     per = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")

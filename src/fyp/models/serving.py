@@ -9,6 +9,7 @@ model under a running request.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from collections import OrderedDict
@@ -59,6 +60,8 @@ class ServingModel:
     def __init__(self, snapshot: ModelSnapshot) -> None:
         arrays = snapshot.arrays
         self.version = snapshot.version
+        self.base_version = snapshot.version
+        """The batch snapshot this model comes from (``version`` adds the online updates)."""
         self.meta = snapshot.meta
         self.item_ids: list[str] = [str(x) for x in arrays["item_ids"]]
         self.index_of = {item_id: i for i, item_id in enumerate(self.item_ids)}
@@ -81,7 +84,17 @@ class ServingModel:
         ] = OrderedDict()
         self._index = build_item_index(factors)
         self.ranker: Ranker | None = _load_ranker(snapshot)
+        self.batch_ranker: Ranker | None = self.ranker
+        """The snapshot's own ranker: what online training continues from."""
         self.tower: ContentTowerIndex | None = _load_tower(snapshot)
+
+    def with_ranker(self, ranker: Ranker, version: str) -> ServingModel:
+        """This model with another ranker (one trained online from it) under ``version``; the
+        retrieval side (factors, index, neighbours, towers) is shared, not copied."""
+        clone = copy.copy(self)
+        clone.ranker = ranker
+        clone.version = version
+        return clone
 
     def forget_user(self, user_id: str) -> bool:
         """Drop a viewer's per-user rows from this model in memory (the ranker's embedding)."""
@@ -199,7 +212,25 @@ class ModelSlot:
         with self._lock:
             self._model = model
 
+    def publish_ranker(self, base_version: str, ranker: Ranker, version: str) -> bool:
+        """Serve ``ranker`` in the current model if that model still comes from snapshot
+        ``base_version`` (a newer batch model wins: the online learner then restarts from it)."""
+        with self._lock:
+            model = self._model
+            if model is None or model.base_version != base_version:
+                return False
+            self._model = model.with_ranker(ranker, version)
+            return True
+
     @property
     def version(self) -> str:
+        """What responses name: the snapshot, plus ``+online.<n>`` once online training
+        published into it."""
         model = self._model
         return model.version if model is not None else "untrained"
+
+    @property
+    def base_version(self) -> str:
+        """The batch snapshot being served (what the model store calls current)."""
+        model = self._model
+        return model.base_version if model is not None else "untrained"

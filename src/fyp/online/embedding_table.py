@@ -118,7 +118,7 @@ def _unpack_strings(data: npt.NDArray[np.uint8], ends: I64) -> list[str]:
     return out
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
+def atomic_write(path: Path, payload: bytes) -> None:
     """Write ``payload`` to ``path`` so that ``path`` is either absent/old or complete."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -263,6 +263,27 @@ class EmbeddingTable:
             self._dirty[row] = True  # its use time moved: the next delta carries it
             out.append(row)
         return np.asarray(out, dtype=np.int64)
+
+    def seed(self, ids: Sequence[str], vectors: npt.ArrayLike, now: float | None = None) -> int:
+        """Give each id a row holding its vector now, whatever its count (a model trained in
+        batch hands its learned rows to online training). Ids that already have a row are
+        overwritten. Returns the rows written."""
+        v = np.asarray(vectors, dtype=np.float32)
+        if v.shape != (len(ids), self.config.dim):
+            raise InvalidInput(
+                f"vectors must have shape ({len(ids)}, {self.config.dim}), got {v.shape}"
+            )
+        now = self._clock() if now is None else now
+        for item_id, vector in zip(ids, v, strict=True):
+            row = self._row_of.get(item_id)
+            if row is None:
+                if self._pending.pop(item_id, None) is not None:
+                    self._pending_dirty.discard(item_id)
+                    self._pending_removed.add(item_id)
+                row = self._admit(item_id)
+            self._weights[row] = vector
+            self._last_used[row] = now
+        return len(ids)
 
     def _admit(self, item_id: str) -> int:
         if not self._free:
@@ -451,7 +472,7 @@ class EmbeddingTable:
             "config": json.dumps(asdict(self.config), sort_keys=True),
         }
         payload = st_save(tensors, metadata=metadata)
-        _atomic_write(path, payload)
+        atomic_write(path, payload)
         # The file is in place: only now are these changes "saved".
         self._seq = seq
         self._dirty[:] = False
@@ -590,6 +611,11 @@ class HashedEmbeddingTable:
         self.lr = lr
         self._weights: F32 = rng.normal(0.0, 0.01, (num_rows, dim)).astype(np.float32)
         self._acc: F32 = np.full((num_rows, dim), 0.1, dtype=np.float32)
+
+    def seed(self, ids: Sequence[str], vectors: npt.ArrayLike) -> int:
+        """Write each id's vector into its hashed row (colliding ids: the last one wins)."""
+        self._weights[self.rows(ids)] = np.asarray(vectors, dtype=np.float32)
+        return len(ids)
 
     def rows(self, ids: Sequence[str]) -> I64:
         n, h = self.num_rows, self._hash

@@ -48,7 +48,7 @@ ENGAGEMENTS: Final = frozenset(
     {"play", "finish", "like", "share", "comment", "follow", "skip", "not_interested", "report"}
 )
 
-CloseReason = Literal["window", "terminal", "capacity"]
+CloseReason = Literal["window", "terminal", "capacity", "next_play"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +153,12 @@ class JoinerConfig:
     """Open impressions held at most; the oldest is closed early when a new one needs room."""
     max_orphans: int = 100_000
     """Events held while waiting for their impression; the oldest are dropped beyond it."""
+    close_on_next_play: bool = False
+    """A ``play`` by a viewer closes that viewer's other open impressions that already have an
+    engagement earlier than it (the viewer moved on to another item): their examples are emitted
+    at once with the engagements up to that play. Emission then depends on a client reporting a
+    viewing's engagements before it reports the next play (an engagement that comes later is
+    counted late)."""
 
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.max_skew_s < 0:
@@ -182,6 +188,9 @@ class JoinerStats:
     emitted_window: int = 0
     emitted_terminal: int = 0
     emitted_capacity: int = 0
+    emitted_next_play: int = 0
+    forgotten: int = 0
+    """Open impressions and held events dropped by :meth:`Joiner.forget_user` (erasure)."""
     open: int = 0
     held_orphans: int = 0
     watermark: float = -math.inf
@@ -212,6 +221,7 @@ class Joiner:
         self._lock = threading.Lock()
         self._open: dict[tuple[str, str], _Open] = {}
         self._by_viewer: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._by_user: dict[str, set[tuple[str, str]]] = {}
         self._open_heap: list[tuple[float, str, str]] = []  # (window end, request, item)
         self._closed: dict[tuple[str, str], float] = {}  # emitted key -> when to forget it
         self._closed_heap: list[tuple[float, str, str]] = []
@@ -285,6 +295,7 @@ class Joiner:
         entry = _Open(imp)
         self._open[key] = entry
         self._by_viewer.setdefault((imp.user_id, imp.item_id), set()).add(key)
+        self._by_user.setdefault(imp.user_id, set()).add(key)
         heapq.heappush(self._open_heap, (end, imp.request_id, imp.item_id))
         # Claim held events: by request key, then request-less ones of this viewer and item.
         claimed: list[Engagement] = []
@@ -321,6 +332,8 @@ class Joiner:
             self._stats.ignored_events += 1
             return
         key = self._match(ev)
+        if ev.type == "play" and self.config.close_on_next_play:
+            self._close_moved_on(ev, key, out)
         if key is None:
             self._hold_orphan(ev, out)
             return
@@ -329,6 +342,46 @@ class Joiner:
             self._stats.late_events += 1
             return
         self._attach(entry, ev, out)
+
+    def _close_moved_on(
+        self, ev: Engagement, playing: tuple[str, str] | None, out: list[Example]
+    ) -> None:
+        """The viewer started another item: close their engaged impressions from before it."""
+        for key in sorted(self._by_user.get(ev.user_id, ())):
+            entry = self._open.get(key)
+            if key == playing or entry is None or not entry.events:
+                continue
+            if max(e.ts for e in entry.events.values()) < ev.ts:
+                self._close(key, "next_play", ev.ts, out)
+
+    def forget_user(self, user_id: str) -> int:
+        """Erasure: drop the viewer's open impressions and held events without emitting them."""
+        with self._lock:
+            dropped = 0
+            for key in list(self._by_user.get(user_id, ())):
+                entry = self._open.pop(key, None)
+                if entry is not None:
+                    self._unindex(entry.impression)
+                    dropped += 1
+            for event_id in [i for i, ev in self._orphans.items() if ev.user_id == user_id]:
+                self._take_orphan(event_id)
+                dropped += 1
+            self._stats.forgotten += dropped
+            return dropped
+
+    def _unindex(self, imp: Impression) -> None:
+        key = imp.key
+        vkey = (imp.user_id, imp.item_id)
+        keys = self._by_viewer.get(vkey)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_viewer[vkey]
+        user_keys = self._by_user.get(imp.user_id)
+        if user_keys is not None:
+            user_keys.discard(key)
+            if not user_keys:
+                del self._by_user[imp.user_id]
 
     def _match(self, ev: Engagement) -> tuple[str, str] | None:
         """The key of the impression this event belongs to, open or closed, if known."""
@@ -437,11 +490,7 @@ class Joiner:
     ) -> None:
         entry = self._open.pop(key)
         imp = entry.impression
-        vkey = (imp.user_id, imp.item_id)
-        keys = self._by_viewer[vkey]
-        keys.discard(key)
-        if not keys:
-            del self._by_viewer[vkey]
+        self._unindex(imp)
         # Remember the key while an event for it could still arrive without being an orphan, so
         # a re-delivered impression is a duplicate and a straggling event is late.
         forget_at = _window_end(imp, self.config.window_s) + self._orphan_wait()
@@ -454,6 +503,8 @@ class Joiner:
             self._stats.emitted_window += 1
         elif reason == "terminal":
             self._stats.emitted_terminal += 1
+        elif reason == "next_play":
+            self._stats.emitted_next_play += 1
         else:
             self._stats.emitted_capacity += 1
         out.append(label(imp, events, reason))

@@ -53,6 +53,9 @@ class Candidate:
     score: float = 0.0
     exploration: bool = False
     """Placed by the exploration selector rather than by score."""
+    ranker_inputs: tuple[float, ...] | None = None
+    """The ranker's numeric inputs for this candidate (``NUMERIC_FEATURES`` order), logged with
+    the impression so online training learns from exactly what was scored."""
 
     @property
     def creator_id(self) -> str:
@@ -139,6 +142,8 @@ class FeedItem:
     item_id: str
     score: float
     reasons: tuple[Reason, ...]
+    ranker_inputs: tuple[float, ...] | None = None
+    """What the ranker scored this item with (logged for online training, not returned)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,7 +134,10 @@ def explain(query: FeedQuery, selected: list[Candidate]) -> FeedResult:
     priors = query.context.config.sources.priors()
     items = tuple(
         FeedItem(
-            item_id=c.item_id, score=round(c.score, 6), reasons=_reasons(query, c, priors, captions)
+            item_id=c.item_id,
+            score=round(c.score, 6),
+            reasons=_reasons(query, c, priors, captions),
+            ranker_inputs=c.ranker_inputs,
         )
         for c in selected
     )

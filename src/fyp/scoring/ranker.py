@@ -86,7 +86,7 @@ class RankerScorer:
         if not scored:
             return out
         items: list[ItemRecord] = [item for _, _, item in scored]
-        heads = ranker.score_candidates(
+        batch = ranker.serving_batch(
             query.user_id,
             items,
             [c.stats for _, c, _ in scored],
@@ -94,12 +94,15 @@ class RankerScorer:
             query.now,
             self._als_scores(query, model, items),
         )
+        heads = ranker.predict(batch)
         weights = np.array(
             [self.objective_weights.get(task, 0.0) for task in ranker.tasks], dtype=np.float32
         )
         values = (heads @ weights).tolist()
         names = [HEAD_FEATURE_PREFIX + task for task in ranker.tasks]
-        for (k, cand, _), row, value in zip(scored, heads.tolist(), values, strict=True):
+        inputs = batch.numeric.tolist()
+        for (k, cand, _), row, value, x in zip(scored, heads.tolist(), values, inputs, strict=True):
+            cand.ranker_inputs = tuple(x)
             features = cand.features
             for name, p in zip(names, row, strict=True):
                 features[name] = p

@@ -24,6 +24,7 @@ _HISTORY: Final = "HISTORY"
 """Saved versions, one per line, in save order: pruning follows it, not file timestamps."""
 _KEEP: Final = 3
 _ERASED: Final = "LAST_ERASURE"
+_ONLINE: Final = "online"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class ModelStore:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_atomically(_ERASED, repr(float(now)))
+        # The online checkpoint holds the erased viewer's row: drop it; a running trainer
+        # (which forgets the viewer in memory) writes a fresh one without them.
+        shutil.rmtree(self.root / _ONLINE, ignore_errors=True)
+
+    def online_dir(self) -> Path:
+        """Where the online trainer keeps its checkpoints (they hold viewer rows: personal)."""
+        return self.root / _ONLINE
 
     def last_erasure(self) -> float:
         try:
@@ -108,7 +116,7 @@ class ModelStore:
         """Keep the last ``_KEEP`` saves (by save order) and remove staging left by a crash."""
         keep = set(history[-_KEEP:])
         for path in self.root.iterdir():
-            if not path.is_dir():
+            if not path.is_dir() or path.name == _ONLINE:
                 continue
             if path.name.startswith("."):
                 shutil.rmtree(path, ignore_errors=True)  # a save that died before its rename

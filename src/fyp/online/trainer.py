@@ -1,0 +1,334 @@
+"""The online trainer: joined examples from the bus → mini-batches → the served ranker, in seconds.
+
+One :class:`OnlineTrainer` per region, owned by one thread. Each round (:meth:`OnlineTrainer.step`)
+drains a batch from the bus (the consumer group ``ranker``; the in-process and the Redis Streams bus
+behave the same here), skips redelivered examples, turns the rest into the ranker's inputs with the
+features logged at impression time, and calls :meth:`~fyp.online.learner.OnlineRanker.partial_fit`.
+At most every ``publish_interval_s`` it freezes the learner into a new ranker and hands it to
+``publish`` (the engine swaps it into the region's model slot: a request holds the model it started
+with, so a reader never sees a half-updated one); at most every ``checkpoint_interval_s`` it writes
+a checkpoint, so a restart continues rather than forgets.
+
+The learner always continues the region's latest *batch* model: when the retrainer swaps a new
+snapshot in, the trainer starts again from it (that snapshot already learned from every stored
+event), or from its own checkpoint if that continues the same snapshot.
+
+**Which examples train.** The batch ranker learns from viewings (a ``play`` and what followed
+it); an impression the viewer never reached carries no label. So the trainer keeps examples with
+at least one engagement, and only those whose impression logged the ranker's inputs
+(``x:<feature>``); the others are counted, not trained on.
+
+**Erasure.** :meth:`OnlineTrainer.forget_user` drops the viewer's row from the learner, remembers
+the id so examples of theirs still on the bus are discarded, and makes the next checkpoint a full
+one, so no file on disk keeps their row.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+
+from fyp.models.ranker import Ranker
+from fyp.models.ranker_data import LABEL_NAMES, MAX_TAGS, NUMERIC_FEATURES, ExampleSet
+from fyp.online.bus import Bus, IdempotenceFilter, drain
+from fyp.online.joiner import Example
+from fyp.online.learner import LearnerConfig, OnlineRanker
+from fyp.storage.roles import ItemRecord
+
+log = logging.getLogger(__name__)
+
+GROUP: Final = "ranker"
+"""The bus consumer group of the online ranker trainer."""
+FEATURE_PREFIX: Final = "x:"
+"""Impression features that are the ranker's numeric inputs, ``x:<name of NUMERIC_FEATURES>``."""
+_COL: Final = {name: i for i, name in enumerate(LABEL_NAMES)}
+
+
+def ranker_features(numeric: Sequence[float]) -> dict[str, float]:
+    """One candidate's numeric ranker inputs as impression features (what the joiner logs)."""
+    return {
+        FEATURE_PREFIX + name: float(v) for name, v in zip(NUMERIC_FEATURES, numeric, strict=True)
+    }
+
+
+def to_example_set(
+    examples: Sequence[Example], items: Callable[[Sequence[str]], dict[str, ItemRecord]]
+) -> tuple[ExampleSet, int]:
+    """The trainable examples as the ranker's inputs, and how many were left out (no engagement,
+    no logged ranker inputs, or an item no longer in the catalog)."""
+    keys = [FEATURE_PREFIX + name for name in NUMERIC_FEATURES]
+    records = items(list({e.item_id for e in examples}))
+    kept: list[tuple[Example, ItemRecord]] = []
+    for e in examples:
+        record = records.get(e.item_id)
+        if record is None or e.n_events == 0 or keys[0] not in e.features:
+            continue
+        kept.append((e, record))
+    n = len(kept)
+    numeric = np.zeros((n, len(NUMERIC_FEATURES)), dtype=np.float32)
+    labels = np.zeros((n, len(LABEL_NAMES)), dtype=np.float32)
+    known = np.ones((n, len(LABEL_NAMES)), dtype=np.bool_)
+    for k, (e, _) in enumerate(kept):
+        f = e.features
+        numeric[k] = [f.get(key, 0.0) for key in keys]
+        ratio = e.watch_ratio
+        row = labels[k]
+        if ratio is None:
+            known[k, _COL["watch_ratio"]] = known[k, _COL["long_watch"]] = False
+            known[k, _COL["quick_skip"]] = e.skip
+        else:
+            row[_COL["watch_ratio"]] = min(ratio, 1.0)
+            row[_COL["long_watch"]] = ratio >= 0.5
+        row[_COL["quick_skip"]] = e.quick_skip
+        row[_COL["finish"]] = e.finish
+        row[_COL["like"]] = e.like
+        row[_COL["share"]] = e.share
+        row[_COL["follow"]] = e.follow
+        row[_COL["not_interested"]] = e.negative
+    return (
+        ExampleSet(
+            ts=np.asarray([e.ts for e, _ in kept], dtype=np.float64),
+            user_ids=[e.user_id for e, _ in kept],
+            item_ids=[e.item_id for e, _ in kept],
+            creator_ids=[r.creator_id for _, r in kept],
+            tags=[r.tags[:MAX_TAGS] for _, r in kept],
+            numeric=numeric,
+            labels=labels,
+            known=known,
+        ),
+        len(examples) - n,
+    )
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    batch_size: int = 256
+    """Examples per optimizer step."""
+    max_drain: int = 2048
+    """Examples taken from the bus per round at most."""
+    publish_interval_s: float = 2.0
+    """A learner that trained since the last publish is frozen and served at most this often."""
+    checkpoint_interval_s: float = 60.0
+    poll_ms: int = 200
+    """How long a round waits for the bus when it is empty."""
+    reclaim_idle_ms: int = 30_000
+    """Entries pending this long for a consumer that died are taken over."""
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+
+
+@dataclass
+class TrainerStats:
+    delivered: int = 0
+    duplicates: int = 0
+    trained: int = 0
+    skipped: int = 0
+    """Delivered examples that cannot train (no engagement, no logged inputs, unknown item)."""
+    erased_skipped: int = 0
+    steps: int = 0
+    publishes: int = 0
+    checkpoints: int = 0
+    rebases: int = 0
+    last_loss: float = math.nan
+    last_publish_at: float = 0.0
+    base_version: str = ""
+    served_version: str = ""
+    user_rows: int = 0
+    item_rows: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        if not math.isfinite(out["last_loss"]):
+            out["last_loss"] = None
+        return out
+
+
+BaseProvider = Callable[[], "tuple[str, Ranker] | None"]
+"""The region's current batch model: (snapshot version, its ranker), or ``None`` without one."""
+Publisher = Callable[[str, Ranker, str], bool]
+"""``publish(base_version, ranker, version)``: serve it if the slot still holds that base."""
+
+
+class OnlineTrainer:
+    def __init__(
+        self,
+        region: str,
+        bus: Bus,
+        items: Callable[[Sequence[str]], dict[str, ItemRecord]],
+        base: BaseProvider,
+        publish: Publisher,
+        config: TrainerConfig | None = None,
+        *,
+        checkpoint_dir: Path | None = None,
+        consumer: str = "trainer",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.region = region
+        self.bus = bus
+        self.config = config or TrainerConfig()
+        self._items = items
+        self._base = base
+        self._publish = publish
+        self._checkpoint_dir = checkpoint_dir
+        self._consumer = consumer
+        self._clock = clock
+        self._seen = IdempotenceFilter()
+        self._lock = threading.Lock()  # the learner: trained here, erased from API threads
+        self._erased: set[str] = set()
+        self._full_checkpoint = False
+        self.learner: OnlineRanker | None = None
+        self.stats = TrainerStats()
+        self._dirty = False
+        self.last_delivered = 0
+        """Entries the latest round took from the bus."""
+        self._last_publish = 0.0
+        self._last_checkpoint = clock()
+        self.paused = threading.Event()
+        """Set to stop learning (examples stay on the bus); cleared to resume."""
+
+    # ---- one round -----------------------------------------------------------------------------
+
+    def _ensure_learner(self) -> OnlineRanker | None:
+        current = self._base()
+        if current is None:
+            return None
+        version, ranker = current
+        if self.learner is not None and self.learner.base_version == version:
+            return self.learner
+        learner = None
+        if self._checkpoint_dir is not None:
+            try:
+                learner = OnlineRanker.restore(
+                    self._checkpoint_dir, ranker, version, clock=self._clock
+                )
+            except Exception:  # a damaged checkpoint: start again from the batch model
+                log.exception("region %s: online checkpoint not restored", self.region)
+        if learner is not None:
+            for user_id in self._erased:
+                learner.forget_user(user_id)
+        else:
+            learner = OnlineRanker(
+                ranker, self.config.learner, base_version=version, clock=self._clock
+            )
+        self.learner = learner
+        self.stats.rebases += 1
+        self.stats.base_version = version
+        self._dirty = False
+        return learner
+
+    def step(self, block_ms: int | None = None) -> int:
+        """Drain one batch from the bus and learn from it; returns the examples trained on.
+
+        Without a batch model to continue, nothing is consumed: the examples wait on the bus.
+        """
+        self.last_delivered = 0
+        if self.paused.is_set():
+            return 0
+        with self._lock:
+            learner = self._ensure_learner()
+        if learner is None:
+            return 0
+        trained = 0
+
+        def handle(examples: list[Example]) -> None:
+            nonlocal trained
+            with self._lock:
+                kept = [e for e in examples if e.user_id not in self._erased]
+                self.stats.erased_skipped += len(examples) - len(kept)
+                batch, skipped = to_example_set(kept, self._items)
+                self.stats.skipped += skipped
+                size = self.config.batch_size
+                for start in range(0, len(batch), size):
+                    rows = np.arange(start, min(start + size, len(batch)))
+                    result = learner.partial_fit(batch.subset(rows))
+                    self.stats.last_loss = result.loss
+                    self.stats.steps += 1
+                trained = len(batch)
+                self.stats.trained += trained
+                self._dirty = self._dirty or trained > 0
+
+        result = drain(
+            self.bus,
+            GROUP,
+            self._consumer,
+            handle,
+            self._seen,
+            max_count=self.config.max_drain,
+            block_ms=self.config.poll_ms if block_ms is None else block_ms,
+            reclaim_idle_ms=self.config.reclaim_idle_ms,
+        )
+        self.last_delivered = result.delivered
+        self.stats.delivered += result.delivered
+        self.stats.duplicates += result.skipped_duplicates
+        now = self._clock()
+        if self._dirty and now - self._last_publish >= self.config.publish_interval_s:
+            self.publish_now()
+        if now - self._last_checkpoint >= self.config.checkpoint_interval_s:
+            self.checkpoint()
+        return trained
+
+    def publish_now(self) -> str | None:
+        """Freeze the learner and serve it; returns the served version (``None`` if refused)."""
+        with self._lock:
+            learner = self.learner
+            if learner is None:
+                return None
+            learner.evict_expired()
+            ranker = learner.to_ranker()
+            self.stats.publishes += 1
+            version = f"{learner.base_version}+online.{self.stats.publishes}"
+            self.stats.user_rows = learner.ids("users")
+            self.stats.item_rows = learner.ids("items")
+            self._dirty = False
+        self._last_publish = self._clock()
+        if not self._publish(learner.base_version, ranker, version):
+            return None  # a newer batch model arrived meanwhile; the next round rebases
+        self.stats.last_publish_at = self._last_publish
+        self.stats.served_version = version
+        return version
+
+    def checkpoint(self) -> bool:
+        """Write the learner's checkpoint (full after an erasure); False when there is none."""
+        self._last_checkpoint = self._clock()
+        if self._checkpoint_dir is None:
+            return False
+        with self._lock:
+            if self.learner is None:
+                return False
+            self.learner.save(self._checkpoint_dir, full=self._full_checkpoint)
+            self._full_checkpoint = False
+        self.stats.checkpoints += 1
+        return True
+
+    def forget_user(self, user_id: str) -> None:
+        """Erasure: the viewer's row leaves the learner now and every later checkpoint."""
+        with self._lock:
+            self._erased.add(user_id)
+            if self.learner is not None:
+                self.learner.forget_user(user_id)
+            self._full_checkpoint = True
+        if self._checkpoint_dir is not None and self.learner is not None:
+            self.checkpoint()
+
+    def run(self, stop: threading.Event) -> None:
+        """Learn until ``stop`` is set; a failing round is logged and the next one tries again."""
+        while not stop.is_set():
+            try:
+                if self.paused.is_set() or self.step() == 0:
+                    stop.wait(self.config.poll_ms / 1000.0)
+            except Exception:
+                log.exception("region %s: online training round failed", self.region)
+                stop.wait(1.0)
+        try:
+            if self._dirty:
+                self.publish_now()
+            self.checkpoint()
+        except Exception:
+            log.exception("region %s: final online checkpoint failed", self.region)
