@@ -156,6 +156,9 @@ class Engine:
                 )
                 bus = open_bus(o.bus_url, key=f"fyp:examples:{region}", max_len=o.bus_max_len)
                 self.online[region] = OnlineLog(joiner, bus, lateness_s=o.lateness_s, clock=clock)
+                # Start the watermark at the clock: imported history older than a window can
+                # never meet an impression, so the joiner drops it instead of holding it.
+                self.online[region].tick()
         for region in config.served_regions:
             if region not in self.gate.quarantined:
                 try:
@@ -450,8 +453,7 @@ class Engine:
                 trained += trainer.step(block_ms=0)
                 if trainer.last_delivered == 0:
                     break
-            if trained:
-                trainer.publish_now()
+            trainer.publish_if_changed()
             out[region] = trained
         return out
 

@@ -294,6 +294,10 @@ class OnlineTrainer:
         self.stats.served_version = version
         return version
 
+    def publish_if_changed(self) -> str | None:
+        """Publish now if the learner learned anything since its last publish."""
+        return self.publish_now() if self._dirty else None
+
     def checkpoint(self) -> bool:
         """Write the learner's checkpoint (full after an erasure); False when there is none."""
         self._last_checkpoint = self._clock()
