@@ -377,3 +377,44 @@ def test_memory_caps_hold_and_each_impression_is_emitted_once(
     emitted += joiner.flush()
     ids = [e.example_id for e in emitted]
     assert sorted(ids) == sorted(f"{i.request_id}/{i.item_id}" for i in impressions)
+
+
+def test_the_next_play_closes_the_viewing_the_viewer_left() -> None:
+    joiner = Joiner(JoinerConfig(window_s=WINDOW, close_on_next_play=True))
+    joiner.add_impressions([imp(item_id="i1"), imp(item_id="i2", position=1)])
+    assert joiner.add_events([ev("a1", "play", item_id="i1", watch_ms=12_000)]) == []
+    assert joiner.add_events([ev("a2", "like", dt=2.0, item_id="i1")]) == []
+    [done] = joiner.add_events([ev("b1", "play", dt=5.0, item_id="i2", watch_ms=3_000)])
+    assert (done.item_id, done.closed_by, done.like, done.watch_ms) == (
+        "i1",
+        "next_play",
+        True,
+        12_000,
+    )
+    # A like of the left item reported after the next play is late, never a second example.
+    assert joiner.add_events([ev("a3", "share", dt=6.0, item_id="i1")]) == []
+    assert joiner.stats().late_events == 1
+    # The viewing in progress stays open; it closes with the viewer's next play in a new request.
+    joiner.add_impressions([imp("r2", "i9", ts=T0 + 30)])
+    [second] = joiner.add_events(
+        [ev("c1", "play", dt=31.0, request_id="r2", item_id="i9", watch_ms=1_000)]
+    )
+    assert (second.item_id, second.closed_by) == ("i2", "next_play")
+    assert joiner.stats().emitted_next_play == 2
+
+
+def test_an_impression_never_played_is_not_closed_by_the_next_play() -> None:
+    joiner = Joiner(JoinerConfig(window_s=WINDOW, close_on_next_play=True))
+    joiner.add_impressions([imp(item_id="i1"), imp(item_id="i2", position=1)])
+    assert joiner.add_events([ev("b1", "play", dt=5.0, item_id="i2", watch_ms=3_000)]) == []
+    assert joiner.stats().open == 2
+
+
+def test_forgetting_a_viewer_drops_their_open_impressions_and_held_events() -> None:
+    joiner = Joiner(JoinerConfig(window_s=WINDOW))
+    joiner.add_impressions([imp(item_id="i1"), imp("r5", "i1", user_id="u2")])
+    joiner.add_events([ev("x1", "play", request_id="r7", item_id="i4", watch_ms=1_000)])
+    assert joiner.forget_user("u1") == 2  # one open impression, one held orphan
+    stats = joiner.stats()
+    assert (stats.open, stats.held_orphans, stats.forgotten) == (1, 0, 2)
+    assert [e.user_id for e in joiner.flush()] == ["u2"]
