@@ -267,3 +267,57 @@ def test_events_posted_over_http_reach_the_served_model_without_a_restart(
         report = client.get("/v1/transparency").json()
         trainer_stats = report["learning"]["online"]["regions"]["eu"]["trainer"]
         assert trainer_stats["trained"] >= 1
+
+
+def test_learners_side_by_side_see_identical_traffic_and_arms_are_served_by_their_own(
+    trained_dir: Path, tmp_path: Path, world: World
+) -> None:
+    directory = tmp_path / "arms"
+    shutil.copytree(trained_dir, directory)
+    config = load_config(
+        directory,
+        online={
+            "arms": [
+                {"name": "batch", "learn": False, "serve_share": 0.5},
+                {"name": "fast", "dense_lr": 0.01},
+            ]
+        },
+    )
+    engine = Engine(config, clock=Clock(NOW + 120.0))
+    try:
+        region = "eu"
+        users = [u.user_id for u in world.users if u.region == region][:12]
+        arms = {u: engine.arm_of(u) for u in users}
+        assert set(arms.values()) == {"main", "batch"}  # "fast" is a shadow: never served
+        for k, user in enumerate(users):
+            watch(engine, world, engine.feed(user, 8), seed=40 + k)
+        engine.learn_now([region])
+        base = engine.slots[region].base_version
+        for user in users:
+            version = engine.feed(user, 3).model_version
+            if arms[user] == "batch":
+                assert version == base
+            else:
+                assert version.startswith(f"{base}+online.")
+        stats = engine.online_stats()[region]
+        learners = stats["learners"]
+        assert isinstance(learners, dict) and set(learners) == {"main", "batch", "fast"}
+        seen = {
+            arm: entry["progressive"][tag]["like"]["n"]
+            for arm, entry in learners.items()
+            for tag in entry["progressive"]
+            if tag != "batch"
+        }
+        # Every learner scored exactly the same examples before learning from them.
+        assert len(set(seen.values())) == 1 and seen["main"] > 0
+        assert learners["main"]["progressive"]["batch"]["like"]["n"] == seen["main"]
+        assert engine.trainer(region, "fast").stats.served_version.startswith(f"{base}+fast.")
+        assert engine.trainer(region, "batch").stats.publishes == 0
+        outcomes = stats["experiment"]["outcomes"]  # type: ignore[index]
+        like = outcomes["like"]
+        assert set(like["arms"]) == {"main", "batch"}
+        main = like["arms"]["main"]
+        assert main["n"] > 0 and main["low"] <= main["mean"] <= main["high"]
+        assert "batch" in like["vs_main"]
+    finally:
+        engine.close()

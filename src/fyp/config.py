@@ -406,6 +406,21 @@ class RankerConfig(_Section):
         return self
 
 
+class LearnerArm(_Section):
+    """A second learner trained on the same joined examples as the main one (its own consumer
+    group on the bus): a shadow when ``serve_share`` is 0, an experiment arm served to that share
+    of viewers (chosen by a stable hash) otherwise."""
+
+    name: RegionName
+    """Arm name (letters, digits, ``-``, ``_``); ``main`` is the default learner's arm."""
+    learn: bool = True
+    """False: no online updates at all, the arm serves the batch model only (batch-only)."""
+    dense_lr: float | None = Field(default=None, gt=0)
+    sparse_lr: float | None = Field(default=None, gt=0)
+    min_count: int | None = Field(default=None, ge=1)
+    serve_share: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+
 class OnlineConfig(_Section):
     """Learning while serving: feed impressions joined with the engagements that follow, and the
     ranker trained on them in mini-batches and re-served every few seconds (``fyp.online``)."""
@@ -435,6 +450,19 @@ class OnlineConfig(_Section):
     """Examples an id needs before it gets its own embedding row."""
     ttl_hours: float | None = Field(default=720.0, gt=0)
     """Embedding rows unused this long are evicted; ``None`` keeps them."""
+    arms: list[LearnerArm] = Field(default_factory=list)
+    """Learners compared with the main one on identical traffic (shadow training, A/B arms)."""
+    experiment: str = Field(default="online-learners", min_length=1)
+    """Name of the split of viewers into arms (a new name reshuffles every viewer)."""
+
+    @model_validator(mode="after")
+    def _arms_are_distinct(self) -> OnlineConfig:
+        names = [arm.name for arm in self.arms]
+        if len(set(names)) != len(names) or "main" in names:
+            raise ValueError("online arms need distinct names other than 'main'")
+        if sum(arm.serve_share for arm in self.arms) >= 1.0:
+            raise ValueError("online arms' serve_share must leave traffic for the main learner")
+        return self
 
 
 class ServerConfig(_Section):

@@ -29,6 +29,7 @@ from fyp.governance.rights import UserRightsService
 from fyp.models.ranker import Ranker
 from fyp.models.serving import ModelSlot, ServingModel
 from fyp.models.training import TrainReport, train_region
+from fyp.online.arms import Experiment, assign
 from fyp.online.bus import open_bus
 from fyp.online.joiner import Joiner, JoinerConfig
 from fyp.online.learner import LearnerConfig
@@ -146,6 +147,18 @@ class Engine:
         # joiner's memory and the bus stream are per region, like the data they come from).
         self.online: dict[str, OnlineLog] = {}
         self.trainers: dict[str, OnlineTrainer] = {}
+        """Each region's main online trainer (also in ``arm_trainers[region]["main"]``)."""
+        self.arm_trainers: dict[str, dict[str, OnlineTrainer]] = {}
+        self._arm_slots: dict[str, dict[str, ModelSlot]] = {}
+        served_arms = {a.name: a.serve_share for a in config.online.arms if a.serve_share > 0}
+        self._experiment = (
+            Experiment(
+                config.online.experiment,
+                {"main": 1.0 - sum(served_arms.values()), **served_arms},
+            )
+            if served_arms and config.online.enabled
+            else None
+        )
         self._trainer_stop = threading.Event()
         self._trainer_threads: list[threading.Thread] = []
         if config.online.enabled:
@@ -293,7 +306,7 @@ class Engine:
             config=self.config,
             catalog=self.catalog,
             data=handle,
-            model=self.slots[region].current,
+            model=self._served_model(region, user_id),
         )
         query = FeedQuery(
             request_id=uuid.uuid4().hex,
@@ -393,21 +406,48 @@ class Engine:
         online = self.online.get(region)
         if online is not None:
             online.joiner.forget_user(user_id)
-        trainer = self.trainers.get(region)
-        if trainer is not None:
+        for trainer in self.arm_trainers.get(region, {}).values():
             trainer.forget_user(user_id)
+        for arm_slot in self._arm_slots.get(region, {}).values():
+            arm_model = arm_slot.current
+            if arm_model is not None:
+                arm_model.forget_user(user_id)
 
     # ---- learning while serving -----------------------------------------------------------------
 
-    def trainer(self, region: str) -> OnlineTrainer:
-        """The region's online trainer (created on first use; requires online learning on)."""
-        trainer = self.trainers.get(region)
+    def arm_of(self, user_id: str) -> str:
+        """The online-learning experiment arm a viewer is in (``main`` without an experiment)."""
+        return assign(self._experiment, user_id) if self._experiment is not None else "main"
+
+    def _served_model(self, region: str, user_id: str) -> ServingModel | None:
+        """The model a viewer's feed is scored with: their arm's learner, once it published."""
+        model = self.slots[region].current
+        arm = self.arm_of(user_id)
+        if arm == "main" or model is None:
+            return model
+        arm_slot = self._arm_slots.get(region, {}).get(arm)
+        if arm_slot is not None:  # a learning arm: its own publishes
+            arm_model = arm_slot.current
+            if arm_model is not None and arm_model.base_version == model.base_version:
+                return arm_model
+        # A batch-only arm (or a learning arm before its first publish): the batch model.
+        if model.batch_ranker is None or model.ranker is model.batch_ranker:
+            return model
+        return model.with_ranker(model.batch_ranker, model.base_version)
+
+    def trainer(self, region: str, arm: str = "main") -> OnlineTrainer:
+        """The region's online trainer of ``arm`` (created on first use; online learning on)."""
+        trainers = self.arm_trainers.setdefault(region, {})
+        trainer = trainers.get(arm)
         if trainer is not None:
             return trainer
         online = self.online.get(region)
         if online is None:
             raise InvalidInput(f"online learning is off or region {region!r} is not served here")
         o = self.config.online
+        spec = next((a for a in o.arms if a.name == arm), None)
+        if arm != "main" and spec is None:
+            raise InvalidInput(f"no online learner arm {arm!r}; configured: {self.arms}")
         handle = self.gate.open(region, self.service(region), "train")
         slot = self.slots[region]
 
@@ -417,54 +457,97 @@ class Engine:
                 return None
             return model.base_version, model.batch_ranker
 
+        publish = slot.publish_ranker
+        checkpoint_dir = handle.models.online_dir()
+        if spec is not None:
+            arm_slot = self._arm_slots.setdefault(region, {}).setdefault(arm, ModelSlot())
+
+            def publish(base_version: str, ranker: Ranker, version: str) -> bool:
+                model = slot.current
+                if model is None or model.base_version != base_version:
+                    return False
+                arm_slot.swap(model.with_ranker(ranker, version))
+                return True
+
+            checkpoint_dir = checkpoint_dir / arm
+        learner = LearnerConfig(
+            dense_lr=(spec.dense_lr if spec and spec.dense_lr else o.dense_lr),
+            sparse_lr=(spec.sparse_lr if spec and spec.sparse_lr else o.sparse_lr),
+            min_count=(spec.min_count if spec and spec.min_count else o.min_count),
+            ttl_s=o.ttl_hours * 3600.0 if o.ttl_hours is not None else None,
+        )
         trainer = OnlineTrainer(
             region,
             online.bus,
             self.catalog.get_items,
             base,
-            slot.publish_ranker,
+            publish,
             TrainerConfig(
                 batch_size=o.batch_size,
                 publish_interval_s=o.publish_interval_s,
                 checkpoint_interval_s=o.checkpoint_interval_s,
-                learner=LearnerConfig(
-                    dense_lr=o.dense_lr,
-                    sparse_lr=o.sparse_lr,
-                    min_count=o.min_count,
-                    ttl_s=o.ttl_hours * 3600.0 if o.ttl_hours is not None else None,
-                ),
+                learner=learner,
+                group="ranker" if spec is None else f"ranker-{arm}",
+                version_tag="online" if spec is None else arm,
+                learn=spec.learn if spec is not None else True,
+                compare_batch=spec is None,
             ),
-            checkpoint_dir=handle.models.online_dir(),
+            checkpoint_dir=checkpoint_dir,
             clock=self.clock,
+            arm_of=self.arm_of if spec is None and self._experiment is not None else None,
         )
-        self.trainers[region] = trainer
+        trainers[arm] = trainer
+        if spec is None:
+            self.trainers[region] = trainer
         return trainer
 
+    @property
+    def arms(self) -> list[str]:
+        """The online learners per region: ``main`` and the configured arms."""
+        return ["main", *(a.name for a in self.config.online.arms)]
+
     def learn_now(self, regions: Sequence[str] | None = None) -> dict[str, int]:
-        """Close what the clock says has ended, train on everything waiting and serve the result
-        at once; returns the examples trained per region. (The background trainer does the same
-        continuously; this is for tools and tests that drive the engine step by step.)"""
+        """Close what the clock says has ended, train every learner on everything waiting and
+        serve the result at once; returns the examples the main learner trained on per region.
+        (The background trainers do the same continuously; this is for tools and tests that
+        drive the engine step by step.)"""
         out: dict[str, int] = {}
         for region in regions or list(self.online):
             self.online[region].tick()
-            trainer = self.trainer(region)
-            trained = 0
-            while True:
-                trained += trainer.step(block_ms=0)
-                if trainer.last_delivered == 0:
-                    break
-            trainer.publish_if_changed()
-            out[region] = trained
+            for arm in self.arms:
+                trainer = self.trainer(region, arm)
+                trained = 0
+                while True:
+                    trained += trainer.step(block_ms=0)
+                    if trainer.last_delivered == 0:
+                        break
+                trainer.publish_if_changed()
+                if arm == "main":
+                    out[region] = trained
         return out
 
     def online_stats(self) -> dict[str, dict[str, object]]:
-        """Per region: the joiner's counters and the trainer's (when one runs)."""
+        """Per region: the joiner's counters, each learner's counters and train-then-test scores
+        (the main one beside the batch model on the same examples), and with an experiment the
+        outcomes per arm with 95 % intervals."""
         out: dict[str, dict[str, object]] = {}
         for region, online in self.online.items():
             entry: dict[str, object] = {"joiner": online.stats()}
-            trainer = self.trainers.get(region)
-            if trainer is not None:
-                entry["trainer"] = trainer.stats.as_dict()
+            trainers = self.arm_trainers.get(region, {})
+            main = trainers.get("main")
+            if main is not None:
+                entry["trainer"] = main.stats.as_dict()
+            if trainers:
+                entry["learners"] = {
+                    arm: {"stats": t.stats.as_dict(), "progressive": t.progressive()}
+                    for arm, t in trainers.items()
+                }
+            if main is not None and self._experiment is not None:
+                entry["experiment"] = {
+                    "name": self._experiment.name,
+                    "arms": dict(self._experiment.arms),
+                    "outcomes": main.outcome_report(),
+                }
             out[region] = entry
         return out
 
@@ -511,19 +594,20 @@ class Engine:
         for region in self.online:
             if region in quarantined:
                 continue
-            try:
-                trainer = self.trainer(region)
-            except AccessDenied as exc:
-                log.warning("region %s: no online training: %s", region, exc)
-                continue
-            thread = threading.Thread(
-                target=trainer.run,
-                args=(self._trainer_stop,),
-                name=f"fyp-online-{region}",
-                daemon=True,
-            )
-            thread.start()
-            self._trainer_threads.append(thread)
+            for arm in self.arms:
+                try:
+                    trainer = self.trainer(region, arm)
+                except AccessDenied as exc:
+                    log.warning("region %s: no online training: %s", region, exc)
+                    break
+                thread = threading.Thread(
+                    target=trainer.run,
+                    args=(self._trainer_stop,),
+                    name=f"fyp-online-{region}-{arm}",
+                    daemon=True,
+                )
+                thread.start()
+                self._trainer_threads.append(thread)
 
     def stop_background(self) -> None:
         self._trainer_stop.set()

@@ -35,9 +35,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import numpy.typing as npt
 
+from fyp.eval.metrics import auc
 from fyp.models.ranker import Ranker
 from fyp.models.ranker_data import LABEL_NAMES, MAX_TAGS, NUMERIC_FEATURES, ExampleSet
+from fyp.online.arms import ArmResults, Estimate
 from fyp.online.bus import Bus, IdempotenceFilter, drain
 from fyp.online.joiner import Example
 from fyp.online.learner import LearnerConfig, OnlineRanker
@@ -50,6 +53,15 @@ GROUP: Final = "ranker"
 FEATURE_PREFIX: Final = "x:"
 """Impression features that are the ranker's numeric inputs, ``x:<name of NUMERIC_FEATURES>``."""
 _COL: Final = {name: i for i, name in enumerate(LABEL_NAMES)}
+OUTCOMES: Final = ("watch_ratio", "finish", "like", "quick_skip")
+"""The outcomes tallied per experiment arm."""
+
+
+def _estimate(e: Estimate) -> dict[str, float | int | None]:
+    def num(x: float) -> float | None:
+        return round(x, 5) if math.isfinite(x) else None
+
+    return {"n": e.n, "mean": num(e.mean), "low": num(e.low), "high": num(e.high)}
 
 
 def ranker_features(numeric: Sequence[float]) -> dict[str, float]:
@@ -122,6 +134,64 @@ class TrainerConfig:
     reclaim_idle_ms: int = 30_000
     """Entries pending this long for a consumer that died are taken over."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    group: str = GROUP
+    """The bus consumer group: every group sees every example, so learners with their own group
+    train on identical traffic (shadow training)."""
+    version_tag: str = "online"
+    """Published versions are ``<batch version>+<tag>.<n>``."""
+    learn: bool = True
+    """False: score each example with the batch model and never update (the batch-only arm)."""
+    compare_batch: bool = False
+    """Also score each example with the batch model it continues (online vs batch, same
+    examples)."""
+
+
+class ProgressiveScore:
+    """Train-then-test quality: every example is scored by the model *before* it learns from it;
+    kept per task as the log loss over everything and the AUC over the latest ``window``."""
+
+    def __init__(self, tasks: Sequence[str], window: int = 20_000) -> None:
+        self.tasks = tuple(tasks)
+        self._window = window
+        self._labels: dict[str, list[npt.NDArray[np.float32]]] = {t: [] for t in self.tasks}
+        self._scores: dict[str, list[npt.NDArray[np.float32]]] = {t: [] for t in self.tasks}
+        self._loss = dict.fromkeys(self.tasks, 0.0)
+        self._n = dict.fromkeys(self.tasks, 0)
+
+    def add(self, batch: ExampleSet, predictions: npt.NDArray[np.float32]) -> None:
+        for k, task in enumerate(self.tasks):
+            column = LABEL_NAMES.index(task)
+            known = batch.known[:, column]
+            if not known.any():
+                continue
+            y = batch.labels[known, column]
+            p = np.clip(predictions[known, k], 1e-6, 1 - 1e-6)
+            self._loss[task] += float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).sum())
+            self._n[task] += int(known.sum())
+            self._labels[task].append(y)
+            self._scores[task].append(p.astype(np.float32))
+            self._trim(task)
+
+    def _trim(self, task: str) -> None:
+        labels, scores = self._labels[task], self._scores[task]
+        while len(labels) > 1 and sum(len(a) for a in labels[1:]) >= self._window:
+            labels.pop(0)
+            scores.pop(0)
+
+    def summary(self) -> dict[str, dict[str, float | int | None]]:
+        out: dict[str, dict[str, float | int | None]] = {}
+        for task in self.tasks:
+            n = self._n[task]
+            y = np.concatenate(self._labels[task]) if self._labels[task] else np.zeros(0)
+            p = np.concatenate(self._scores[task]) if self._scores[task] else np.zeros(0)
+            binary = bool(np.isin(y, (0.0, 1.0)).all())
+            value = auc(y, p) if binary and 0 < y.sum() < len(y) else None
+            out[task] = {
+                "n": n,
+                "log_loss": round(self._loss[task] / n, 5) if n else None,
+                "auc_recent": round(value, 5) if value is not None else None,
+            }
+        return out
 
 
 @dataclass
@@ -169,7 +239,10 @@ class OnlineTrainer:
         checkpoint_dir: Path | None = None,
         consumer: str = "trainer",
         clock: Callable[[], float] = time.time,
+        arm_of: Callable[[str], str] | None = None,
     ) -> None:
+        """``arm_of`` (viewer id -> experiment arm): when given, the outcomes of every example
+        are also tallied per arm that served it (``outcomes``)."""
         self.region = region
         self.bus = bus
         self.config = config or TrainerConfig()
@@ -185,6 +258,12 @@ class OnlineTrainer:
         self._full_checkpoint = False
         self.learner: OnlineRanker | None = None
         self.stats = TrainerStats()
+        self._progress: ProgressiveScore | None = None
+        self._batch_progress: ProgressiveScore | None = None
+        self._batch_ranker: Ranker | None = None
+        self._arm_of = arm_of
+        self.outcomes = {name: ArmResults(name) for name in OUTCOMES}
+        """Per arm: watch ratio, finish, like and quick skip of the examples joined."""
         self._dirty = False
         self.last_delivered = 0
         """Entries the latest round took from the bus."""
@@ -218,6 +297,10 @@ class OnlineTrainer:
                 ranker, self.config.learner, base_version=version, clock=self._clock
             )
         self.learner = learner
+        self._batch_ranker = ranker
+        if self._progress is None:
+            self._progress = ProgressiveScore(learner.tasks)
+            self._batch_progress = ProgressiveScore(learner.tasks)
         self.stats.rebases += 1
         self.stats.base_version = version
         self._dirty = False
@@ -243,20 +326,20 @@ class OnlineTrainer:
                 kept = [e for e in examples if e.user_id not in self._erased]
                 self.stats.erased_skipped += len(examples) - len(kept)
                 batch, skipped = to_example_set(kept, self._items)
+                if self._arm_of is not None:
+                    self._tally(batch)
                 self.stats.skipped += skipped
                 size = self.config.batch_size
                 for start in range(0, len(batch), size):
-                    rows = np.arange(start, min(start + size, len(batch)))
-                    result = learner.partial_fit(batch.subset(rows))
-                    self.stats.last_loss = result.loss
-                    self.stats.steps += 1
+                    part = batch.subset(np.arange(start, min(start + size, len(batch))))
+                    self._learn(learner, part)
                 trained = len(batch)
                 self.stats.trained += trained
-                self._dirty = self._dirty or trained > 0
+                self._dirty = self._dirty or (trained > 0 and self.config.learn)
 
         result = drain(
             self.bus,
-            GROUP,
+            self.config.group,
             self._consumer,
             handle,
             self._seen,
@@ -274,6 +357,55 @@ class OnlineTrainer:
             self.checkpoint()
         return trained
 
+    def _learn(self, learner: OnlineRanker, part: ExampleSet) -> None:
+        if self.config.learn:
+            result = learner.partial_fit(part)
+            predictions = result.predictions
+            self.stats.last_loss = result.loss
+            self.stats.steps += 1
+        else:
+            predictions = learner.predict(part)
+        if self._progress is not None:
+            self._progress.add(part, predictions)
+        if self.config.compare_batch and self._batch_ranker is not None:
+            assert self._batch_progress is not None
+            self._batch_progress.add(part, self._batch_ranker.predict_examples(part))
+
+    def _tally(self, batch: ExampleSet) -> None:
+        assert self._arm_of is not None
+        arms = [self._arm_of(user_id) for user_id in batch.user_ids]
+        for name in OUTCOMES:
+            column = LABEL_NAMES.index(name)
+            results = self.outcomes[name]
+            for arm, value, known in zip(
+                arms, batch.labels[:, column].tolist(), batch.known[:, column].tolist(), strict=True
+            ):
+                if known:
+                    results.add(arm, value)
+
+    def outcome_report(self, control: str = "main") -> dict[str, Any]:
+        """Per outcome: each arm's mean with its 95 % interval, and each arm minus ``control``
+        with Welch's interval."""
+        out: dict[str, Any] = {}
+        for name, results in self.outcomes.items():
+            arms = results.summary()
+            out[name] = {
+                "arms": {a: _estimate(e) for a, e in arms.items()},
+                "vs_" + control: {
+                    a: _estimate(results.difference(a, control)) for a in arms if a != control
+                },
+            }
+        return out
+
+    def progressive(self) -> dict[str, Any]:
+        """Train-then-test scores so far (this learner's, and the batch model's if compared)."""
+        out: dict[str, Any] = {}
+        if self._progress is not None:
+            out[self.config.version_tag] = self._progress.summary()
+        if self.config.compare_batch and self._batch_progress is not None:
+            out["batch"] = self._batch_progress.summary()
+        return out
+
     def publish_now(self) -> str | None:
         """Freeze the learner and serve it; returns the served version (``None`` if refused)."""
         with self._lock:
@@ -283,7 +415,7 @@ class OnlineTrainer:
             learner.evict_expired()
             ranker = learner.to_ranker()
             self.stats.publishes += 1
-            version = f"{learner.base_version}+online.{self.stats.publishes}"
+            version = f"{learner.base_version}+{self.config.version_tag}.{self.stats.publishes}"
             self.stats.user_rows = learner.ids("users")
             self.stats.item_rows = learner.ids("items")
             self._dirty = False
