@@ -431,8 +431,8 @@ class OnlineConfig(_Section):
     """Where joined examples travel to the trainer: ``memory://`` (one process) or
     ``redis://...`` (API workers publish, the training process consumes; the stream of region
     ``r`` is ``fyp:examples:<r>``)."""
-    bus_max_len: int = Field(default=200_000, ge=1_000)
-    """Examples kept on the bus at most (oldest trimmed first)."""
+    bus_max_len: int = Field(default=50_000, ge=1_000)
+    """Examples kept on the bus at most (oldest trimmed first; ~1 KB each in memory)."""
     window_s: float = Field(default=600.0, gt=0)
     """How long after an impression its engagements still count."""
     close_on_next_play: bool = True

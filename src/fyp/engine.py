@@ -583,6 +583,16 @@ class Engine:
             self._sync_thread.start()
         if train and self.retrainer.start():
             self._start_trainers()
+        elif self.config.online.bus_url.startswith("memory:"):
+            # Another process trains: an in-process bus here would have no consumer and only
+            # grow, so this process stops logging impressions (a Redis bus reaches the trainer).
+            for online in self.online.values():
+                online.bus.close()
+            self.online.clear()
+            log.info(
+                "online learning runs in the training process; set online.bus_url to a "
+                "redis:// URL so this process's feeds reach it"
+            )
 
     def _start_trainers(self) -> None:
         """One online-training thread per served region (in the process that retrains: with the
