@@ -5,13 +5,16 @@ posted events reach the served model within seconds with no restart."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from fyp.api.app import create_app
@@ -321,3 +324,58 @@ def test_learners_side_by_side_see_identical_traffic_and_arms_are_served_by_thei
         assert "batch" in like["vs_main"]
     finally:
         engine.close()
+
+
+@pytest.mark.skipif(
+    not os.environ.get("FYP_TEST_REDIS_URL"),
+    reason="several server processes share learning through Redis: needs FYP_TEST_REDIS_URL",
+)
+def test_with_several_processes_a_worker_serves_what_the_training_process_learned(
+    trained_dir: Path, tmp_path: Path, world: World
+) -> None:
+    """Two engines on one data directory stand for two server workers: one only serves (its
+    feeds and events are relayed over Redis), the other joins, trains and publishes."""
+    directory = tmp_path / "workers"
+    shutil.copytree(trained_dir, directory)
+    prefix = f"fyp-test-{uuid.uuid4().hex}"
+    config = load_config(
+        directory, online={"bus_url": os.environ["FYP_TEST_REDIS_URL"], "bus_stream": prefix}
+    )
+    clock = Clock(NOW + 120.0)
+    trainer_process = Engine(config, clock=clock)
+    worker = Engine(config, clock=clock)
+    try:
+        region = "eu"
+        users = [u.user_id for u in world.users if u.region == region][:3]
+        for k, user in enumerate(users):
+            watch(worker, world, worker.feed(user, 8), seed=60 + k)
+            watch(worker, world, worker.feed(user, 8), seed=70 + k)
+        assert worker.online_stats()[region]["relay"]["relayed_events"] > 0  # type: ignore[index]
+        trained = trainer_process.learn_now([region])
+        assert trained[region] >= 10
+        learned = trainer_process.slots[region].version
+        assert "+online." in learned
+        assert worker.slots[region].version != learned
+        worker.sync()
+        assert worker.feed(users[0], 3).model_version == learned
+        # An erasure carried out by the worker reaches the trainer's learner and, through its
+        # next publish, the model the worker serves.
+        leaver = users[1]
+        learner = trainer_process.trainers[region].learner
+        assert learner is not None and leaver in learner.tables["users"]
+        worker.rights.erase(leaver)
+        trainer_process.learn_now([region])
+        assert leaver not in learner.tables["users"]
+        worker.sync()
+        served = worker.slots[region].current
+        assert served is not None and served.ranker is not None
+        assert served.version != learned and "+online." in served.version
+        assert served.ranker.vocabs.users.row(leaver) == served.ranker.vocabs.users.unknown_row
+    finally:
+        worker.close()
+        trainer_process.close()
+        client = redis.Redis.from_url(os.environ["FYP_TEST_REDIS_URL"])
+        client.delete(
+            *(f"{prefix}:{kind}:{r}" for kind in ("raw", "examples") for r in ("us", "eu"))
+        )
+        client.close()

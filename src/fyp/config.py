@@ -428,9 +428,12 @@ class OnlineConfig(_Section):
     enabled: bool = True
     """Log impressions, join them and train the ranker online in a server that trains."""
     bus_url: str = "memory://"
-    """Where joined examples travel to the trainer: ``memory://`` (one process) or
-    ``redis://...`` (API workers publish, the training process consumes; the stream of region
-    ``r`` is ``fyp:examples:<r>``)."""
+    """Where learning signal travels: ``memory://`` (one process joins and trains) or
+    ``redis://...`` (every server worker relays its impressions and events; the process that
+    trains joins them and learns, and the other workers load what it publishes)."""
+    bus_stream: str = Field(default="fyp", min_length=1)
+    """Prefix of the Redis stream names: ``<prefix>:raw:<region>`` carries the impressions and
+    events every server process relays, ``<prefix>:examples:<region>`` the joined examples."""
     bus_max_len: int = Field(default=50_000, ge=1_000)
     """Examples kept on the bus at most (oldest trimmed first; ~1 KB each in memory)."""
     window_s: float = Field(default=600.0, gt=0)

@@ -9,6 +9,7 @@ enough new events arrived (or enough time passed) and swaps the new model in wit
 from __future__ import annotations
 
 import fcntl
+import functools
 import logging
 import threading
 import time
@@ -33,7 +34,7 @@ from fyp.online.arms import Experiment, assign
 from fyp.online.bus import open_bus
 from fyp.online.joiner import Joiner, JoinerConfig
 from fyp.online.learner import LearnerConfig
-from fyp.online.log import OnlineLog
+from fyp.online.log import JoinPump, OnlineLog, RelayLog
 from fyp.online.trainer import OnlineTrainer, TrainerConfig, ranker_features
 from fyp.pipeline.contracts import FeedContext, FeedQuery, FeedResult
 from fyp.pipeline.for_you import for_you_pipeline, non_personalized_pipeline
@@ -145,7 +146,12 @@ class Engine:
         self._sync_thread: threading.Thread | None = None
         # Learning while serving: each served region joins its own impressions and events (the
         # joiner's memory and the bus stream are per region, like the data they come from).
-        self.online: dict[str, OnlineLog] = {}
+        self.online: dict[str, OnlineLog | RelayLog] = {}
+        """Where this process's feeds and events go, per region."""
+        self._joins: dict[str, OnlineLog] = {}
+        """Where they are joined into examples: ``online`` itself with the in-process bus; in
+        the training process, a local log fed by a ``JoinPump`` from the relay stream."""
+        self._pumps: dict[str, JoinPump] = {}
         self.trainers: dict[str, OnlineTrainer] = {}
         """Each region's main online trainer (also in ``arm_trainers[region]["main"]``)."""
         self.arm_trainers: dict[str, dict[str, OnlineTrainer]] = {}
@@ -164,14 +170,13 @@ class Engine:
         if config.online.enabled:
             o = config.online
             for region in config.served_regions:
-                joiner = Joiner(
-                    JoinerConfig(window_s=o.window_s, close_on_next_play=o.close_on_next_play)
-                )
-                bus = open_bus(o.bus_url, key=f"fyp:examples:{region}", max_len=o.bus_max_len)
-                self.online[region] = OnlineLog(joiner, bus, lateness_s=o.lateness_s, clock=clock)
-                # Start the watermark at the clock: imported history older than a window can
-                # never meet an impression, so the joiner drops it instead of holding it.
-                self.online[region].tick()
+                if o.bus_url.startswith("memory:"):
+                    self.online[region] = self._joins[region] = self._new_join_log(region)
+                else:
+                    raw = open_bus(
+                        o.bus_url, key=f"{o.bus_stream}:raw:{region}", max_len=o.bus_max_len
+                    )
+                    self.online[region] = RelayLog(raw, clock=clock)
         for region in config.served_regions:
             if region not in self.gate.quarantined:
                 try:
@@ -330,7 +335,9 @@ class Engine:
                 log.exception("region %s: feed not logged for online training", region)
         return result
 
-    def _log_impressions(self, online: OnlineLog, result: FeedResult, now: float) -> None:
+    def _log_impressions(
+        self, online: OnlineLog | RelayLog, result: FeedResult, now: float
+    ) -> None:
         records = self.catalog.get_items([item.item_id for item in result.items])
         durations = {item_id: record.duration_s for item_id, record in records.items()}
         features = {
@@ -381,6 +388,26 @@ class Engine:
             slot.swap(ServingModel(snapshot))
         return slot.version
 
+    def _load_published_ranker(self, region: str) -> bool:
+        """Serve the ranker another process's online trainer published for this region's current
+        snapshot, if it is newer than what this process serves."""
+        if region in self.arm_trainers or not self.config.online.enabled:
+            return False  # this process trains the region itself
+        slot = self.slots[region]
+        version = self.gate.published_version(region)
+        if version is None or version == slot.version:
+            return False
+        if not version.startswith(f"{slot.base_version}+"):
+            return False  # it continues another snapshot (older, or not loaded here yet)
+        handle = self.gate.open(region, self.service(region), "serve_feed")
+        published = handle.models.load_published()
+        if published is None or published.version != version:
+            return False
+        from fyp.models.ranker import load_for_serving
+
+        ranker = load_for_serving(published.meta["ranker"], published.arrays)
+        return slot.publish_ranker(slot.base_version, ranker, version)
+
     def place_new_items(self, region: str) -> int:
         """Give items uploaded since the region's last training a place in its content towers,
         so they can be retrieved before anyone has watched them; returns how many were placed."""
@@ -397,23 +424,54 @@ class Engine:
         online learner and the joiner's open impressions too; the stored model loses the row at
         the next training, which the retrainer then runs (the online checkpoint is dropped by the
         erasure itself and rewritten without the viewer)."""
+        self._forget_served(region, user_id)
+        join = self._joins.get(region)
+        if join is not None:
+            join.joiner.forget_user(user_id)
+        for trainer in self.arm_trainers.get(region, {}).values():
+            trainer.forget_user(user_id)
+
+    def _forgotten_by_trainer(self, region: str, user_id: str) -> None:
+        """A trainer forgot a viewer (possibly erased through another process): the joiner and
+        the served models here drop them too."""
+        join = self._joins.get(region)
+        if join is not None:
+            join.joiner.forget_user(user_id)
+        self._forget_served(region, user_id)
+
+    def _forget_served(self, region: str, user_id: str) -> None:
+        """Drop a viewer's rows from every model this process serves in ``region``."""
         slot = self.slots.get(region)
         model = slot.current if slot is not None else None
         if model is not None:
             model.forget_user(user_id)
             if model.batch_ranker is not None and model.batch_ranker is not model.ranker:
                 model.batch_ranker.forget_user(user_id)
-        online = self.online.get(region)
-        if online is not None:
-            online.joiner.forget_user(user_id)
-        for trainer in self.arm_trainers.get(region, {}).values():
-            trainer.forget_user(user_id)
         for arm_slot in self._arm_slots.get(region, {}).values():
             arm_model = arm_slot.current
             if arm_model is not None:
                 arm_model.forget_user(user_id)
 
     # ---- learning while serving -----------------------------------------------------------------
+
+    def _new_join_log(self, region: str) -> OnlineLog:
+        o = self.config.online
+        joiner = Joiner(JoinerConfig(window_s=o.window_s, close_on_next_play=o.close_on_next_play))
+        bus = open_bus(o.bus_url, key=f"{o.bus_stream}:examples:{region}", max_len=o.bus_max_len)
+        log_ = OnlineLog(joiner, bus, lateness_s=o.lateness_s, clock=self.clock)
+        # Start the watermark at the clock: imported history older than a window can never meet
+        # an impression, so the joiner drops it instead of holding it.
+        log_.tick()
+        return log_
+
+    def _join_log(self, region: str) -> OnlineLog:
+        """The region's joining log, with a pump from the relay stream when the bus is Redis."""
+        join = self._joins.get(region)
+        if join is None:
+            relay = self.online[region]
+            join = self._joins[region] = self._new_join_log(region)
+            self._pumps[region] = JoinPump(relay.bus, join)
+        return join
 
     def arm_of(self, user_id: str) -> str:
         """The online-learning experiment arm a viewer is in (``main`` without an experiment)."""
@@ -457,18 +515,29 @@ class Engine:
                 return None
             return model.base_version, model.batch_ranker
 
-        publish = slot.publish_ranker
+        share = not o.bus_url.startswith("memory:")
+
+        def publish_main(base_version: str, ranker: Ranker, version: str) -> bool:
+            if not slot.publish_ranker(base_version, ranker, version):
+                return False
+            if share:  # other serving processes pick it up in their sync loop
+                meta, arrays = ranker.to_arrays()
+                handle.models.save_published(version, {"ranker": meta}, arrays)
+            return True
+
+        publish = publish_main
         checkpoint_dir = handle.models.online_dir()
         if spec is not None:
             arm_slot = self._arm_slots.setdefault(region, {}).setdefault(arm, ModelSlot())
 
-            def publish(base_version: str, ranker: Ranker, version: str) -> bool:
+            def publish_arm(base_version: str, ranker: Ranker, version: str) -> bool:
                 model = slot.current
                 if model is None or model.base_version != base_version:
                     return False
                 arm_slot.swap(model.with_ranker(ranker, version))
                 return True
 
+            publish = publish_arm  # an arm's model is served from this process only
             checkpoint_dir = checkpoint_dir / arm
         learner = LearnerConfig(
             dense_lr=(spec.dense_lr if spec and spec.dense_lr else o.dense_lr),
@@ -476,9 +545,11 @@ class Engine:
             min_count=(spec.min_count if spec and spec.min_count else o.min_count),
             ttl_s=o.ttl_hours * 3600.0 if o.ttl_hours is not None else None,
         )
+        join = self._join_log(region)
+        pump = self._pumps.get(region)
         trainer = OnlineTrainer(
             region,
-            online.bus,
+            join.bus,
             self.catalog.get_items,
             base,
             publish,
@@ -495,6 +566,11 @@ class Engine:
             checkpoint_dir=checkpoint_dir,
             clock=self.clock,
             arm_of=self.arm_of if spec is None and self._experiment is not None else None,
+            last_erasure=handle.models.last_erasure,
+            existing_users=handle.users.has_users,
+            # One pump per region feeds every learner's consumer group; the main one runs it.
+            feed=pump.step if pump is not None and spec is None else None,
+            on_forget=functools.partial(self._forgotten_by_trainer, region),
         )
         trainers[arm] = trainer
         if spec is None:
@@ -513,7 +589,11 @@ class Engine:
         drive the engine step by step.)"""
         out: dict[str, int] = {}
         for region in regions or list(self.online):
-            self.online[region].tick()
+            join = self._join_log(region)
+            pump = self._pumps.get(region)
+            while pump is not None and pump.step():
+                pass
+            join.tick()
             for arm in self.arms:
                 trainer = self.trainer(region, arm)
                 trained = 0
@@ -532,7 +612,12 @@ class Engine:
         outcomes per arm with 95 % intervals."""
         out: dict[str, dict[str, object]] = {}
         for region, online in self.online.items():
-            entry: dict[str, object] = {"joiner": online.stats()}
+            join = self._joins.get(region)
+            entry: dict[str, object] = {}
+            if join is not None:
+                entry["joiner"] = join.stats()
+            if join is not online:
+                entry["relay"] = online.stats()
             trainers = self.arm_trainers.get(region, {})
             main = trainers.get("main")
             if main is not None:
@@ -569,6 +654,7 @@ class Engine:
             try:
                 if self.gate.model_version(region) not in (None, slot.base_version):
                     self.reload_model(region)
+                self._load_published_ranker(region)
                 self.place_new_items(region)
             except AccessDenied as exc:  # that region's policy refuses; the others go on
                 log.warning("region %s: not synced: %s", region, exc)
@@ -589,6 +675,7 @@ class Engine:
             for online in self.online.values():
                 online.bus.close()
             self.online.clear()
+            self._joins.clear()
             log.info(
                 "online learning runs in the training process; set online.bus_url to a "
                 "redis:// URL so this process's feeds reach it"
@@ -634,8 +721,8 @@ class Engine:
         next_signing = 0.0
         while not self._sync_stop.wait(self.config.sync_interval_s):
             try:
-                for online in self.online.values():
-                    online.tick()  # close the impressions whose window ended
+                for join in list(self._joins.values()):
+                    join.tick()  # close the impressions whose window ended
                 self.sync()
                 if time.monotonic() >= next_signing:
                     next_signing = time.monotonic() + self.config.audit_sign_interval_s
@@ -672,8 +759,10 @@ class Engine:
 
     def close(self) -> None:
         self.stop_background()
-        for online in self.online.values():
-            online.bus.close()
+        for bus in {
+            id(x.bus): x.bus for x in [*self.online.values(), *self._joins.values()]
+        }.values():
+            bus.close()
         self.gate.close()
         self.catalog.close()
 

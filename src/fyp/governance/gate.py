@@ -41,7 +41,16 @@ _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
     "state": frozenset({"hydrate", "seen_among", "record_served"}),
     "stats": frozenset({"stats", "trending", "totals"}),
     "models": frozenset(
-        {"save", "load_current", "current_version", "mark_erasure", "last_erasure", "online_dir"}
+        {
+            "save",
+            "load_current",
+            "current_version",
+            "mark_erasure",
+            "last_erasure",
+            "online_dir",
+            "save_published",
+            "load_published",
+        }
     ),
     "audit": frozenset({"append", "tail", "count", "verify", "leaf"}),
     "keys": frozenset({"rotate_kek", "key_status"}),
@@ -239,6 +248,11 @@ class Gate:
         ``open``.
         """
         return self._models[region].current_version()
+
+    def published_version(self, region: str) -> str | None:
+        """The version of the region's latest online-published ranker (a name, like
+        ``model_version``; loading it goes through ``open``)."""
+        return self._models[region].published_version()
 
     def locate(self, user_id: str) -> str | None:
         """The user's home region, or ``None`` when no region holds them."""

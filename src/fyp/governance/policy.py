@@ -56,6 +56,7 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
             "rights.controls",
             "models.load_current",
             "models.current_version",
+            "models.load_published",
         }
     ),
     "ingest": frozenset({"users.has_users", "events.append"}),
@@ -66,6 +67,9 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
             "events.scan",
             "events.last_seq",
             "models.online_dir",
+            "models.save_published",
+            "models.last_erasure",
+            "users.has_users",
             "models.save",
             "models.load_current",
             "models.current_version",

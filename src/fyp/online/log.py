@@ -1,10 +1,18 @@
 """Where serving hands learning its signal: feed responses become impressions, stored events become
 engagements, and the joined examples go on the bus.
 
-:class:`OnlineLog` is the one object the engine needs to hold: ``record_feed`` after a feed
-response is built, ``record_events`` after events are stored, ``tick`` from a timer (or any
-request) to let the event-time watermark follow the clock. It touches no personal store: what it
-holds is in memory (the joiner's open impressions) and on the bus, and both are bounded.
+Two shapes, one interface (``record_feed`` after a feed response is built, ``record_events``
+after events are stored, ``tick`` from a timer to let the event-time watermark follow the clock):
+
+* :class:`OnlineLog` joins in this process and publishes examples: the embedded default, where
+  the one process serves, ingests and trains;
+* :class:`RelayLog` publishes the raw impressions and engagements on a stream instead; a
+  :class:`JoinPump` in the training process consumes that stream into its own ``OnlineLog``. With
+  several server workers this is what makes a feed served by one worker meet the events posted to
+  another.
+
+Neither touches a personal store: what they hold is in memory (the joiner's open impressions) and
+on the bus, and both are bounded.
 
 The features logged with an impression are what a :class:`~fyp.pipeline.contracts.FeedResult`
 carries: the item's final score, its position and one flag per reason family
@@ -21,8 +29,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fyp.errors import InvalidInput
-from fyp.online.bus import Bus, publish_examples
-from fyp.online.joiner import Example, Impression, Joiner
+from fyp.online.bus import Bus, Message, publish_examples
+from fyp.online.joiner import Engagement, Example, Impression, Joiner
 from fyp.pipeline.contracts import FeedResult
 from fyp.types import Event
 
@@ -104,6 +112,14 @@ class OnlineLog:
         """Join stored events (only those the event log accepted); returns examples published."""
         return self._publish(self.joiner.add_events(events))
 
+    def add_impressions(self, impressions: Iterable[Impression]) -> int:
+        """Join impressions logged elsewhere (relayed); returns examples published."""
+        return self._publish(self.joiner.add_impressions(impressions))
+
+    def add_engagements(self, engagements: Iterable[Engagement]) -> int:
+        """Join engagements stored elsewhere (relayed); returns examples published."""
+        return self._publish(self.joiner.add_events(engagements))
+
     def tick(self, now: float | None = None) -> int:
         """Move the watermark to ``now - lateness_s``, publishing the examples whose window
         closed; returns how many."""
@@ -118,3 +134,131 @@ class OnlineLog:
         out["published"] = self.published
         out["bus_entries"] = len(self.bus)
         return out
+
+
+# ---- relaying to the training process ------------------------------------------------------------
+
+_KIND: str = "kind"
+
+
+class RelayLog:
+    """The serving side when another process joins: raw impressions and engagements on ``bus``."""
+
+    def __init__(self, bus: Bus, *, clock: Callable[[], float] = time.time) -> None:
+        self.bus = bus
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.relayed_impressions = 0
+        self.relayed_events = 0
+
+    def record_feed(
+        self,
+        result: FeedResult,
+        durations: Mapping[str, float],
+        *,
+        now: float | None = None,
+        features: Mapping[str, Mapping[str, float]] | None = None,
+    ) -> int:
+        ts = self._clock() if now is None else now
+        impressions = feed_impressions(result, ts, durations, features)
+        self.bus.publish([{_KIND: "impression", **_impression_dict(i)} for i in impressions])
+        with self._lock:
+            self.relayed_impressions += len(impressions)
+        return 0
+
+    def record_events(self, events: Iterable[Event]) -> int:
+        payload = [{_KIND: "event", **_engagement_dict(Engagement.from_event(e))} for e in events]
+        if payload:
+            self.bus.publish(payload)
+            with self._lock:
+                self.relayed_events += len(payload)
+        return 0
+
+    def tick(self, now: float | None = None) -> int:
+        return 0  # the joining process keeps the watermark
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "relayed_impressions": self.relayed_impressions,
+            "relayed_events": self.relayed_events,
+            "bus_entries": len(self.bus),
+        }
+
+
+def _impression_dict(imp: Impression) -> dict[str, Any]:
+    return {
+        "request_id": imp.request_id,
+        "user_id": imp.user_id,
+        "item_id": imp.item_id,
+        "position": imp.position,
+        "model_version": imp.model_version,
+        "ts": imp.ts,
+        "features": dict(imp.features),
+        "duration_s": imp.duration_s,
+    }
+
+
+def _engagement_dict(ev: Engagement) -> dict[str, Any]:
+    return {
+        "event_id": ev.event_id,
+        "user_id": ev.user_id,
+        "item_id": ev.item_id,
+        "type": ev.type,
+        "ts": ev.ts,
+        "watch_ms": ev.watch_ms,
+        "request_id": ev.request_id,
+    }
+
+
+class JoinPump:
+    """In the training process: raw records from the relay stream into a local :class:`OnlineLog`.
+
+    At least once, like every consumer of the bus: a record is acked after the joiner took it, and
+    the joiner's own duplicate checks (impression key, event id) make a redelivery harmless.
+    """
+
+    GROUP = "joiner"
+
+    def __init__(self, raw: Bus, log: OnlineLog, *, consumer: str = "joiner") -> None:
+        self.raw = raw
+        self.log = log
+        self._consumer = consumer
+        self.pumped = 0
+
+    def step(self, max_count: int = 2048, block_ms: int = 0) -> int:
+        """Join one batch of relayed records; returns how many were taken."""
+        messages = self.raw.reclaim(self.GROUP, self._consumer, 30_000, max_count)
+        if len(messages) < max_count:
+            messages += self.raw.consume(
+                self.GROUP, self._consumer, max_count - len(messages), block_ms
+            )
+        if not messages:
+            return 0
+        self._join(messages)
+        self.raw.ack(self.GROUP, [m.id for m in messages])
+        self.pumped += len(messages)
+        return len(messages)
+
+    def _join(self, messages: list[Message]) -> None:
+        # In stream order (runs of one kind at a time), so a viewing's engagements reach the
+        # joiner before the next play, as they reached the relaying process.
+        impressions: list[Impression] = []
+        engagements: list[Engagement] = []
+        for m in messages:
+            data = dict(m.payload)
+            kind = data.pop(_KIND, None)
+            if kind == "impression":
+                if engagements:
+                    self.log.add_engagements(engagements)
+                    engagements = []
+                data["features"] = {str(k): float(v) for k, v in data["features"].items()}
+                impressions.append(Impression(**data))
+            elif kind == "event":
+                if impressions:
+                    self.log.add_impressions(impressions)
+                    impressions = []
+                engagements.append(Engagement(**data))
+        if impressions:
+            self.log.add_impressions(impressions)
+        if engagements:
+            self.log.add_engagements(engagements)

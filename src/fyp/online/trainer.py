@@ -42,6 +42,7 @@ from fyp.models.ranker import Ranker
 from fyp.models.ranker_data import LABEL_NAMES, MAX_TAGS, NUMERIC_FEATURES, ExampleSet
 from fyp.online.arms import ArmResults, Estimate
 from fyp.online.bus import Bus, IdempotenceFilter, drain
+from fyp.online.embedding_table import EmbeddingTable
 from fyp.online.joiner import Example
 from fyp.online.learner import LearnerConfig, OnlineRanker
 from fyp.storage.roles import ItemRecord
@@ -240,9 +241,21 @@ class OnlineTrainer:
         consumer: str = "trainer",
         clock: Callable[[], float] = time.time,
         arm_of: Callable[[str], str] | None = None,
+        last_erasure: Callable[[], float] | None = None,
+        existing_users: Callable[[Sequence[str]], set[str]] | None = None,
+        feed: Callable[[], object] | None = None,
+        on_forget: Callable[[str], object] | None = None,
     ) -> None:
         """``arm_of`` (viewer id -> experiment arm): when given, the outcomes of every example
-        are also tallied per arm that served it (``outcomes``)."""
+        are also tallied per arm that served it (``outcomes``).
+
+        ``last_erasure`` and ``existing_users`` let the trainer notice an erasure carried out by
+        another process (which cannot call :meth:`forget_user` here): when the region's erasure
+        mark moves, every viewer row whose user no longer exists is forgotten.
+
+        ``feed`` runs at the start of every round (the join pump that turns relayed impressions
+        and events into the examples this trainer consumes); ``on_forget`` is told every viewer
+        the trainer forgets (so the joiner drops their open impressions too)."""
         self.region = region
         self.bus = bus
         self.config = config or TrainerConfig()
@@ -262,6 +275,11 @@ class OnlineTrainer:
         self._batch_progress: ProgressiveScore | None = None
         self._batch_ranker: Ranker | None = None
         self._arm_of = arm_of
+        self._feed = feed
+        self._on_forget = on_forget
+        self._last_erasure = last_erasure
+        self._existing_users = existing_users
+        self._erasure_seen = last_erasure() if last_erasure is not None else 0.0
         self.outcomes = {name: ArmResults(name) for name in OUTCOMES}
         """Per arm: watch ratio, finish, like and quick skip of the examples joined."""
         self._dirty = False
@@ -314,10 +332,13 @@ class OnlineTrainer:
         self.last_delivered = 0
         if self.paused.is_set():
             return 0
+        if self._feed is not None:
+            self._feed()
         with self._lock:
             learner = self._ensure_learner()
         if learner is None:
             return 0
+        self._catch_up_erasures(learner)
         trained = 0
 
         def handle(examples: list[Example]) -> None:
@@ -356,6 +377,20 @@ class OnlineTrainer:
         if now - self._last_checkpoint >= self.config.checkpoint_interval_s:
             self.checkpoint()
         return trained
+
+    def _catch_up_erasures(self, learner: OnlineRanker) -> None:
+        if self._last_erasure is None or self._existing_users is None:
+            return
+        mark = self._last_erasure()
+        if mark <= self._erasure_seen:
+            return
+        users = learner.tables["users"]
+        ids = users.ids() if isinstance(users, EmbeddingTable) else []
+        existing = self._existing_users(ids) if ids else set()
+        gone = [user_id for user_id in ids if user_id not in existing]
+        if gone:
+            self.forget_users(gone)
+        self._erasure_seen = mark
 
     def _learn(self, learner: OnlineRanker, part: ExampleSet) -> None:
         if self.config.learn:
@@ -445,11 +480,20 @@ class OnlineTrainer:
 
     def forget_user(self, user_id: str) -> None:
         """Erasure: the viewer's row leaves the learner now and every later checkpoint."""
+        self.forget_users([user_id])
+
+    def forget_users(self, user_ids: Sequence[str]) -> None:
         with self._lock:
-            self._erased.add(user_id)
-            if self.learner is not None:
-                self.learner.forget_user(user_id)
+            for user_id in user_ids:
+                self._erased.add(user_id)
+                if self.learner is not None:
+                    self.learner.forget_user(user_id)
             self._full_checkpoint = True
+            if self._on_forget is not None:
+                for user_id in user_ids:
+                    self._on_forget(user_id)
+            # The next publish carries a ranker without them (other processes serve it too).
+            self._dirty = self.learner is not None and self.config.learn
         if self._checkpoint_dir is not None and self.learner is not None:
             self.checkpoint()
 

@@ -25,6 +25,7 @@ _HISTORY: Final = "HISTORY"
 _KEEP: Final = 3
 _ERASED: Final = "LAST_ERASURE"
 _ONLINE: Final = "online"
+_PUBLISHED: Final = "published"
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,61 @@ class ModelStore:
     def online_dir(self) -> Path:
         """Where the online trainer keeps its checkpoints (they hold viewer rows: personal)."""
         return self.root / _ONLINE
+
+    # ---- the online learner's latest published ranker (for the other serving processes) ----------
+
+    def save_published(
+        self, version: str, meta: dict[str, Any], arrays: dict[str, npt.NDArray[Any]]
+    ) -> None:
+        """Write the ranker the online trainer just served, so other processes serve it too.
+
+        Written like a snapshot (staging directory renamed into place, then the pointer), and
+        only the latest two are kept: a reader holding the previous one can still load it.
+        """
+        root = self.root / _ONLINE / _PUBLISHED
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
+        try:
+            with (staging / "arrays.npz").open("wb") as fh:
+                np.savez(fh, allow_pickle=False, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            (staging / "meta.json").write_text(json.dumps({**meta, "version": version}))
+            staging.rename(root / version)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        pointer = root / f".{_CURRENT}.tmp"
+        pointer.write_text(version)
+        pointer.replace(root / _CURRENT)
+        kept = sorted(
+            (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+            key=lambda p: p.stat().st_mtime,
+        )
+        for old in kept[:-2]:
+            if old.name != version:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def published_version(self) -> str | None:
+        try:
+            text = (self.root / _ONLINE / _PUBLISHED / _CURRENT).read_text().strip()
+        except FileNotFoundError:
+            return None
+        return text or None
+
+    def load_published(self) -> ModelSnapshot | None:
+        """The latest published online ranker (``None`` if none, or if it vanished meanwhile)."""
+        version = self.published_version()
+        if version is None:
+            return None
+        directory = self.root / _ONLINE / _PUBLISHED / version
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+            with np.load(directory / "arrays.npz", allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except FileNotFoundError:
+            return None  # replaced (or erased) between the pointer and the read
+        return ModelSnapshot(version=version, meta=meta, arrays=arrays)
 
     def last_erasure(self) -> float:
         try:
