@@ -49,6 +49,9 @@ class RegionConfig(_Section):
     """Database URL of the region's audit log; default ``storage_url`` when that is set, else
     ``sqlite:///<data_dir>/region-<name>-audit.db`` (a file of its own, so appends never wait
     behind data writes)."""
+    bus_url: str | None = None
+    """This region's bus for learning signal (impressions, events, joined examples: personal
+    data, so it belongs in the region); default ``online.bus_url``."""
     policy_file: Path | None = None
     """This region's own access policy (TOML, like the shared one; a relative path is read from
     the data directory). Unset: the deployment's ``policy_file``, else the built-in policy. A
@@ -559,6 +562,10 @@ class FypConfig(_Section):
     def kek_path(self, region: str) -> Path:
         """The region's keyring of key-encryption keys (created on first use, mode 0600)."""
         return self.data_dir / "keys" / f"kek-{region}.json"
+
+    def bus_url(self, region: str) -> str:
+        """The region's learning-signal bus: its own ``bus_url``, else ``online.bus_url``."""
+        return self.region(region).bus_url or self.online.bus_url
 
     def models_dir(self, region: str) -> Path:
         return self.data_dir / "models" / region

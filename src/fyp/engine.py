@@ -170,11 +170,13 @@ class Engine:
         if config.online.enabled:
             o = config.online
             for region in config.served_regions:
-                if o.bus_url.startswith("memory:"):
+                if config.bus_url(region).startswith("memory:"):
                     self.online[region] = self._joins[region] = self._new_join_log(region)
                 else:
                     raw = open_bus(
-                        o.bus_url, key=f"{o.bus_stream}:raw:{region}", max_len=o.bus_max_len
+                        config.bus_url(region),
+                        key=f"{o.bus_stream}:raw:{region}",
+                        max_len=o.bus_max_len,
                     )
                     self.online[region] = RelayLog(raw, clock=clock)
         for region in config.served_regions:
@@ -457,7 +459,11 @@ class Engine:
     def _new_join_log(self, region: str) -> OnlineLog:
         o = self.config.online
         joiner = Joiner(JoinerConfig(window_s=o.window_s, close_on_next_play=o.close_on_next_play))
-        bus = open_bus(o.bus_url, key=f"{o.bus_stream}:examples:{region}", max_len=o.bus_max_len)
+        bus = open_bus(
+            self.config.bus_url(region),
+            key=f"{o.bus_stream}:examples:{region}",
+            max_len=o.bus_max_len,
+        )
         log_ = OnlineLog(joiner, bus, lateness_s=o.lateness_s, clock=self.clock)
         # Start the watermark at the clock: imported history older than a window can never meet
         # an impression, so the joiner drops it instead of holding it.
@@ -515,7 +521,7 @@ class Engine:
                 return None
             return model.base_version, model.batch_ranker
 
-        share = not o.bus_url.startswith("memory:")
+        share = not self.config.bus_url(region).startswith("memory:")
 
         def publish_main(base_version: str, ranker: Ranker, version: str) -> bool:
             if not slot.publish_ranker(base_version, ranker, version):
@@ -669,17 +675,19 @@ class Engine:
             self._sync_thread.start()
         if train and self.retrainer.start():
             self._start_trainers()
-        elif self.config.online.bus_url.startswith("memory:"):
+        else:
             # Another process trains: an in-process bus here would have no consumer and only
-            # grow, so this process stops logging impressions (a Redis bus reaches the trainer).
-            for online in self.online.values():
-                online.bus.close()
-            self.online.clear()
-            self._joins.clear()
-            log.info(
-                "online learning runs in the training process; set online.bus_url to a "
-                "redis:// URL so this process's feeds reach it"
-            )
+            # grow, so this process stops logging there (a Redis bus reaches the trainer).
+            local = [r for r in self.online if r in self._joins]
+            for region in local:
+                self.online.pop(region).bus.close()
+                self._joins.pop(region)
+            if local:
+                log.info(
+                    "online learning of %s runs in the training process; set online.bus_url "
+                    "to a redis:// URL so this process's feeds reach it",
+                    local,
+                )
 
     def _start_trainers(self) -> None:
         """One online-training thread per served region (in the process that retrains: with the
