@@ -181,3 +181,20 @@ def test_an_erased_viewer_leaves_the_learner_and_every_checkpoint_file(
     restored = OnlineRanker.restore(tmp_path, base, "v1")
     assert restored is not None and "u205" not in restored.tables["users"]
     assert "u204" in restored.tables["users"]
+
+
+def test_an_id_is_counted_after_its_batch_and_its_new_row_starts_at_the_prior(
+    base: Ranker,
+) -> None:
+    online = OnlineRanker(base, LearnerConfig(min_count=2), base_version="v1")
+    batch = planted(64, 14, range(300, 302), range(60))  # two newcomers, many viewings each
+    before = online.predict(batch)
+    result = online.partial_fit(batch)
+    # Scored as the unknown viewer they were when the batch arrived, not with a row that the
+    # batch itself created.
+    np.testing.assert_allclose(result.predictions, before, atol=1e-6)
+    users = online.tables["users"]
+    assert isinstance(users, embedding_table.EmbeddingTable)
+    assert "u300" in users and "u301" in users
+    prior = online.unknown["users"].detach().numpy()
+    np.testing.assert_allclose(users.lookup(["u300", "u301"]), np.stack([prior, prior]))

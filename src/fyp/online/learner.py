@@ -79,7 +79,9 @@ class LearnerConfig:
     """Rows unused this long are evicted (and their slot reused)."""
     table_kind: Literal["collisionless", "hashed"] = "collisionless"
     hashed_rows: int = 0
-    """Rows of each hashed table (only with ``table_kind="hashed"``)."""
+    """Rows of the hashed viewer and item tables (only with ``table_kind="hashed"``)."""
+    hashed_small_rows: int = 0
+    """Rows of the hashed creator and tag tables (few ids); 0: ``hashed_rows``."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -149,8 +151,11 @@ class OnlineRanker:
             vectors = weights[f][rows] if len(rows) else np.zeros((0, dim), np.float32)
             table: Any
             if self.config.table_kind == "hashed":
+                rows_of_field = self.config.hashed_rows
+                if f in ("creators", "tags") and self.config.hashed_small_rows:
+                    rows_of_field = self.config.hashed_small_rows
                 table = HashedEmbeddingTable(
-                    self.config.hashed_rows,
+                    rows_of_field,
                     dim,
                     lr=self.config.sparse_lr,
                     seed=self.config.seed + k,
@@ -184,13 +189,11 @@ class OnlineRanker:
     # ---- learning ------------------------------------------------------------------------------
 
     def _vectors(
-        self, field: str, ids: Sequence[str], observe: bool
+        self, field: str, ids: Sequence[str], grad: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows tensor with grad, vectors with the unknown vector where an id has no row)."""
         table = self.tables[field]
-        if observe and isinstance(table, EmbeddingTable):
-            table.observe(ids)
-        rows = torch.from_numpy(table.lookup(ids)).requires_grad_(observe)
+        rows = torch.from_numpy(table.lookup(ids)).requires_grad_(grad)
         if isinstance(table, HashedEmbeddingTable):
             return rows, rows
         missing = torch.from_numpy(table.rows(ids) < 0).unsqueeze(-1)
@@ -238,10 +241,27 @@ class OnlineRanker:
         for field, (ids, rows) in leaves.items():
             if rows.grad is not None and len(ids):
                 self.tables[field].apply_gradients(ids, rows.grad.numpy())
+            self._count(field, ids)
         self.steps += 1
         self.examples_seen += len(examples)
         predictions = torch.sigmoid(logits.detach()).numpy()
         return FitResult(float(loss.detach()), predictions)
+
+    def _count(self, field: str, ids: Sequence[str]) -> None:
+        """Count this batch's ids *after* it was scored and learned (so its predictions are the
+        model's before it saw them); an id reaching ``min_count`` gets a row that starts at its
+        field's unknown vector, the prior it was scored with until now, so admission does not
+        jump its score."""
+        table = self.tables[field]
+        if not isinstance(table, EmbeddingTable) or not ids:
+            return
+        before = table.rows(ids) < 0
+        table.observe(ids)
+        admitted = before & (table.rows(ids) >= 0)
+        if admitted.any():
+            new = list(dict.fromkeys(i for i, a in zip(ids, admitted.tolist(), strict=True) if a))
+            prior = self.unknown[field].detach().numpy()
+            table.seed(new, np.repeat(prior[None, :], len(new), axis=0))
 
     def predict(self, examples: ExampleSet) -> npt.NDArray[np.float32]:
         """Probabilities (n, tasks) without learning or counting anything."""
