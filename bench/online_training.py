@@ -69,7 +69,7 @@ from fyp.models.ranker_data import (  # noqa: E402
 from fyp.online.bus import InProcessBus, publish_examples  # noqa: E402
 from fyp.online.joiner import Example  # noqa: E402
 from fyp.online.learner import LearnerConfig, OnlineRanker  # noqa: E402
-from fyp.online.trainer import OnlineTrainer, TrainerConfig, ranker_features  # noqa: E402
+from fyp.online.trainer import OnlineTrainer, TrainerConfig  # noqa: E402
 from fyp.sim.world import World, WorldConfig, build_world  # noqa: E402
 
 START = "<!-- online-training:start -->"
@@ -117,7 +117,7 @@ def region_viewings(engine: Engine, world: World, region: str) -> ExampleSet:
 
 def joiner_examples(rows: ExampleSet, tag: str, model_version: str) -> list[Example]:
     """The viewings as the joiner emits them: one ``Example`` each, with the impression's logged
-    features (score, position, a reason flag and the ranker's inputs ``x:<name>``) and labels."""
+    features (score, position, a reason flag), the ranker's inputs and labels."""
     out = []
     wr = _COL["watch_ratio"]
     for k in range(len(rows)):
@@ -129,7 +129,6 @@ def joiner_examples(rows: ExampleSet, tag: str, model_version: str) -> list[Exam
             for name in ("finish", "quick_skip", "like", "share", "follow", "not_interested")
         }
         features = {"score": 0.5, "position": float(k % 10), "reason:similar_to": 1.0}
-        features.update(ranker_features(rows.numeric[k]))
         request_id = f"{tag}{k:07x}"
         out.append(
             Example(
@@ -153,6 +152,7 @@ def joiner_examples(rows: ExampleSet, tag: str, model_version: str) -> list[Exam
                 negative=flags["not_interested"],
                 n_events=1 + sum(flags.values()),
                 closed_by="next_play",
+                inputs=tuple(rows.numeric[k].tolist()),
             )
         )
     return out
@@ -860,8 +860,9 @@ def section(r: dict[str, Any], command: str) -> str:
         f"The region's {t['viewings']:,} viewings (the rows its batch ranker learned from), in "
         "time order. *Alone*: `OnlineRanker.partial_fit` on `ExampleSet` mini-batches built "
         f"beforehand, about {t['seconds']:g} s each. *End to end*: the same viewings as joiner "
-        "`Example`s with logged features (score, position, a reason flag and the 19 ranker "
-        f"inputs `x:*`; {e1['json_bytes']:,} bytes of JSON each) published on an `InProcessBus` "
+        "`Example`s with logged features (score, position, a reason flag) and the 19 ranker "
+        f"inputs as one vector ({e1['json_bytes']:,} bytes of JSON each) published on an "
+        "`InProcessBus` "
         f"beforehand (not timed: {_n(e1['publish_examples_s'])} examples/s to publish), then "
         "`OnlineTrainer.step()` until the bus is empty: JSON decode, `Example.from_dict`, "
         "idempotence filter, catalog lookup, `to_example_set`, mini-batches of 256, a freeze and "

@@ -450,6 +450,9 @@ class OnlineConfig(_Section):
     publish_interval_s: float = Field(default=2.0, gt=0)
     """The learner is frozen and served at most this often (when it learned something)."""
     checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    max_busy_share: float = Field(default=0.5, gt=0, le=1)
+    """At most this share of the wall clock goes to learning a backlog, so a burst of examples
+    does not starve the feeds served by the same process; 1 learns flat out."""
     dense_lr: float = Field(default=1e-3, gt=0)
     sparse_lr: float = Field(default=0.05, gt=0)
     min_count: int = Field(default=2, ge=1)

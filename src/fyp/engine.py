@@ -35,7 +35,7 @@ from fyp.online.bus import open_bus
 from fyp.online.joiner import Joiner, JoinerConfig
 from fyp.online.learner import LearnerConfig
 from fyp.online.log import JoinPump, OnlineLog, RelayLog
-from fyp.online.trainer import OnlineTrainer, TrainerConfig, ranker_features
+from fyp.online.trainer import OnlineTrainer, TrainerConfig
 from fyp.pipeline.contracts import FeedContext, FeedQuery, FeedResult
 from fyp.pipeline.for_you import for_you_pipeline, non_personalized_pipeline
 from fyp.pipeline.trace import Trace
@@ -342,12 +342,7 @@ class Engine:
     ) -> None:
         records = self.catalog.get_items([item.item_id for item in result.items])
         durations = {item_id: record.duration_s for item_id, record in records.items()}
-        features = {
-            item.item_id: ranker_features(item.ranker_inputs)
-            for item in result.items
-            if item.ranker_inputs is not None
-        }
-        online.record_feed(result, durations, now=now, features=features)
+        online.record_feed(result, durations, now=now)
 
     # ---- models ---------------------------------------------------------------------------------
 
@@ -563,6 +558,7 @@ class Engine:
                 batch_size=o.batch_size,
                 publish_interval_s=o.publish_interval_s,
                 checkpoint_interval_s=o.checkpoint_interval_s,
+                max_busy_share=o.max_busy_share,
                 learner=learner,
                 group="ranker" if spec is None else f"ranker-{arm}",
                 version_tag="online" if spec is None else arm,

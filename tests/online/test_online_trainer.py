@@ -17,7 +17,7 @@ from fyp.models.ranker import Ranker, train_ranker
 from fyp.models.ranker_data import LABEL_NAMES, NUMERIC_FEATURES, BaseRates, ExampleSet
 from fyp.online.bus import Bus, InProcessBus, RedisStreamBus, publish_examples
 from fyp.online.joiner import Example
-from fyp.online.trainer import FEATURE_PREFIX, OnlineTrainer, TrainerConfig, to_example_set
+from fyp.online.trainer import OnlineTrainer, TrainerConfig, to_example_set
 from fyp.storage.roles import ItemRecord
 
 SMALL = RankerConfig(embedding_dim=8, experts=2, expert_hidden=16, epochs=3, batch_size=128)
@@ -66,8 +66,8 @@ def _items(ids: Sequence[str]) -> dict[str, ItemRecord]:
 def example(
     n: int, *, user: str = "u1", item: str = "i1", like: bool = True, features: bool = True
 ) -> Example:
-    values = {FEATURE_PREFIX + name: 0.5 for name in NUMERIC_FEATURES} if features else {}
-    values.update(score=1.0, position=0.0)
+    values = {"score": 1.0, "position": 0.0}
+    inputs = tuple([0.5] * len(NUMERIC_FEATURES)) if features else None
     return Example(
         example_id=f"r{n}/{item}",
         request_id=f"r{n}",
@@ -89,6 +89,7 @@ def example(
         negative=False,
         n_events=2,
         closed_by="next_play",
+        inputs=inputs,
     )
 
 

@@ -142,15 +142,17 @@ class InProcessBus:
                 if remaining <= 0:
                     return []
                 self._cond.wait(remaining)
-            out: list[Message] = []
+            taken: list[tuple[int, str]] = []
             now = self._clock()
             seq = start
-            while seq < self._next and len(out) < max_count:
-                out.append(Message(str(seq), json.loads(self._entries[seq])))
+            while seq < self._next and len(taken) < max_count:
+                taken.append((seq, self._entries[seq]))
                 g.pending[seq] = (consumer, now)
                 seq += 1
             g.next_seq = seq
-            return out
+        # Decoded after the lock is released: publishers (feed and event requests) never wait
+        # behind the trainer's JSON parsing.
+        return [Message(str(seq), json.loads(data)) for seq, data in taken]
 
     def ack(self, group: str, ids: Sequence[str]) -> int:
         with self._cond:

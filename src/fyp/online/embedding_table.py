@@ -200,7 +200,10 @@ class EmbeddingTable:
 
     def lookup(self, ids: Sequence[str]) -> F32:
         """``(len(ids), dim)`` vectors; an id without a row reads zeros. No side effects."""
-        rows = self.rows(ids)
+        return self.lookup_rows(self.rows(ids))
+
+    def lookup_rows(self, rows: I64) -> F32:
+        """:meth:`lookup` for rows already found with :meth:`rows` (``-1`` reads zeros)."""
         out = self._weights[np.maximum(rows, 0)]
         out[rows < 0] = 0.0
         return out
@@ -374,12 +377,17 @@ class EmbeddingTable:
         (the gradient of a batch that used the row several times). Ids without a row (below the
         frequency filter, or evicted) are skipped: they read the constant default vector.
         """
+        return self.apply_gradients_rows(self.rows(ids), grads, now)
+
+    def apply_gradients_rows(
+        self, rows: I64, grads: npt.ArrayLike, now: float | None = None
+    ) -> int:
+        """:meth:`apply_gradients` for rows already found with :meth:`rows` in this step."""
         g = np.asarray(grads, dtype=np.float32)
-        if g.shape != (len(ids), self.config.dim):
+        if g.shape != (len(rows), self.config.dim):
             raise InvalidInput(
-                f"grads must have shape ({len(ids)}, {self.config.dim}), got {g.shape}"
+                f"grads must have shape ({len(rows)}, {self.config.dim}), got {g.shape}"
             )
-        rows = self.rows(ids)
         keep = rows >= 0
         if not keep.any():
             return 0

@@ -35,7 +35,7 @@ import heapq
 import math
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Final, Literal
 
 from fyp.errors import InvalidInput
@@ -66,6 +66,8 @@ class Impression:
     """The features the ranker scored the item with."""
     duration_s: float | None = None
     """The item's length, for the watch ratio; ``None`` when unknown."""
+    inputs: tuple[float, ...] | None = None
+    """The ranker's numeric inputs as scored (``NUMERIC_FEATURES`` order), if it scored it."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -129,15 +131,24 @@ class Example:
     """Not interested, or reported."""
     n_events: int
     closed_by: CloseReason
+    inputs: tuple[float, ...] | None = None
+    """The ranker's numeric inputs logged with the impression (``None``: not scored by it)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = {name: getattr(self, name) for name in _EXAMPLE_FIELDS}
+        out["features"] = dict(self.features)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Example:
         values = dict(data)
         values["features"] = {str(k): float(v) for k, v in values["features"].items()}
+        inputs = values.get("inputs")
+        values["inputs"] = tuple(inputs) if inputs is not None else None
         return cls(**values)
+
+
+_EXAMPLE_FIELDS: Final = tuple(f.name for f in fields(Example))
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,4 +555,5 @@ def label(imp: Impression, events: Iterable[Engagement], closed_by: CloseReason)
         negative=bool(types & {"not_interested", "report"}),
         n_events=len(events),
         closed_by=closed_by,
+        inputs=imp.inputs,
     )

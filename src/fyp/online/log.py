@@ -16,8 +16,8 @@ on the bus, and both are bounded.
 
 The features logged with an impression are what a :class:`~fyp.pipeline.contracts.FeedResult`
 carries: the item's final score, its position and one flag per reason family
-(``reason:similar_to``, ``reason:trending_in_region``, ...). Callers holding the ranker's own
-feature values pass them through ``features``.
+(``reason:similar_to``, ``reason:trending_in_region``, ...), and separately the ranker's numeric
+inputs as one vector (what online training learns from).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def feed_impressions(
     durations: Mapping[str, float],
     features: Mapping[str, Mapping[str, float]] | None = None,
 ) -> list[Impression]:
-    """One :class:`Impression` per item of a feed response, in response order."""
+    """One :class:`Impression` per item of a feed response, in response order; each carries the
+    ranker's inputs the item was scored with (``FeedItem.ranker_inputs``)."""
     out = []
     for position, item in enumerate(result.items):
         values: dict[str, float] = {"score": float(item.score), "position": float(position)}
@@ -59,6 +60,7 @@ def feed_impressions(
                 ts=ts,
                 features=values,
                 duration_s=durations.get(item.item_id),
+                inputs=item.ranker_inputs,
             )
         )
     return out
@@ -195,6 +197,7 @@ def _impression_dict(imp: Impression) -> dict[str, Any]:
         "ts": imp.ts,
         "features": dict(imp.features),
         "duration_s": imp.duration_s,
+        "inputs": list(imp.inputs) if imp.inputs is not None else None,
     }
 
 
@@ -252,6 +255,8 @@ class JoinPump:
                     self.log.add_engagements(engagements)
                     engagements = []
                 data["features"] = {str(k): float(v) for k, v in data["features"].items()}
+                inputs = data.get("inputs")
+                data["inputs"] = tuple(inputs) if inputs is not None else None
                 impressions.append(Impression(**data))
             elif kind == "event":
                 if impressions:

@@ -15,8 +15,8 @@ event), or from its own checkpoint if that continues the same snapshot.
 
 **Which examples train.** The batch ranker learns from viewings (a ``play`` and what followed
 it); an impression the viewer never reached carries no label. So the trainer keeps examples with
-at least one engagement, and only those whose impression logged the ranker's inputs
-(``x:<feature>``); the others are counted, not trained on.
+at least one engagement, and only those whose impression logged the ranker's inputs; the
+others are counted, not trained on.
 
 **Erasure.** :meth:`OnlineTrainer.forget_user` drops the viewer's row from the learner, remembers
 the id so examples of theirs still on the bus are discarded, and makes the next checkpoint a full
@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from fyp.eval.metrics import auc
 from fyp.models.ranker import Ranker
@@ -51,8 +52,6 @@ log = logging.getLogger(__name__)
 
 GROUP: Final = "ranker"
 """The bus consumer group of the online ranker trainer."""
-FEATURE_PREFIX: Final = "x:"
-"""Impression features that are the ranker's numeric inputs, ``x:<name of NUMERIC_FEATURES>``."""
 _COL: Final = {name: i for i, name in enumerate(LABEL_NAMES)}
 OUTCOMES: Final = ("watch_ratio", "finish", "like", "quick_skip")
 """The outcomes tallied per experiment arm."""
@@ -65,33 +64,26 @@ def _estimate(e: Estimate) -> dict[str, float | int | None]:
     return {"n": e.n, "mean": num(e.mean), "low": num(e.low), "high": num(e.high)}
 
 
-def ranker_features(numeric: Sequence[float]) -> dict[str, float]:
-    """One candidate's numeric ranker inputs as impression features (what the joiner logs)."""
-    return {
-        FEATURE_PREFIX + name: float(v) for name, v in zip(NUMERIC_FEATURES, numeric, strict=True)
-    }
-
-
 def to_example_set(
     examples: Sequence[Example], items: Callable[[Sequence[str]], dict[str, ItemRecord]]
 ) -> tuple[ExampleSet, int]:
     """The trainable examples as the ranker's inputs, and how many were left out (no engagement,
     no logged ranker inputs, or an item no longer in the catalog)."""
-    keys = [FEATURE_PREFIX + name for name in NUMERIC_FEATURES]
+    width = len(NUMERIC_FEATURES)
     records = items(list({e.item_id for e in examples}))
     kept: list[tuple[Example, ItemRecord]] = []
     for e in examples:
         record = records.get(e.item_id)
-        if record is None or e.n_events == 0 or keys[0] not in e.features:
+        if record is None or e.n_events == 0 or e.inputs is None or len(e.inputs) != width:
             continue
         kept.append((e, record))
     n = len(kept)
     numeric = np.zeros((n, len(NUMERIC_FEATURES)), dtype=np.float32)
     labels = np.zeros((n, len(LABEL_NAMES)), dtype=np.float32)
     known = np.ones((n, len(LABEL_NAMES)), dtype=np.bool_)
+    if n:
+        numeric[:] = [e.inputs for e, _ in kept]
     for k, (e, _) in enumerate(kept):
-        f = e.features
-        numeric[k] = [f.get(key, 0.0) for key in keys]
         ratio = e.watch_ratio
         row = labels[k]
         if ratio is None:
@@ -142,6 +134,9 @@ class TrainerConfig:
     """Published versions are ``<batch version>+<tag>.<n>``."""
     learn: bool = True
     """False: score each example with the batch model and never update (the batch-only arm)."""
+    max_busy_share: float = 0.5
+    """At most this share of the wall clock goes to learning a backlog (the trainer shares the
+    process with the feeds it serves); 1 learns flat out."""
     compare_batch: bool = False
     """Also score each example with the batch model it continues (online vs batch, same
     examples)."""
@@ -209,6 +204,8 @@ class TrainerStats:
     rebases: int = 0
     last_loss: float = math.nan
     last_publish_at: float = 0.0
+    trained_at_publish: int = 0
+    """``trained`` when the served version was frozen: the examples it has learned from."""
     base_version: str = ""
     served_version: str = ""
     user_rows: int = 0
@@ -450,6 +447,7 @@ class OnlineTrainer:
             learner.evict_expired()
             ranker = learner.to_ranker()
             self.stats.publishes += 1
+            trained_so_far = self.stats.trained
             version = f"{learner.base_version}+{self.config.version_tag}.{self.stats.publishes}"
             self.stats.user_rows = learner.ids("users")
             self.stats.item_rows = learner.ids("items")
@@ -459,6 +457,7 @@ class OnlineTrainer:
             return None  # a newer batch model arrived meanwhile; the next round rebases
         self.stats.last_publish_at = self._last_publish
         self.stats.served_version = version
+        self.stats.trained_at_publish = trained_so_far
         return version
 
     def publish_if_changed(self) -> str | None:
@@ -499,10 +498,23 @@ class OnlineTrainer:
 
     def run(self, stop: threading.Event) -> None:
         """Learn until ``stop`` is set; a failing round is logged and the next one tries again."""
+        # One intra-op thread: a mini-batch is small, and a second OpenMP thread spin-waits for
+        # the core the feeds are using (measured 9-100x slower on 2 busy cores).
+        torch.set_num_threads(1)
+        share = self.config.max_busy_share
         while not stop.is_set():
             try:
-                if self.paused.is_set() or self.step() == 0:
+                if self.paused.is_set():
                     stop.wait(self.config.poll_ms / 1000.0)
+                    continue
+                started = time.perf_counter()
+                self.step()  # waits up to poll_ms on an empty bus
+                if self.learner is None:  # no batch model yet: nothing is consumed meanwhile
+                    stop.wait(self.config.poll_ms / 1000.0)
+                elif share < 1.0 and self.last_delivered:
+                    # Leave the rest of the time to the requests this process serves: a backlog
+                    # is learned at most ``max_busy_share`` of the wall clock.
+                    stop.wait((time.perf_counter() - started) * (1.0 - share) / share)
             except Exception:
                 log.exception("region %s: online training round failed", self.region)
                 stop.wait(1.0)

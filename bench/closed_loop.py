@@ -1,0 +1,854 @@
+"""Closed-loop evaluation of learning while serving, with the demo world's simulated viewers.
+
+One demo world, trained once, copied into three engines that differ only in how the model keeps
+learning afterwards:
+
+* **online**: the online trainer on; every ``--learn-every`` sessions and after every round
+  ``Engine.learn_now()`` closes the finished viewings, trains the ranker on them and serves the
+  result; plus the batch retraining below;
+* **batch-only**: online training off (``online.enabled = false``), retrained with
+  ``Engine.train()`` every ``--retrain-every`` rounds (the same schedule as the online arm);
+* **off**: online training off and never retrained: the initial models serve to the end.
+
+In every arm the viewer's own state (seen items, creator and tag affinities, the events the
+retrieval folds in) still updates with each event: that is feature-level freshness, not learning
+of model parameters.
+
+The same seeded stream of sessions runs against each arm: per round, a sample of established
+viewers (their history was imported and trained on) and the active newcomers (held-out viewers of
+the world whose history was dropped; a cohort joins in each early round, created with
+``put_users`` when they arrive, and comes back for ``--new-sessions`` rounds). A session asks for
+``--pages`` pages of 10; the world's viewer model watches each item in order (its events, with the
+page's request id, are ingested after each page, before the next request). Reactions use common
+random numbers: the draws for a (round, session, item) are the same in every arm, so an item shown
+to the same viewer in two arms gets the same reaction and the arms' differences come from what
+they serve. The simulated clock advances by the events' own spacing (the watch itself is not
+waited out: viewers' sessions overlap in reality, here they run one after another), and between
+rounds it jumps past the joiner's window, so every viewing of the round closes before
+``learn_now``.
+
+Reported per arm, with 95 % intervals (``fyp.online.arms``): watch time per session (normal
+interval across sessions), finish and like rate per impression (Wilson), catalog coverage
+(distinct items shown / catalog; grouped jackknife over sessions), and how many requests a
+newcomer needs before a page matches their taste (normal interval across newcomers; see
+``MATCH`` below). The
+differences online - batch-only come with Welch's interval (and, because sessions are paired by
+design, the paired interval across sessions as well).
+
+Writes a section of docs/BENCHMARKS.md (``--no-docs`` to only print).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_report import load_world, machine_info, write_section  # noqa: E402
+from fyp.config import FypConfig, load_config  # noqa: E402
+from fyp.engine import Engine  # noqa: E402
+from fyp.models.ranker_data import ERASED_ID_PREFIX  # noqa: E402
+from fyp.models.serving import ServingModel  # noqa: E402
+from fyp.online.arms import Z95, ArmResults, Estimate  # noqa: E402
+from fyp.pipeline.contracts import FeedContext, FeedQuery  # noqa: E402
+from fyp.pipeline.trace import Trace  # noqa: E402
+from fyp.sim.viewers import FOREIGN_LANGUAGE_FACTOR, Viewer  # noqa: E402
+from fyp.sim.world import World, WorldConfig, build_world  # noqa: E402
+
+START = "<!-- closed-loop:start -->"
+END = "<!-- closed-loop:end -->"
+
+ARMS = ("online", "batch-only", "off")
+PAGE = 10
+ORACLE_K = 10
+JACKKNIFE_GROUPS = 20
+
+MATCH = (
+    "a page *matches* a viewer's taste when its normalized fit (the mean hidden fit "
+    "`world.viewers[uid].fit(item)` of its items over the mean fit of the viewer's best "
+    f"{ORACLE_K} items in their region) reaches the median normalized fit of established "
+    "viewers' pages in the off arm; a newcomer's *requests to match* is the number of the "
+    "first request whose page matches (1 = the very first page), counted as cap + 1 when no page "
+    "within the cap did"
+)
+
+
+# ---- hidden truth, vectorized --------------------------------------------------------------------
+
+
+class Oracle:
+    """Every viewer's hidden fit for every item (as ``Viewer.fit``), and the best page possible."""
+
+    def __init__(self, world: World) -> None:
+        items = world.items
+        self.index = {item.item_id: k for k, item in enumerate(items)}
+        first = next(iter(world.viewers.values()))
+        topic_index = {name: k for k, name in enumerate(first.topics)}
+        self.topic = np.array([topic_index[world.item_topic[i.item_id]] for i in items])
+        quality = np.array([world.item_quality[i.item_id] for i in items])
+        self.quality_factor = 0.5 + 0.5 * quality
+        self.language = [i.language for i in items]
+        self.available = {
+            region: np.array([i.available_in(region) for i in items])
+            for region in world.config.regions
+        }
+        self.best: dict[str, float] = {}
+        for uid, viewer in world.viewers.items():
+            fits = self.fits(viewer)[self.available[viewer.region]]
+            top = np.sort(fits)[-ORACLE_K:]
+            self.best[uid] = float(top.mean())
+
+    def fits(self, viewer: Viewer) -> np.ndarray:
+        share = viewer.taste[self.topic] / viewer.taste.max()
+        foreign = np.array(
+            [lang is not None and lang not in viewer.languages for lang in self.language]
+        )
+        value = np.sqrt(share) * self.quality_factor
+        value = np.where(foreign, value * FOREIGN_LANGUAGE_FACTOR, value)
+        return np.clip(value, 0.0, 1.0)
+
+
+# ---- the session stream --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Session:
+    round: int
+    index: int
+    """Position in the whole run (also the key of the paired comparison)."""
+    user_id: str
+    newcomer: bool
+
+
+def schedule(
+    established: list[str],
+    newcomers: list[str],
+    rounds: int,
+    sessions: int,
+    new_sessions: int,
+    seed: int,
+) -> tuple[list[list[Session]], dict[str, int]]:
+    """Rounds of sessions (identical for every arm), and the round each newcomer joins."""
+    rng = random.Random(seed)
+    cohorts = max(1, rounds - new_sessions + 1)
+    joins = {uid: k % cohorts for k, uid in enumerate(newcomers)}
+    out: list[list[Session]] = []
+    index = 0
+    for r in range(rounds):
+        users = [(uid, False) for uid in rng.sample(established, min(sessions, len(established)))]
+        users += [(uid, True) for uid in newcomers if joins[uid] <= r < joins[uid] + new_sessions]
+        rng.shuffle(users)
+        batch = []
+        for uid, new in users:
+            batch.append(Session(r, index, uid, new))
+            index += 1
+        out.append(batch)
+    return out, joins
+
+
+# ---- one arm -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ArmLog:
+    session_watch_s: dict[int, float] = field(default_factory=dict)
+    session_finish: dict[int, tuple[int, int]] = field(default_factory=dict)
+    session_like: dict[int, tuple[int, int]] = field(default_factory=dict)
+    session_items: dict[int, list[int]] = field(default_factory=dict)
+    session_fit: dict[int, float] = field(default_factory=dict)
+    """Mean normalized fit of the session's pages (what was served, judged by the truth)."""
+    finishes: list[int] = field(default_factory=list)
+    likes: list[int] = field(default_factory=list)
+    established_page_fit: list[float] = field(default_factory=list)
+    newcomer_page_fit: dict[str, list[float]] = field(default_factory=dict)
+    round_watch: list[list[float]] = field(default_factory=list)
+    round_like: list[list[int]] = field(default_factory=list)
+    trained_online: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    online_stats: dict[str, Any] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    model_versions: dict[str, str] = field(default_factory=dict)
+
+
+def run_arm(
+    arm: str,
+    engine: Engine,
+    world: World,
+    oracle: Oracle,
+    rounds: list[list[Session]],
+    joins: dict[str, int],
+    pages: int,
+    retrain_every: int,
+    learn_every: int,
+    seed: int,
+    clock: list[float],
+) -> ArmLog:
+    log = ArmLog()
+    gap = engine.config.online.window_s + engine.config.online.lateness_s + 1.0
+    serve_s = learn_s = train_s = 0.0
+    for r, batch in enumerate(rounds):
+        joining = [uid for uid, j in joins.items() if j == r]
+        if joining:
+            engine.put_users([world.viewers[uid].to_user() for uid in joining])
+        round_watch: list[float] = []
+        round_like: list[int] = []
+        started = time.perf_counter()
+        trained = 0
+        learning = 0.0
+        for k, session in enumerate(batch):
+            viewer = world.viewers[session.user_id]
+            best = oracle.best[session.user_id]
+            watch_ms = finishes = likes = shown = 0
+            items: list[int] = []
+            page_fits: list[float] = []
+            for _ in range(pages):
+                page = engine.feed(session.user_id, PAGE)
+                events = []
+                fits = []
+                for entry in page.items:
+                    item = world.item_by_id[entry.item_id]
+                    rng = np.random.default_rng(
+                        [seed, session.round, session.index, zlib.crc32(item.item_id.encode())]
+                    )
+                    reaction = viewer.react(item, clock[0], rng, request_id=page.request_id)
+                    events.extend(reaction)
+                    clock[0] = reaction[-1].ts.timestamp() + 1.0
+                    kinds = {e.type for e in reaction}
+                    watch_ms += reaction[0].watch_ms or 0
+                    finished, liked = int("finish" in kinds), int("like" in kinds)
+                    finishes += finished
+                    likes += liked
+                    shown += 1
+                    log.finishes.append(finished)
+                    log.likes.append(liked)
+                    round_like.append(liked)
+                    items.append(oracle.index[item.item_id])
+                    fits.append(viewer.fit(item))
+                engine.ingest(events)
+                page_fit = float(np.mean(fits)) / best if fits and best > 0 else 0.0
+                page_fits.append(page_fit)
+                if session.newcomer:
+                    log.newcomer_page_fit.setdefault(session.user_id, []).append(page_fit)
+                else:
+                    log.established_page_fit.append(page_fit)
+            log.session_watch_s[session.index] = watch_ms / 1000.0
+            log.session_finish[session.index] = (finishes, shown)
+            log.session_like[session.index] = (likes, shown)
+            log.session_items[session.index] = items
+            log.session_fit[session.index] = float(np.mean(page_fits))
+            round_watch.append(watch_ms / 1000.0)
+            if arm == "online" and learn_every > 0 and (k + 1) % learn_every == 0:
+                tick = time.perf_counter()
+                trained += sum(engine.learn_now().values())
+                learning += time.perf_counter() - tick
+        serve_s += time.perf_counter() - started - learning
+        learn_s += learning
+        log.round_watch.append(round_watch)
+        log.round_like.append(round_like)
+        # The round is over: past the joiner's window, every viewing of it has closed.
+        clock[0] += gap
+        if arm == "online":
+            started = time.perf_counter()
+            log.trained_online.append(trained + sum(engine.learn_now().values()))
+            learn_s += time.perf_counter() - started
+        if (
+            arm != "off"
+            and retrain_every > 0
+            and (r + 1) % retrain_every == 0
+            and r + 1 < len(rounds)
+        ):
+            started = time.perf_counter()
+            engine.train()
+            train_s += time.perf_counter() - started
+        print(
+            f"  {arm}: round {r + 1}/{len(rounds)}: {len(batch)} sessions, "
+            f"watch/session {np.mean(round_watch):.1f} s, like rate {np.mean(round_like):.4f}"
+            + (f", online examples {log.trained_online[-1]}" if arm == "online" else ""),
+            flush=True,
+        )
+    if arm == "online":
+        started = time.perf_counter()
+        log.diagnostics = diagnose(engine, world, oracle, [s.user_id for s in rounds[-1]])
+        log.diagnostics["seconds"] = time.perf_counter() - started
+    log.seconds = {"serve": serve_s, "learn_now": learn_s, "train": train_s}
+    log.online_stats = engine.online_stats()
+    log.model_versions = engine.model_versions()
+    return log
+
+
+# ---- why: what online learning changed -----------------------------------------------------------
+
+
+def _dry_page(engine: Engine, user_id: str, model: ServingModel | None) -> list[str]:
+    """The page ``engine.feed`` would serve with ``model``, without its side effect (serving
+    marks items seen, so two real feeds in a row could never show the same item)."""
+    region = engine.gate.locate(user_id)
+    assert region is not None
+    handle = engine.gate.open(region, engine.service(region), "serve_feed")
+    context = FeedContext(config=engine.config, catalog=engine.catalog, data=handle, model=model)
+    query = FeedQuery(
+        request_id=uuid.uuid4().hex,
+        user_id=user_id,
+        region=region,
+        n=PAGE,
+        now=engine.clock(),
+        context=context,
+        trace=Trace(),
+    )
+    pipeline = dataclasses.replace(engine.pipeline, side_effects=[])
+    return [item.item_id for item in pipeline.run(query).items]
+
+
+def _relative_change(after: np.ndarray, before: np.ndarray) -> float:
+    scale = float(np.linalg.norm(before, axis=1).mean())
+    return float(np.linalg.norm(after - before, axis=1).mean()) / scale if scale else math.nan
+
+
+def diagnose(engine: Engine, world: World, oracle: Oracle, users: list[str]) -> dict[str, Any]:
+    """At the end of the online arm: how far the online learner moved from the batch ranker it
+    continues (since its latest rebase), and what that does to pages. For each viewer of the last
+    round, the page the served (online) ranker would give now, the page the batch ranker would
+    give, and the page without any ranker, from the same state; compared by item overlap and by
+    normalized fit (paired across viewers)."""
+    out: dict[str, Any] = {"movement": {}}
+    for region, trainer in engine.trainers.items():
+        learner = trainer.learner
+        model = engine.slots[region].current
+        batch = model.batch_ranker if model is not None else None
+        if learner is None or batch is None:
+            continue
+        skip = ("user.", "item.", "creator.", "tag.")
+        before = {k: v for k, v in batch.network.state_dict().items() if not k.startswith(skip)}
+        after = learner.network.state_dict()
+        moved = math.sqrt(sum(float((after[k] - v).norm() ** 2) for k, v in before.items()))
+        size = math.sqrt(sum(float(v.norm() ** 2) for v in before.values()))
+        movement = {"dense": moved / size, "steps": learner.steps}
+        for name, module in (("users", "user"), ("items", "item")):
+            vocab = getattr(batch.vocabs, name)
+            keep = [k for k, i in enumerate(vocab.ids) if not i.startswith(ERASED_ID_PREFIX)]
+            ids = [vocab.ids[k] for k in keep]
+            rows = getattr(batch.network, module).weight.detach().numpy()
+            rows = rows[np.asarray(keep, dtype=np.int64) + vocab.reserved]
+            movement[name] = _relative_change(learner.tables[name].lookup(ids), rows)
+        out["movement"][region] = movement
+    overlap, fit_online, fit_batch, fit_none = [], [], [], []
+    for user_id in users:
+        region = engine.gate.locate(user_id)
+        model = engine.slots[region].current if region is not None else None
+        if model is None or model.ranker is None or model.batch_ranker is None:
+            continue
+        online = _dry_page(engine, user_id, model)
+        batch_page = _dry_page(engine, user_id, model.with_ranker(model.batch_ranker, "batch"))
+        none = _dry_page(engine, user_id, model.with_ranker(None, "none"))
+        viewer, best = world.viewers[user_id], oracle.best[user_id]
+
+        def fit(page: list[str], viewer: Viewer = viewer, best: float = best) -> float:
+            return float(np.mean([viewer.fit(world.item_by_id[i]) for i in page])) / best
+
+        overlap.append(len(set(online) & set(batch_page)) / max(len(online), 1))
+        fit_online.append(fit(online))
+        fit_batch.append(fit(batch_page))
+        fit_none.append(fit(none))
+    out["viewers"] = len(overlap)
+    out["overlap"] = float(np.mean(overlap)) if overlap else math.nan
+    out["online_minus_batch"] = _normal([a - b for a, b in zip(fit_online, fit_batch, strict=True)])
+    out["batch_minus_none"] = _normal([a - b for a, b in zip(fit_batch, fit_none, strict=True)])
+    out["fit_batch"] = float(np.mean(fit_batch)) if fit_batch else math.nan
+    return out
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+
+def config_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``section.key=value`` (or ``section.key.sub=value`` into a dict field) as load_config
+    overrides; values are JSON where they parse, else strings."""
+    defaults = FypConfig().model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        path, _, raw = pair.partition("=")
+        keys = path.split(".")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        section = out.setdefault(keys[0], {})
+        if len(keys) == 2:
+            section[keys[1]] = value
+        elif len(keys) == 3:
+            current = section.get(keys[1], dict(defaults[keys[0]][keys[1]]))
+            current[keys[2]] = value
+            section[keys[1]] = current
+        else:
+            raise SystemExit(f"--set wants section.key=value, got {pair!r}")
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    now = float(int(time.time()))
+    world = build_world(
+        WorldConfig(seed=args.seed, n_viewers=args.viewers, n_items=args.items, now=now)
+    )
+    oracle = Oracle(world)
+    ids = [u.user_id for u in world.users]
+    pick = random.Random(args.seed + 1)
+    newcomers = sorted(pick.sample(ids, args.newcomers))
+    held = set(newcomers)
+    established = [uid for uid in ids if uid not in held]
+    rounds, joins = schedule(
+        established, newcomers, args.rounds, args.sessions, args.new_sessions, args.seed
+    )
+    followed = {uid: set(v.followed) for uid, v in world.viewers.items()}
+    overrides = config_overrides(args.set)
+    # The newcomers' past is dropped: they arrive with no history when they join.
+    history = [e for e in world.history if e.user_id not in held]
+    visible = World(
+        config=world.config,
+        topics=world.topics,
+        creators=world.creators,
+        items=world.items,
+        users=[u for u in world.users if u.user_id not in held],
+        viewers=world.viewers,
+        item_topic=world.item_topic,
+        item_quality=world.item_quality,
+        history=history,
+    )
+    logs: dict[str, ArmLog] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        base_dir = Path(tmp) / "base"
+        engine = Engine(load_config(base_dir, **overrides), clock=lambda: now)
+        load_world(engine, visible)
+        started = time.perf_counter()
+        engine.train()
+        initial_train_s = time.perf_counter() - started
+        engine.close()
+        setup_s = time.perf_counter() - t0
+        print(f"world built, loaded and trained in {setup_s:.0f} s", flush=True)
+        for arm in ARMS:
+            for uid, viewer in world.viewers.items():
+                viewer.followed = set(followed[uid])
+            data_dir = Path(tmp) / arm
+            shutil.copytree(base_dir, data_dir)
+            arm_overrides = dict(overrides)
+            if arm != "online":
+                arm_overrides["online"] = {**overrides.get("online", {}), "enabled": False}
+            clock = [now + 60.0]
+            eng = Engine(load_config(data_dir, **arm_overrides), clock=lambda c=clock: c[0])
+            logs[arm] = run_arm(
+                arm,
+                eng,
+                world,
+                oracle,
+                rounds,
+                joins,
+                args.pages,
+                args.retrain_every,
+                args.learn_every,
+                args.seed,
+                clock,
+            )
+            eng.close()
+            shutil.rmtree(data_dir, ignore_errors=True)
+    result = summarize(logs, world, rounds, args)
+    result.update(
+        viewers=args.viewers,
+        items=args.items,
+        newcomers=args.newcomers,
+        established=len(established),
+        events=len(history),
+        initial_train_s=initial_train_s,
+        setup_s=setup_s,
+        total_s=time.perf_counter() - t0,
+        overrides=args.set,
+    )
+    return result
+
+
+# ---- statistics ----------------------------------------------------------------------------------
+
+
+def _normal(values: list[float]) -> Estimate:
+    a = ArmResults("x")
+    for v in values:
+        a.add("a", v)
+    return a.estimate("a")
+
+
+def _coverage(
+    items: list[list[int]], catalog: int, rng: np.random.Generator
+) -> tuple[float, float, float, float]:
+    """Coverage, its standard error and 95 % normal interval: a grouped jackknife over sessions
+    (``JACKKNIFE_GROUPS`` random groups, each left out in turn). A bootstrap would not do here:
+    resampling with replacement repeats sessions and so biases a count of distinct items low."""
+    arrays = [np.asarray(x, dtype=np.int64) for x in items]
+    if not arrays:
+        return math.nan, math.nan, math.nan, math.nan
+    point = len(np.unique(np.concatenate(arrays))) / catalog
+    groups = rng.permutation(len(arrays)) % JACKKNIFE_GROUPS
+    left_out = []
+    for g in range(JACKKNIFE_GROUPS):
+        rest = [a for a, k in zip(arrays, groups, strict=True) if k != g]
+        left_out.append(len(np.unique(np.concatenate(rest))) / catalog)
+    theta = np.asarray(left_out)
+    se = math.sqrt((JACKKNIFE_GROUPS - 1) / JACKKNIFE_GROUPS * ((theta - theta.mean()) ** 2).sum())
+    return point, se, point - Z95 * se, point + Z95 * se
+
+
+def _requests_to_match(fits: list[float], bar: float, cap: int) -> int:
+    for k, value in enumerate(fits[:cap]):
+        if value >= bar:
+            return k + 1
+    return cap + 1
+
+
+def summarize(
+    logs: dict[str, ArmLog], world: World, rounds: list[list[Session]], args: argparse.Namespace
+) -> dict[str, Any]:
+    watch = ArmResults("watch time per session (s)")
+    finish = ArmResults("finish rate")
+    like = ArmResults("like rate")
+    fit = ArmResults("normalized page fit per session")
+    to_match = ArmResults("requests to match")
+    matched = ArmResults("newcomers matched")
+    cap = args.new_sessions * args.pages
+    bar = float(np.median(logs["off"].established_page_fit))
+    out: dict[str, Any] = {"arms": {}, "bar": bar, "cap": cap, "rounds_n": len(rounds)}
+    rng = np.random.default_rng(args.seed)
+    coverage: dict[str, tuple[float, float, float, float]] = {}
+    for arm, log in logs.items():
+        for value in log.session_watch_s.values():
+            watch.add(arm, value)
+        for value in log.session_fit.values():
+            fit.add(arm, value)
+        for value in log.finishes:
+            finish.add(arm, value)
+        for value in log.likes:
+            like.add(arm, value)
+        per_newcomer = []
+        curve: list[list[float]] = [[] for _ in range(cap)]
+        for fits in log.newcomer_page_fit.values():
+            n = _requests_to_match(fits, bar, cap)
+            per_newcomer.append(n)
+            to_match.add(arm, n)
+            matched.add(arm, float(n <= cap))
+            for k, value in enumerate(fits[:cap]):
+                curve[k].append(value)
+        coverage[arm] = _coverage(list(log.session_items.values()), len(world.items), rng)
+        stats = {}
+        for region, entry in log.online_stats.items():
+            trainer = entry.get("trainer", {})
+            joiner = entry.get("joiner", {})
+            stats[region] = {
+                "joined": int(joiner.get("emitted", 0)),
+                "late_events": int(joiner.get("late_events", 0)),
+                "trained": int(trainer.get("trained", 0)),
+                "skipped": int(trainer.get("skipped", 0)),
+                "steps": int(trainer.get("steps", 0)),
+                "publishes": int(trainer.get("publishes", 0)),
+                "rebases": int(trainer.get("rebases", 0)),
+                "last_loss": trainer.get("last_loss"),
+            }
+        out["arms"][arm] = {
+            "sessions": len(log.session_watch_s),
+            "impressions": len(log.likes),
+            "watch": watch.estimate(arm),
+            "finish": finish.estimate(arm),
+            "like": like.estimate(arm),
+            "fit": fit.estimate(arm),
+            "coverage": coverage[arm],
+            "to_match": to_match.estimate(arm),
+            "matched": matched.estimate(arm),
+            "curve": [float(np.mean(c)) if c else math.nan for c in curve],
+            "established_fit": _normal(log.established_page_fit),
+            "round_watch": [float(np.mean(w)) for w in log.round_watch],
+            "round_like": [float(np.mean(x)) for x in log.round_like],
+            "trained_online": log.trained_online,
+            "seconds": log.seconds,
+            "online": stats,
+            "versions": log.model_versions,
+            "diagnostics": log.diagnostics,
+        }
+    diffs: dict[str, dict[str, Any]] = {}
+    for other in ("batch-only", "off"):
+        treat = "online" if other == "batch-only" else "batch-only"
+        a, b = coverage[treat], coverage[other]
+        half = Z95 * math.hypot(a[1], b[1])
+        diffs[f"{treat} - {other}"] = {
+            "watch": watch.difference(treat, other),
+            "finish": finish.difference(treat, other),
+            "like": like.difference(treat, other),
+            "fit": fit.difference(treat, other),
+            "coverage": Estimate(0, a[0] - b[0], a[0] - b[0] - half, a[0] - b[0] + half),
+            "to_match": to_match.difference(treat, other),
+            "paired": _paired(logs[treat], logs[other]),
+        }
+    out["diffs"] = diffs
+    return out
+
+
+def _paired(a: ArmLog, b: ArmLog) -> dict[str, Estimate]:
+    """Per-session differences (the same session of the stream in both arms)."""
+    keys = sorted(set(a.session_watch_s) & set(b.session_watch_s))
+
+    def rate(pair: tuple[int, int]) -> float:
+        return pair[0] / pair[1] if pair[1] else 0.0
+
+    return {
+        "watch": _normal([a.session_watch_s[k] - b.session_watch_s[k] for k in keys]),
+        "finish": _normal([rate(a.session_finish[k]) - rate(b.session_finish[k]) for k in keys]),
+        "like": _normal([rate(a.session_like[k]) - rate(b.session_like[k]) for k in keys]),
+        "fit": _normal([a.session_fit[k] - b.session_fit[k] for k in keys]),
+    }
+
+
+# ---- the report ----------------------------------------------------------------------------------
+
+
+def _ci(
+    e: Estimate | tuple[float, ...], digits: int = 1, scale: float = 1.0, unit: str = ""
+) -> str:
+    if isinstance(e, tuple):
+        mean, low, high = e[0], e[2], e[3]
+    else:
+        mean, low, high = e.mean, e.low, e.high
+    if not math.isfinite(mean):
+        return "n/a"
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(mean * scale)}{unit} [{f.format(low * scale)}, {f.format(high * scale)}]"
+
+
+def _signed(e: Estimate, digits: int = 1, scale: float = 1.0, unit: str = "") -> str:
+    if not math.isfinite(e.mean):
+        return "n/a"
+    f = f"{{:+.{digits}f}}"
+    return (
+        f"{f.format(e.mean * scale)}{unit} [{f.format(e.low * scale)}, {f.format(e.high * scale)}]"
+    )
+
+
+def verdict(d: dict[str, Any]) -> str:
+    w = d["watch"]
+    if w.low > 0:
+        return "online beats batch-only on watch time (the interval excludes 0)"
+    if w.high < 0:
+        return "online loses to batch-only on watch time (the interval excludes 0)"
+    return "no difference between online and batch-only on watch time (the interval contains 0)"
+
+
+def section(r: dict[str, Any], command: str) -> str:
+    m = machine_info(REPO)
+    arms = r["arms"]
+    rows = []
+    for arm, a in arms.items():
+        rows.append(
+            f"| {arm} | {a['sessions']:,} / {a['impressions']:,} | {_ci(a['watch'])} | "
+            f"{_ci(a['finish'], 2, 100)} | {_ci(a['like'], 2, 100)} | "
+            f"{_ci(a['coverage'], 1, 100)} | {_ci(a['fit'], 3)} | {_ci(a['to_match'], 2)} | "
+            f"{_ci(a['matched'], 1, 100)} |"
+        )
+    diff_rows = []
+    for name, d in r["diffs"].items():
+        p = d["paired"]
+        diff_rows.append(
+            f"| {name} | {_signed(d['watch'])} | {_signed(p['watch'])} | "
+            f"{_signed(d['finish'], 2, 100)} | {_signed(p['finish'], 2, 100)} | "
+            f"{_signed(d['like'], 2, 100)} | {_signed(p['like'], 2, 100)} | "
+            f"{_signed(d['coverage'], 1, 100)} | {_signed(d['fit'], 3)} | {_signed(p['fit'], 3)} | "
+            f"{_signed(d['to_match'], 2)} |"
+        )
+    cap = r["cap"]
+    curve_rows = [
+        f"| {arm} | " + " | ".join(f"{v:.3f}" for v in a["curve"]) + " |" for arm, a in arms.items()
+    ]
+    round_rows = [
+        f"| {arm} | " + " | ".join(f"{v:.0f}" for v in a["round_watch"]) + " |"
+        for arm, a in arms.items()
+    ]
+    online = arms["online"]
+    trained = sum(s["trained"] for s in online["online"].values())
+    skipped = sum(s["skipped"] for s in online["online"].values())
+    joined = sum(s["joined"] for s in online["online"].values())
+    late = sum(s["late_events"] for s in online["online"].values())
+    publishes = sum(s["publishes"] for s in online["online"].values())
+    rebases = sum(s["rebases"] for s in online["online"].values())
+    secs = {arm: a["seconds"] for arm, a in arms.items()}
+    overrides = ", ".join(f"`{s}`" for s in r["overrides"]) or "none (library defaults)"
+    retrains = (
+        [k for k in range(1, r["rounds_n"]) if k % r["args"]["retrain_every"] == 0]
+        if r["args"]["retrain_every"] > 0
+        else []
+    )
+    headline = verdict(r["diffs"]["online - batch-only"])
+    diag = online["diagnostics"]
+    movement = "; ".join(
+        f"{region}: dense weights {100 * m['dense']:.1f} %, viewer rows {100 * m['users']:.2f} %, "
+        f"item rows {100 * m['items']:.2f} % ({m['steps']} steps)"
+        for region, m in diag["movement"].items()
+    )
+    return "\n".join(
+        [
+            START,
+            "## Closed loop: learning while serving (`bench/closed_loop.py`)",
+            "",
+            f"Command: `{command}`  ",
+            f"Date: {datetime.now(UTC).isoformat(timespec='seconds')}  ",
+            f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, fyp {m['fyp']} "
+            f"(commit {m['git']}); a shared machine, so treat times as indicative  ",
+            f"Runtime: {r['total_s'] / 60:.1f} min (setup {r['setup_s']:.0f} s, of which initial "
+            f"training {r['initial_train_s']:.0f} s; per arm serve / learn_now / train: "
+            + "; ".join(
+                f"{arm} {s['serve']:.0f} / {s['learn_now']:.0f} / {s['train']:.0f} s"
+                for arm, s in secs.items()
+            )
+            + ")  ",
+            f"Config overrides (all arms): {overrides}",
+            "",
+            f"Demo world of {r['items']:,} videos and {r['viewers']:,} viewers (seed "
+            f"{r['args']['seed']}); {r['newcomers']} viewers held out as newcomers (their history "
+            f"dropped), the other {r['established']:,} and their {r['events']:,} events imported "
+            f"and trained on once; the trained data directory copied into each arm. Then "
+            f"{r['rounds_n']} rounds, each of {r['args']['sessions']} sessions of established "
+            f"viewers plus the active newcomers (a cohort joins in each of the first "
+            f"{max(1, r['rounds_n'] - r['args']['new_sessions'] + 1)} rounds and comes back for "
+            f"{r['args']['new_sessions']} rounds), every session {r['args']['pages']} pages of "
+            f"{PAGE}, each page watched item by item by the world's viewer model and its events "
+            "ingested before the next request; the same session stream and the same reaction "
+            "draws per (session, item) in every arm. The online arm calls `learn_now()` "
+            + (
+                f"after every {r['args']['learn_every']} sessions and "
+                if r["args"]["learn_every"] > 0
+                else ""
+            )
+            + "at the end of each round, when the clock has moved past the joiner's window "
+            "(600 s + 30 s lateness) so that every viewing of the round has closed; "
+            "the online and batch-only arms retrain (`Engine.train()`) after rounds "
+            f"{', '.join(map(str, retrains)) or '(never)'}; the off arm never learns model "
+            "parameters. Every arm keeps updating the viewer's own state (seen items, "
+            "affinities, the events the retrieval folds in).",
+            "",
+            "Intervals are 95 %: watch time per session (sum of the session's plays' `watch_ms`) "
+            "normal across sessions; finish and like rate per impression, Wilson; coverage "
+            "(distinct items shown / catalog) grouped jackknife over sessions (20 groups); "
+            "requests to match normal across newcomers, matched share Wilson. Matching: "
+            + MATCH
+            + f" (bar = "
+            f"{r['bar']:.3f}; cap = {cap} requests). *Page fit*: the session's mean normalized "
+            "page fit (what was served, judged by the hidden truth: less noisy than reactions), "
+            "normal across sessions.",
+            "",
+            "| arm | sessions / impressions | watch time per session, s | finish rate, % | "
+            "like rate, % | coverage, % | page fit | newcomer requests to match | "
+            "newcomers matched, % |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            "Differences (Welch's interval; *paired* = the same session in both arms, normal "
+            "interval of the per-session differences; rates in percentage points):",
+            "",
+            "| difference | watch time, s | watch time, paired | finish | finish, paired | like | "
+            "like, paired | coverage | page fit | page fit, paired | requests to match |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *diff_rows,
+            "",
+            f"**Verdict: {headline}.**",
+            "",
+            "Newcomers' mean normalized page fit by request number (established median = "
+            f"{r['bar']:.3f}):",
+            "",
+            "| arm | " + " | ".join(str(k + 1) for k in range(cap)) + " |",
+            "|---|" + "---:|" * cap,
+            *curve_rows,
+            "",
+            "Watch time per session by round, s:",
+            "",
+            "| arm | " + " | ".join(str(k + 1) for k in range(r["rounds_n"])) + " |",
+            "|---|" + "---:|" * r["rounds_n"],
+            *round_rows,
+            "",
+            f"Online trainer over the run (both regions): {joined:,} viewings joined, "
+            f"{trained:,} trained on, {skipped:,} skipped, {publishes} publishes, {rebases} "
+            f"rebases onto a new batch model, {late:,} events late for the joiner; examples "
+            f"trained per round: {', '.join(map(str, online['trained_online']))}.",
+            "",
+            "Why, measured at the end of the online arm (since its latest rebase onto a batch "
+            "model): how far the online learner moved from that batch ranker (relative L2 change; "
+            f"{movement}); and for the {diag['viewers']} viewers of the last round, the page the "
+            "online ranker would serve now against the page the batch ranker would serve from the "
+            "same state (no side effects): "
+            f"{100 * diag['overlap']:.0f} % of items in common, normalized page fit online - batch "
+            f"{_signed(diag['online_minus_batch'], 4)}; for scale, the batch ranker against no "
+            f"ranker at all: {_signed(diag['batch_minus_none'], 4)} (batch ranker's pages "
+            f"{diag['fit_batch']:.3f}).",
+            END,
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--viewers", type=int, default=1000)
+    parser.add_argument("--items", type=int, default=1500)
+    parser.add_argument("--newcomers", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--sessions", type=int, default=100, help="established per round")
+    parser.add_argument("--pages", type=int, default=2, help="pages of 10 per session")
+    parser.add_argument("--new-sessions", type=int, default=4, help="rounds a newcomer comes")
+    parser.add_argument("--retrain-every", type=int, default=4, help="rounds; 0 = never")
+    parser.add_argument(
+        "--learn-every",
+        type=int,
+        default=10,
+        help="sessions between learn_now calls within a round (0 = only at its end)",
+    )
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="config override for every arm, e.g. online.dense_lr=0.003 scoring.weights.ranker=3",
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument("--no-docs", dest="docs", action="store_false")
+    args = parser.parse_args(argv)
+    result = run(args)
+    result["args"] = {k: v for k, v in vars(args).items() if k not in ("json", "docs", "set")}
+    command = ".venv/bin/python bench/closed_loop.py" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
+    text = section(result, command)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(result, default=_jsonable, indent=1))
+    if args.docs:
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Estimate):
+        return {"n": value.n, "mean": value.mean, "low": value.low, "high": value.high}
+    return str(value)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
