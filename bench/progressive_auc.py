@@ -42,10 +42,10 @@ Protocol, per dataset:
      (collisionless tables, ``min_count`` 2, 30-day TTL), ``partial_fit`` on mini-batches of
      ``--batch`` examples; its clock is the stream's event time and expired rows are evicted
      after every chunk (the production trainer evicts at each publish);
-   * *online, hashed*: the same learner with ``table_kind="hashed"``: four hashed tables (users,
-     items, creators, tags) of ``R`` rows each (``LearnerConfig`` has one size for all four),
-     ``R`` chosen so the four take the memory the collisionless tables held at the end of the
-     stream (row arrays with optimizer state and doubling slack; the id maps not counted);
+   * *online, hashed*: the same learner with ``table_kind="hashed"``: hashed viewer and item
+     tables of ``R`` rows each and creator and tag tables of 64 rows (those fields have tens of
+     ids), ``R`` chosen so the four take the memory the collisionless tables held at the end of
+     the stream (row arrays with optimizer state and doubling slack; the id maps not counted);
    * *batch retrained + online in between*: each retrained batch model continued by a fresh
      ``OnlineRanker`` until the next retrain, as the production trainer rebases on a new batch
      model (the retrains are shared with *batch, retrained*).
@@ -56,8 +56,7 @@ Protocol, per dataset:
 4. **What else was tried** (online only, same protocol): a smaller chunk (fresher scores), the
    learner's own train-then-test predictions per mini-batch (``FitResult.predictions``), no
    admission filter, no TTL, larger sparse or dense learning rates, id rows all but frozen (only
-   the dense part learns), new rows initialised from the field's unknown vector (a bench-side
-   patch of the table, not what ``src`` does), a hashed table with four times the rows. Each is
+   the dense part learns), hashed viewer and item tables with four times the rows. Each is
    compared, paired, with the default online learner.
 5. **Metrics.** AUC of the ``like`` and ``finish`` heads against their labels, and of the
    ``watch_ratio`` head against ``long_watch``, pooled over the whole stream; 95 % confidence
@@ -100,7 +99,7 @@ from fyp.models.ranker_data import (  # noqa: E402
     base_rates,
     build_examples,
 )
-from fyp.online.embedding_table import EmbeddingTable, collision_rate  # noqa: E402
+from fyp.online.embedding_table import collision_rate  # noqa: E402
 from fyp.online.learner import FIELDS, LearnerConfig, OnlineRanker  # noqa: E402
 from fyp.storage.roles import ItemRecord  # noqa: E402
 
@@ -262,8 +261,6 @@ class OnlineSpec:
     """Score-then-learn granularity; ``None``: the run's ``--chunk``."""
     fit_predictions: bool = False
     """Score with ``partial_fit``'s own pre-update predictions, per mini-batch."""
-    rows_from_unknown: bool = False
-    """New rows start as the field's unknown vector (bench-side patch)."""
 
 
 @dataclass
@@ -344,26 +341,6 @@ def run_rebased(
     )
 
 
-class RowsFromUnknown(EmbeddingTable):
-    """A table whose newly admitted rows start as the field's unknown vector instead of the
-    table's small random init, so an id's vector does not jump at admission from what the model
-    learned an unseen id is worth to about zero. A bench-side experiment, not fyp's behaviour."""
-
-    unknown: torch.nn.Parameter
-    """The learner's unknown vector of this field (it keeps learning: read at admission)."""
-
-    def observe(self, ids: Sequence[str], now: float | None = None) -> npt.NDArray[np.int64]:
-        before = self.rows(ids)
-        rows = super().observe(ids, now)
-        admitted = list(
-            dict.fromkeys(i for i, b, r in zip(ids, before, rows, strict=True) if b < 0 <= r)
-        )
-        if admitted:
-            start = self.unknown.detach().numpy()
-            self.seed(admitted, np.tile(start, (len(admitted), 1)), now)
-        return rows
-
-
 def run_online(
     base: Ranker, stream: ExampleSet, spec: OnlineSpec, chunk_size: int, batch: int
 ) -> Run:
@@ -372,11 +349,6 @@ def run_online(
     # long in the log, not during the few minutes this run takes.
     now = [float(stream.ts[0])]
     learner = OnlineRanker(base, config, base_version="warm-up", clock=lambda: now[0])
-    if spec.rows_from_unknown:
-        for f, table in learner.tables.items():
-            assert isinstance(table, EmbeddingTable)
-            table.__class__ = RowsFromUnknown
-            table.unknown = learner.unknown[f]  # type: ignore[attr-defined]
     collisionless = config.table_kind == "collisionless"
     started = time.perf_counter()
     parts: list[F32] = []
@@ -538,9 +510,19 @@ ONLINE = "online, collisionless"
 REBASED = "batch retrained + online in between"
 
 
+SMALL_ROWS = 64
+"""Rows of each hashed creator and tag table (those fields have tens of ids)."""
+
+
+def _rows(field: str, big: int) -> int:
+    return SMALL_ROWS if field in ("creators", "tags") else big
+
+
 def sensitivity_specs(hashed_rows: int) -> list[OnlineSpec]:
     default = LearnerConfig()
-    hashed = LearnerConfig(table_kind="hashed", hashed_rows=4 * hashed_rows)
+    hashed = LearnerConfig(
+        table_kind="hashed", hashed_rows=4 * hashed_rows, hashed_small_rows=SMALL_ROWS
+    )
     return [
         OnlineSpec("chunks of 256 (scored and learned 4x as often)", default, chunk=256),
         OnlineSpec(
@@ -556,12 +538,7 @@ def sensitivity_specs(hashed_rows: int) -> list[OnlineSpec]:
             "sparse_lr 1e-6: id rows all but frozen, only the dense part learns",
             replace(default, sparse_lr=1e-6),
         ),
-        OnlineSpec(
-            "new rows start as the unknown vector (bench-side patch)",
-            default,
-            rows_from_unknown=True,
-        ),
-        OnlineSpec(f"hashed, 4x rows ({4 * hashed_rows:,} per table)", hashed),
+        OnlineSpec(f"hashed, 4x rows ({4 * hashed_rows:,} per viewer/item table)", hashed),
     ]
 
 
@@ -603,15 +580,18 @@ def run_dataset(data: Stream, args: argparse.Namespace) -> dict[str, Any]:
         ONLINE,
         run_online(base, stream, OnlineSpec(ONLINE, LearnerConfig()), args.chunk, args.batch),
     )
-    # Equal memory: the collisionless tables' bytes at the end, spent on four hashed tables whose
-    # rows are a float32 weight vector and its Adagrad accumulator.
+    # Equal memory: the collisionless tables' bytes at the end, spent on hashed tables whose rows
+    # are a float32 weight vector and its Adagrad accumulator: SMALL_ROWS rows each for the few
+    # creators and tags, the rest split between the viewer and the item table.
     dim = int(runs[ONLINE].notes["dim"])
+    row_bytes = dim * 4 * 2
     hashed_rows = args.hashed_rows or max(
-        1, int(runs[ONLINE].notes["memory_bytes"] / (len(FIELDS) * dim * 4 * 2))
+        1, int((runs[ONLINE].notes["memory_bytes"] / row_bytes - 2 * SMALL_ROWS) / 2)
     )
-    hashed_name = f"online, hashed ({hashed_rows:,} rows per table)"
+    hashed_name = f"online, hashed ({hashed_rows:,} rows per viewer/item table)"
     hashed_spec = OnlineSpec(
-        hashed_name, LearnerConfig(table_kind="hashed", hashed_rows=hashed_rows)
+        hashed_name,
+        LearnerConfig(table_kind="hashed", hashed_rows=hashed_rows, hashed_small_rows=SMALL_ROWS),
     )
     runs[hashed_name] = timed(
         hashed_name, run_online(base, stream, hashed_spec, args.chunk, args.batch)
@@ -665,8 +645,10 @@ def run_dataset(data: Stream, args: argparse.Namespace) -> dict[str, Any]:
             "name": hashed_name,
             "rows": hashed_rows,
             "distinct_ids": {f: len(ids[f]) for f in FIELDS},
-            "collision_rate": {f: collision_rate(ids[f], hashed_rows) for f in FIELDS},
-            "collision_rate_4x": {f: collision_rate(ids[f], 4 * hashed_rows) for f in FIELDS},
+            "collision_rate": {f: collision_rate(ids[f], _rows(f, hashed_rows)) for f in FIELDS},
+            "collision_rate_4x": {
+                f: collision_rate(ids[f], _rows(f, 4 * hashed_rows)) for f in FIELDS
+            },
         },
         "labels": labels,
         "main": main_names,
@@ -782,7 +764,8 @@ def dataset_section(d: dict[str, Any]) -> list[str]:
         f"{_mib(online['memory_bytes'])} (allocated capacity); mean loss "
         f"{online['loss_first_tenth']:.3f} over the first tenth of the steps, "
         f"{online['loss_last_tenth']:.3f} over the last. Online, hashed: {hashed['rows']:,} rows "
-        f"in each of the four tables ({_mib(d['runs'][hashed['name']]['notes']['memory_bytes'])});"
+        f"in the viewer and the item table, {SMALL_ROWS} in the creator and the tag table "
+        f"({_mib(d['runs'][hashed['name']]['notes']['memory_bytes'])});"
         " ids sharing a row with another id: "
         + ", ".join(
             f"{f} {hashed['collision_rate'][f]:.0%} of {hashed['distinct_ids'][f]:,}"
@@ -870,8 +853,9 @@ def section(results: dict[str, Any], command: str) -> str:
         + "the online variants (`OnlineRanker`, default `LearnerConfig`, mini-batches of "
         f"{results['batch']}, the stream's event time as their clock, TTL evictions after every "
         "chunk) learn each chunk after scoring it. The hashed variant is the same learner with "
-        '`table_kind="hashed"`, its rows per table set so the four tables take the memory the '
-        "collisionless tables held at the end. AUC is pooled over the stream; the 95 % "
+        '`table_kind="hashed"`, 64 rows for creators and tags and the viewer and item tables '
+        "sized so the four take the memory the collisionless tables held at the end. AUC is "
+        "pooled over the stream; the 95 % "
         f"intervals are a block bootstrap over the chunks ({BOOTSTRAP:,} resamples), the "
         "differences to the frozen ranker paired on the same resamples.",
         "",
@@ -888,16 +872,12 @@ def section(results: dict[str, Any], command: str) -> str:
         "between uses (the evicted counts above); the *no TTL* rows show what that costs here. "
         "The collisionless tables' memory is their allocated capacity, which eviction does not "
         "shrink.",
-        "- `FitResult.predictions`, the learner's own train-then-test output, are not exactly "
-        "what `predict()` gives before the update: `partial_fit` counts the batch's ids "
-        "(`observe`) before its forward pass, so an id that reaches `min_count` inside the batch "
-        "is scored with its new, near-zero row instead of the field's unknown vector, and "
-        "whether it does depends on how often the id occurs in the batch, later examples "
-        "included. The main tables score with `predict()` before `partial_fit`; the row that "
-        "uses `FitResult.predictions` mixes that difference with the finer granularity.",
-        "- *New rows start as the unknown vector* is a bench-side subclass of `EmbeddingTable`: "
-        "an admitted id's row starts as the field's current unknown vector, so its score does "
-        "not jump at admission. fyp itself starts a new row at small random values (std 0.01).",
+        "- `FitResult.predictions` are the learner's own train-then-test scores: each "
+        "mini-batch scored before the learner steps on it and before its ids are counted for "
+        "admission (a newly admitted row starts at its field's unknown vector, so admission "
+        "does not move an id's score). The main tables score each chunk with `predict()` "
+        "before learning it; the row that uses `FitResult.predictions` scores at the finer "
+        "mini-batch granularity.",
         "- Grocery's `like` is a sampled-negative task (bought vs a popularity-sampled "
         "impression), not an engagement rate: its AUC is not comparable with MovieLens'.",
         END,
