@@ -29,11 +29,16 @@ rounds it jumps past the joiner's window, so every viewing of the round closes b
 
 Reported per arm, with 95 % intervals (``fyp.online.arms``): watch time per session (normal
 interval across sessions), finish and like rate per impression (Wilson), catalog coverage
-(distinct items shown / catalog; grouped jackknife over sessions), and how many requests a
+(distinct items shown / catalog; grouped jackknife over sessions), the served pages' fit by the
+hidden truth (``Viewer.fit`` over the viewer's best possible page), and how many requests a
 newcomer needs before a page matches their taste (normal interval across newcomers; see
-``MATCH`` below). The
-differences online - batch-only come with Welch's interval (and, because sessions are paired by
-design, the paired interval across sessions as well).
+``MATCH``). The differences online - batch-only (and batch-only - off) come with Welch's
+interval, and, because the sessions are paired by design, with the paired interval as well.
+
+To explain the outcome, the end of the online arm measures how far the online learner moved from
+the batch ranker it continues and what that changes on the page (``diagnose``). ``--set
+section.key=value`` overrides the configuration of every arm (e.g. ``online.sparse_lr=0.5``,
+``scoring.weights.ranker=3``); the library defaults are never changed.
 
 Writes a section of docs/BENCHMARKS.md (``--no-docs`` to only print).
 """
@@ -176,6 +181,8 @@ class ArmLog:
     session_fit: dict[int, float] = field(default_factory=dict)
     """Mean normalized fit of the session's pages (what was served, judged by the truth)."""
     finishes: list[int] = field(default_factory=list)
+    durations: list[float] = field(default_factory=list)
+    """Length of every served video, seconds."""
     likes: list[int] = field(default_factory=list)
     established_page_fit: list[float] = field(default_factory=list)
     newcomer_page_fit: dict[str, list[float]] = field(default_factory=dict)
@@ -238,6 +245,7 @@ def run_arm(
                     likes += liked
                     shown += 1
                     log.finishes.append(finished)
+                    log.durations.append(item.duration_s)
                     log.likes.append(liked)
                     round_like.append(liked)
                     items.append(oracle.index[item.item_id])
@@ -574,6 +582,7 @@ def summarize(
             "finish": finish.estimate(arm),
             "like": like.estimate(arm),
             "fit": fit.estimate(arm),
+            "duration": _normal(log.durations),
             "coverage": coverage[arm],
             "to_match": to_match.estimate(arm),
             "matched": matched.estimate(arm),
@@ -645,13 +654,41 @@ def _signed(e: Estimate, digits: int = 1, scale: float = 1.0, unit: str = "") ->
     )
 
 
+VERDICT_METRICS = (
+    ("watch", "watch time", 1),
+    ("finish", "finish rate", 1),
+    ("like", "like rate", 1),
+    ("coverage", "coverage", 1),
+    ("fit", "page fit", 1),
+    ("to_match", "newcomer requests to match", -1),
+)
+"""(key, name, +1 when higher is better) of the metrics the verdict reads."""
+
+
 def verdict(d: dict[str, Any]) -> str:
-    w = d["watch"]
-    if w.low > 0:
-        return "online beats batch-only on watch time (the interval excludes 0)"
-    if w.high < 0:
-        return "online loses to batch-only on watch time (the interval excludes 0)"
-    return "no difference between online and batch-only on watch time (the interval contains 0)"
+    """Which metrics online wins, loses and ties against batch-only, by Welch's interval."""
+    wins, losses, ties = [], [], []
+    for key, name, sign in VERDICT_METRICS:
+        e = d[key]
+        low, high = (e.low, e.high) if sign > 0 else (-e.high, -e.low)  # "better" is positive
+        if low > 0:
+            wins.append(name)
+        elif high < 0:
+            losses.append(name)
+        else:
+            ties.append(name)
+    head = (
+        "online beats batch-only on watch time"
+        if d["watch"].low > 0
+        else "online does not beat batch-only on watch time"
+    )
+    parts = [
+        f"wins on {', '.join(wins) or 'nothing'}",
+        f"loses on {', '.join(losses) or 'nothing'}",
+    ]
+    if ties:
+        parts.append(f"no difference (the interval contains 0) on {', '.join(ties)}")
+    return f"{head}; by Welch's interval it {'; '.join(parts)}"
 
 
 def section(r: dict[str, Any], command: str) -> str:
@@ -699,6 +736,7 @@ def section(r: dict[str, Any], command: str) -> str:
     )
     headline = verdict(r["diffs"]["online - batch-only"])
     diag = online["diagnostics"]
+    durations = ", ".join(f"{arm} {_ci(a['duration'])}" for arm, a in arms.items())
     movement = "; ".join(
         f"{region}: dense weights {100 * m['dense']:.1f} %, viewer rows {100 * m['users']:.2f} %, "
         f"item rows {100 * m['items']:.2f} % ({m['steps']} steps)"
@@ -770,6 +808,12 @@ def section(r: dict[str, Any], command: str) -> str:
             *diff_rows,
             "",
             f"**Verdict: {headline}.**",
+            "",
+            "Sessions have a fixed length here (the viewer model has no rule for leaving), so "
+            "watch time per session depends on the length of the videos served as well as on "
+            "how well they fit; the ranker's value model weighs watch *ratio*, finishes and "
+            "likes, not "
+            f"seconds. Mean length of the served videos, s: {durations}.",
             "",
             "Newcomers' mean normalized page fit by request number (established median = "
             f"{r['bar']:.3f}):",
