@@ -443,7 +443,9 @@ class OnlineConfig(_Section):
     """How long after an impression its engagements still count."""
     close_on_next_play: bool = True
     """A viewer's play of another item closes their earlier played impressions at once (they
-    moved on), so the example trains within seconds instead of after ``window_s``."""
+    moved on), so the example trains within seconds instead of after ``window_s``. A skip then
+    does not close a viewing by itself (a not-interested sent just after it still counts); only
+    not-interested and report do."""
     lateness_s: float = Field(default=30.0, ge=0)
     """Events reaching the server this long after their window closed are counted late."""
     batch_size: int = Field(default=256, ge=1, le=65_536)

@@ -32,7 +32,7 @@ from fyp.models.serving import ModelSlot, ServingModel
 from fyp.models.training import TrainReport, train_region
 from fyp.online.arms import Experiment, assign
 from fyp.online.bus import open_bus
-from fyp.online.joiner import Joiner, JoinerConfig
+from fyp.online.joiner import NEGATIVE, TERMINAL, Joiner, JoinerConfig
 from fyp.online.learner import LearnerConfig
 from fyp.online.log import JoinPump, OnlineLog, RelayLog
 from fyp.online.trainer import OnlineTrainer, TrainerConfig
@@ -453,7 +453,13 @@ class Engine:
 
     def _new_join_log(self, region: str) -> OnlineLog:
         o = self.config.online
-        joiner = Joiner(JoinerConfig(window_s=o.window_s, close_on_next_play=o.close_on_next_play))
+        joiner = Joiner(
+            JoinerConfig(
+                window_s=o.window_s,
+                close_on_next_play=o.close_on_next_play,
+                terminal=NEGATIVE if o.close_on_next_play else TERMINAL,
+            )
+        )
         bus = open_bus(
             self.config.bus_url(region),
             key=f"{o.bus_stream}:examples:{region}",

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fyp.online.joiner import (
+    NEGATIVE,
     TERMINAL,
     Engagement,
     Example,
@@ -418,3 +419,26 @@ def test_forgetting_a_viewer_drops_their_open_impressions_and_held_events() -> N
     stats = joiner.stats()
     assert (stats.open, stats.held_orphans, stats.forgotten) == (1, 0, 2)
     assert [e.user_id for e in joiner.flush()] == ["u2"]
+
+
+def test_with_next_play_closing_a_not_interested_after_a_skip_still_labels_the_viewing() -> None:
+    joiner = Joiner(JoinerConfig(window_s=WINDOW, close_on_next_play=True, terminal=NEGATIVE))
+    joiner.add_impressions([imp(item_id="i1"), imp(item_id="i2", position=1)])
+    assert joiner.add_events([ev("a1", "play", item_id="i1", watch_ms=900)]) == []
+    assert joiner.add_events([ev("a2", "skip", dt=1.5, item_id="i1")]) == []  # stays open
+    [done] = joiner.add_events([ev("a3", "not_interested", dt=2.0, item_id="i1")])
+    assert (done.skip, done.quick_skip, done.negative, done.closed_by) == (
+        True,
+        True,
+        True,
+        "terminal",
+    )
+    # A skip alone is closed by the viewer's next play.
+    assert joiner.add_events([ev("b1", "play", dt=3.0, item_id="i2", watch_ms=500)]) == []
+    assert joiner.add_events([ev("b2", "skip", dt=3.6, item_id="i2")]) == []
+    joiner.add_impressions([imp("r2", "i7", ts=T0 + 10)])
+    [second] = joiner.add_events(
+        [ev("c1", "play", dt=11.0, request_id="r2", item_id="i7", watch_ms=4_000)]
+    )
+    assert (second.item_id, second.skip, second.negative) == ("i2", True, False)
+    assert joiner.stats().late_events == 0

@@ -43,6 +43,9 @@ from fyp.signals import QUICK_SKIP_MS
 from fyp.types import Event, epoch
 
 TERMINAL: Final = frozenset({"skip", "not_interested"})
+NEGATIVE: Final = frozenset({"not_interested", "report"})
+"""The terminal engagements when the next play closes a viewing: a skip then no longer closes
+it, so a not-interested sent right after the skip still labels the example."""
 """Engagements after which the viewer is gone: the example is emitted at once."""
 ENGAGEMENTS: Final = frozenset(
     {"play", "finish", "like", "share", "comment", "follow", "skip", "not_interested", "report"}
@@ -164,6 +167,8 @@ class JoinerConfig:
     """Open impressions held at most; the oldest is closed early when a new one needs room."""
     max_orphans: int = 100_000
     """Events held while waiting for their impression; the oldest are dropped beyond it."""
+    terminal: frozenset[str] = TERMINAL
+    """Engagements that close their impression at once (the viewer is gone)."""
     close_on_next_play: bool = False
     """A ``play`` by a viewer closes that viewer's other open impressions that already have an
     engagement earlier than it (the viewer moved on to another item): their examples are emitted
@@ -417,7 +422,7 @@ class Joiner:
             return
         self._stats.events += 1
         entry.events[ev.event_id] = ev
-        if ev.type in TERMINAL:
+        if ev.type in self.config.terminal:
             self._close(entry.impression.key, "terminal", ev.ts, out)
 
     def _hold_orphan(self, ev: Engagement, out: list[Example]) -> None:
