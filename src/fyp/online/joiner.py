@@ -144,10 +144,12 @@ class Example:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Example:
+        """The inverse of :meth:`to_dict` (after a JSON round trip: the trainer decodes every
+        example it learns from through here, so it converts only what JSON changed)."""
         values = dict(data)
-        values["features"] = {str(k): float(v) for k, v in values["features"].items()}
         inputs = values.get("inputs")
-        values["inputs"] = tuple(inputs) if inputs is not None else None
+        if inputs is not None:
+            values["inputs"] = tuple(inputs)
         return cls(**values)
 
 
