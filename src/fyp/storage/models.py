@@ -46,17 +46,7 @@ class ModelStore:
         final = self.root / version
         if final.exists():
             raise FileExistsError(f"snapshot {version} already exists in {self.root}")
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=self.root))
-        try:
-            with (staging / "arrays.npz").open("wb") as fh:
-                np.savez(fh, allow_pickle=False, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            (staging / "meta.json").write_text(json.dumps({**meta, "version": version}, indent=2))
-            staging.rename(final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        _write_snapshot_dir(self.root, version, meta, arrays)
         history = [*self._history(), version]
         self._write_atomically(_HISTORY, "\n".join(history) + "\n")
         self._write_atomically(_CURRENT, version)
@@ -102,17 +92,7 @@ class ModelStore:
         """
         root = self.root / _ONLINE / _PUBLISHED
         root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
-        try:
-            with (staging / "arrays.npz").open("wb") as fh:
-                np.savez(fh, allow_pickle=False, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            (staging / "meta.json").write_text(json.dumps({**meta, "version": version}))
-            staging.rename(root / version)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        _write_snapshot_dir(root, version, meta, arrays)
         pointer = root / f".{_CURRENT}.tmp"
         pointer.write_text(version)
         pointer.replace(root / _CURRENT)
@@ -136,14 +116,10 @@ class ModelStore:
         version = self.published_version()
         if version is None:
             return None
-        directory = self.root / _ONLINE / _PUBLISHED / version
         try:
-            meta = json.loads((directory / "meta.json").read_text())
-            with np.load(directory / "arrays.npz", allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
+            return _read_snapshot_dir(self.root / _ONLINE / _PUBLISHED / version, version)
         except FileNotFoundError:
             return None  # replaced (or erased) between the pointer and the read
-        return ModelSnapshot(version=version, meta=meta, arrays=arrays)
 
     def last_erasure(self) -> float:
         try:
@@ -162,11 +138,7 @@ class ModelStore:
         version = self.current_version()
         if version is None:
             return None
-        directory = self.root / version
-        meta = json.loads((directory / "meta.json").read_text())
-        with np.load(directory / "arrays.npz", allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-        return ModelSnapshot(version=version, meta=meta, arrays=arrays)
+        return _read_snapshot_dir(self.root / version, version)
 
     def _prune(self, history: list[str]) -> None:
         """Keep the last ``_KEEP`` saves (by save order) and remove staging left by a crash."""
@@ -179,3 +151,28 @@ class ModelStore:
             elif path.name not in keep:
                 shutil.rmtree(path, ignore_errors=True)
         self._write_atomically(_HISTORY, "\n".join(history[-_KEEP:]) + "\n")
+
+
+def _write_snapshot_dir(
+    root: Path, version: str, meta: dict[str, Any], arrays: dict[str, npt.NDArray[Any]]
+) -> None:
+    """``root/version`` holding ``arrays.npz`` and ``meta.json``, written in a staging directory
+    and renamed into place: readers see all of it or none."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root))
+    try:
+        with (staging / "arrays.npz").open("wb") as fh:
+            np.savez(fh, allow_pickle=False, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        (staging / "meta.json").write_text(json.dumps({**meta, "version": version}, indent=2))
+        staging.rename(root / version)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _read_snapshot_dir(directory: Path, version: str) -> ModelSnapshot:
+    meta = json.loads((directory / "meta.json").read_text())
+    with np.load(directory / "arrays.npz", allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    return ModelSnapshot(version=version, meta=meta, arrays=arrays)
