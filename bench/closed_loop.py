@@ -40,7 +40,29 @@ the batch ranker it continues and what that changes on the page (``diagnose``). 
 section.key=value`` overrides the configuration of every arm (e.g. ``online.sparse_lr=0.5``,
 ``scoring.weights.ranker=3``); the library defaults are never changed.
 
-Writes a section of docs/BENCHMARKS.md (``--no-docs`` to only print).
+**Scenarios** (``--scenario``). ``static`` (the default) is the run above: the world does not
+change, so whatever the batch model learned from the history stays true. ``drift`` changes the
+world in a way the batch model cannot know: at the start of round ``--drift-round`` a share
+(``--drift-share``) of the established viewers who come back during the run change taste (their
+three favourite topics move to three other topics: the taste vector is permuted, so they are as
+focused as before, on other things). Identical in every arm (the same viewers, the same new
+tastes, from the same round on; each arm starts from the original tastes). Two more settings make
+the test one of learning while serving: the established viewers of the run are a returning pool
+(``--active`` of them, so a drifted viewer comes back several times after the drift), and the
+batch retrains are spaced so that several rounds pass between the drift and the first retrain
+(``--retrain-every``; production retrains every 15 min or 5,000 events and takes minutes, online
+publishes every 2 s). Reported on top of the static metrics: the same metrics restricted to the
+drifted viewers' sessions after the drift (where online learning should show), split at the
+first retrain after the drift, and for the viewers who did not drift as a control; page fit is
+judged by the taste the viewer has at that moment. A drifted viewer's *requests to re-match* is
+the number of requests after the drift until a page matches the new taste (as ``MATCH``). The
+end of the drift window (just before that retrain) is diagnosed for the drifted viewers.
+
+``--tuned section.key=value`` adds a fourth arm, ``online-tuned``: the online arm with those
+overrides (a secondary, clearly labelled row; the ``online`` arm keeps the library defaults).
+
+Writes a section of docs/BENCHMARKS.md (``--no-docs`` to only print): the static scenario the
+``closed-loop`` section, the drift scenario the ``closed-loop-drift`` section.
 """
 
 from __future__ import annotations
@@ -80,8 +102,18 @@ from fyp.sim.world import World, WorldConfig, build_world  # noqa: E402
 
 START = "<!-- closed-loop:start -->"
 END = "<!-- closed-loop:end -->"
+DRIFT_START = "<!-- closed-loop-drift:start -->"
+DRIFT_END = "<!-- closed-loop-drift:end -->"
 
 ARMS = ("online", "batch-only", "off")
+TUNED = "online-tuned"
+FAVOURITES = 3
+"""Topics that change in a drifting viewer's taste: their top three go to three other topics."""
+SCENARIOS = {
+    # scenario: defaults of (--active, --retrain-every)
+    "static": (0, 4),
+    "drift": (150, 7),
+}
 PAGE = 10
 ORACLE_K = 10
 JACKKNIFE_GROUPS = 20
@@ -115,11 +147,14 @@ class Oracle:
             region: np.array([i.available_in(region) for i in items])
             for region in world.config.regions
         }
-        self.best: dict[str, float] = {}
-        for uid, viewer in world.viewers.items():
-            fits = self.fits(viewer)[self.available[viewer.region]]
-            top = np.sort(fits)[-ORACLE_K:]
-            self.best[uid] = float(top.mean())
+        self.best: dict[str, float] = {
+            uid: self.best_of(viewer) for uid, viewer in world.viewers.items()
+        }
+
+    def best_of(self, viewer: Viewer) -> float:
+        """Mean fit of the viewer's best ``ORACLE_K`` items in their region."""
+        fits = self.fits(viewer)[self.available[viewer.region]]
+        return float(np.sort(fits)[-ORACLE_K:].mean())
 
     def fits(self, viewer: Viewer) -> np.ndarray:
         share = viewer.taste[self.topic] / viewer.taste.max()
@@ -129,6 +164,62 @@ class Oracle:
         value = np.sqrt(share) * self.quality_factor
         value = np.where(foreign, value * FOREIGN_LANGUAGE_FACTOR, value)
         return np.clip(value, 0.0, 1.0)
+
+
+# ---- the changing world --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Viewers whose taste changes at the start of a round (the same in every arm)."""
+
+    round: int
+    """0-based index of the first round served with the new tastes."""
+    tastes: dict[str, np.ndarray]
+    """The new taste of each drifting viewer."""
+    best: dict[str, float]
+    """``Oracle.best`` under the new taste."""
+    old_best: dict[str, float]
+
+
+def drifted_taste(taste: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``taste`` with new favourites: its values, largest first, go to topics chosen so that the
+    new top ``FAVOURITES`` are all outside the old top ``FAVOURITES`` (a permutation of the same
+    values: the viewer is as focused as before, on other topics)."""
+    n = len(taste)
+    k = min(FAVOURITES, n // 2)
+    order = np.argsort(-taste, kind="stable")
+    old_top = {int(i) for i in order[:k]}
+    others = [i for i in range(n) if i not in old_top]
+    rng.shuffle(others)
+    rest = others[k:] + sorted(old_top)
+    rng.shuffle(rest)
+    out = np.empty(n, dtype=np.float64)
+    out[np.asarray(others[:k] + rest)] = taste[order]
+    return out
+
+
+def make_drift(
+    world: World, oracle: Oracle, pool: list[str], share: float, first_round: int, seed: int
+) -> Drift:
+    chosen = sorted(random.Random(seed + 3).sample(pool, round(share * len(pool))))
+    tastes, best, old_best = {}, {}, {}
+    for uid in chosen:
+        viewer = world.viewers[uid]
+        rng = np.random.default_rng([seed, 7, zlib.crc32(uid.encode())])
+        tastes[uid] = drifted_taste(np.asarray(viewer.taste), rng)
+        best[uid] = oracle.best_of(dataclasses.replace(viewer, taste=tastes[uid], followed=set()))
+        old_best[uid] = oracle.best[uid]
+    return Drift(first_round, tastes, best, old_best)
+
+
+def apply_drift(world: World, oracle: Oracle, drift: Drift) -> None:
+    """Swap in the drifted viewers: a new ``Viewer`` (its derived fields recomputed) that keeps
+    whom the old one follows; the truth the evaluation reads moves with it."""
+    for uid, taste in drift.tastes.items():
+        viewer = world.viewers[uid]
+        world.viewers[uid] = dataclasses.replace(viewer, taste=taste, followed=viewer.followed)
+        oracle.best[uid] = drift.best[uid]
 
 
 # ---- the session stream --------------------------------------------------------------------------
@@ -180,6 +271,7 @@ class ArmLog:
     session_items: dict[int, list[int]] = field(default_factory=dict)
     session_fit: dict[int, float] = field(default_factory=dict)
     """Mean normalized fit of the session's pages (what was served, judged by the truth)."""
+    session_page_fits: dict[int, list[float]] = field(default_factory=dict)
     finishes: list[int] = field(default_factory=list)
     durations: list[float] = field(default_factory=list)
     """Length of every served video, seconds."""
@@ -192,6 +284,8 @@ class ArmLog:
     seconds: dict[str, float] = field(default_factory=dict)
     online_stats: dict[str, Any] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    window_diagnostics: dict[str, Any] = field(default_factory=dict)
+    """``diagnose`` for the drifted viewers at the end of the drift window (drift scenario)."""
     model_versions: dict[str, str] = field(default_factory=dict)
 
 
@@ -207,14 +301,18 @@ def run_arm(
     learn_every: int,
     seed: int,
     clock: list[float],
+    drift: Drift | None = None,
 ) -> ArmLog:
     log = ArmLog()
+    learns = arm.startswith("online")
     gap = engine.config.online.window_s + engine.config.online.lateness_s + 1.0
     serve_s = learn_s = train_s = 0.0
     for r, batch in enumerate(rounds):
         joining = [uid for uid, j in joins.items() if j == r]
         if joining:
             engine.put_users([world.viewers[uid].to_user() for uid in joining])
+        if drift is not None and r == drift.round:
+            apply_drift(world, oracle, drift)
         round_watch: list[float] = []
         round_like: list[int] = []
         started = time.perf_counter()
@@ -262,8 +360,9 @@ def run_arm(
             log.session_like[session.index] = (likes, shown)
             log.session_items[session.index] = items
             log.session_fit[session.index] = float(np.mean(page_fits))
+            log.session_page_fits[session.index] = page_fits
             round_watch.append(watch_ms / 1000.0)
-            if arm == "online" and learn_every > 0 and (k + 1) % learn_every == 0:
+            if learns and learn_every > 0 and (k + 1) % learn_every == 0:
                 tick = time.perf_counter()
                 trained += sum(engine.learn_now().values())
                 learning += time.perf_counter() - tick
@@ -273,26 +372,36 @@ def run_arm(
         log.round_like.append(round_like)
         # The round is over: past the joiner's window, every viewing of it has closed.
         clock[0] += gap
-        if arm == "online":
+        if learns:
             started = time.perf_counter()
             log.trained_online.append(trained + sum(engine.learn_now().values()))
             learn_s += time.perf_counter() - started
+        retrain = retrain_every > 0 and (r + 1) % retrain_every == 0 and r + 1 < len(rounds)
         if (
-            arm != "off"
-            and retrain_every > 0
-            and (r + 1) % retrain_every == 0
-            and r + 1 < len(rounds)
+            learns
+            and drift is not None
+            and r >= drift.round
+            and not log.window_diagnostics
+            and (retrain or r + 1 == len(rounds))
         ):
+            # The end of the drift window: what the online ranker does for the drifted viewers
+            # before a retrain shows the batch model their new tastes.
+            started = time.perf_counter()
+            drifted = sorted(drift.tastes)
+            log.window_diagnostics = diagnose(engine, world, oracle, drifted, focus=drifted)
+            log.window_diagnostics["round"] = r + 1
+            log.window_diagnostics["seconds"] = time.perf_counter() - started
+        if arm != "off" and retrain:
             started = time.perf_counter()
             engine.train()
             train_s += time.perf_counter() - started
         print(
             f"  {arm}: round {r + 1}/{len(rounds)}: {len(batch)} sessions, "
             f"watch/session {np.mean(round_watch):.1f} s, like rate {np.mean(round_like):.4f}"
-            + (f", online examples {log.trained_online[-1]}" if arm == "online" else ""),
+            + (f", online examples {log.trained_online[-1]}" if learns else ""),
             flush=True,
         )
-    if arm == "online":
+    if learns:
         started = time.perf_counter()
         log.diagnostics = diagnose(engine, world, oracle, [s.user_id for s in rounds[-1]])
         log.diagnostics["seconds"] = time.perf_counter() - started
@@ -330,12 +439,19 @@ def _relative_change(after: np.ndarray, before: np.ndarray) -> float:
     return float(np.linalg.norm(after - before, axis=1).mean()) / scale if scale else math.nan
 
 
-def diagnose(engine: Engine, world: World, oracle: Oracle, users: list[str]) -> dict[str, Any]:
+def diagnose(
+    engine: Engine,
+    world: World,
+    oracle: Oracle,
+    users: list[str],
+    focus: list[str] | None = None,
+) -> dict[str, Any]:
     """At the end of the online arm: how far the online learner moved from the batch ranker it
     continues (since its latest rebase), and what that does to pages. For each viewer of the last
     round, the page the served (online) ranker would give now, the page the batch ranker would
     give, and the page without any ranker, from the same state; compared by item overlap and by
-    normalized fit (paired across viewers)."""
+    normalized fit (paired across viewers). With ``focus``, also how far those viewers' own
+    embedding rows moved (``focus_users``; the batch model's rows of those of them it knows)."""
     out: dict[str, Any] = {"movement": {}}
     for region, trainer in engine.trainers.items():
         learner = trainer.learner
@@ -356,6 +472,17 @@ def diagnose(engine: Engine, world: World, oracle: Oracle, users: list[str]) -> 
             rows = getattr(batch.network, module).weight.detach().numpy()
             rows = rows[np.asarray(keep, dtype=np.int64) + vocab.reserved]
             movement[name] = _relative_change(learner.tables[name].lookup(ids), rows)
+            if name == "users" and focus:
+                wanted = set(focus)
+                mine = [k for k, i in enumerate(ids) if i in wanted]
+                movement["focus_users"] = (
+                    _relative_change(
+                        learner.tables[name].lookup([ids[k] for k in mine]), rows[mine]
+                    )
+                    if mine
+                    else math.nan
+                )
+                movement["focus_n"] = len(mine)
         out["movement"][region] = movement
     overlap, fit_online, fit_batch, fit_none = [], [], [], []
     for user_id in users:
@@ -422,9 +549,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     newcomers = sorted(pick.sample(ids, args.newcomers))
     held = set(newcomers)
     established = [uid for uid in ids if uid not in held]
-    rounds, joins = schedule(
-        established, newcomers, args.rounds, args.sessions, args.new_sessions, args.seed
+    # The established viewers who come back during the run (all of them unless --active).
+    pool = (
+        sorted(random.Random(args.seed + 2).sample(established, args.active))
+        if 0 < args.active < len(established)
+        else established
     )
+    rounds, joins = schedule(
+        pool, newcomers, args.rounds, args.sessions, args.new_sessions, args.seed
+    )
+    drift = (
+        make_drift(world, oracle, pool, args.drift_share, args.drift_round - 1, args.seed)
+        if args.scenario == "drift"
+        else None
+    )
+    originals = dict(world.viewers)
+    original_best = dict(oracle.best)
+    arms = [*ARMS, TUNED] if args.tuned else list(ARMS)
     followed = {uid: set(v.followed) for uid, v in world.viewers.items()}
     overrides = config_overrides(args.set)
     # The newcomers' past is dropped: they arrive with no history when they join.
@@ -451,13 +592,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         engine.close()
         setup_s = time.perf_counter() - t0
         print(f"world built, loaded and trained in {setup_s:.0f} s", flush=True)
-        for arm in ARMS:
+        for arm in arms:
+            # Every arm starts from the world before any drift.
+            world.viewers.update(originals)
+            oracle.best.update(original_best)
             for uid, viewer in world.viewers.items():
                 viewer.followed = set(followed[uid])
             data_dir = Path(tmp) / arm
             shutil.copytree(base_dir, data_dir)
             arm_overrides = dict(overrides)
-            if arm != "online":
+            if arm == TUNED:
+                tuned = config_overrides(args.tuned)
+                for key, value in tuned.items():
+                    arm_overrides[key] = {**overrides.get(key, {}), **value}
+            elif arm != "online":
                 arm_overrides["online"] = {**overrides.get("online", {}), "enabled": False}
             clock = [now + 60.0]
             eng = Engine(load_config(data_dir, **arm_overrides), clock=lambda c=clock: c[0])
@@ -473,11 +621,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 args.learn_every,
                 args.seed,
                 clock,
+                drift,
             )
             eng.close()
             shutil.rmtree(data_dir, ignore_errors=True)
+        world.viewers.update(originals)
+        oracle.best.update(original_best)
     result = summarize(logs, world, rounds, args)
+    if drift is not None:
+        result["drift"] = drift_summary(
+            logs,
+            rounds,
+            drift,
+            retrain_rounds(len(rounds), args.retrain_every),
+            result["bar"],
+            result["cap"],
+            len(world.items),
+            args.seed,
+        )
+        result["drift"]["window_diagnostics"] = logs["online"].window_diagnostics
+        if TUNED in logs:
+            result["drift"]["window_diagnostics_tuned"] = logs[TUNED].window_diagnostics
+        result["drift"]["favourites_moved"] = _favourites_moved(drift, originals)
     result.update(
+        active=len(pool),
         viewers=args.viewers,
         items=args.items,
         newcomers=args.newcomers,
@@ -487,18 +654,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         setup_s=setup_s,
         total_s=time.perf_counter() - t0,
         overrides=args.set,
+        tuned=args.tuned,
     )
     return result
+
+
+def retrain_rounds(rounds: int, every: int) -> list[int]:
+    """The rounds (1-based) after which the learning arms retrain."""
+    return [k for k in range(1, rounds) if k % every == 0] if every > 0 else []
+
+
+def _favourites_moved(drift: Drift, originals: dict[str, Viewer]) -> dict[str, float]:
+    """Share of the drifted viewers' taste on their old favourite topics, before and after."""
+    before, after = [], []
+    for uid, taste in drift.tastes.items():
+        old = np.asarray(originals[uid].taste)
+        top = np.argsort(-old, kind="stable")[:FAVOURITES]
+        before.append(float(old[top].sum()))
+        after.append(float(taste[top].sum()))
+    return {"before": float(np.mean(before)), "after": float(np.mean(after))}
 
 
 # ---- statistics ----------------------------------------------------------------------------------
 
 
 def _normal(values: list[float]) -> Estimate:
-    a = ArmResults("x")
-    for v in values:
-        a.add("a", v)
-    return a.estimate("a")
+    """Mean and 95 % normal interval. Computed here rather than with ``ArmResults``, which
+    reads data of only 0s and 1s as a proportion and gives Wilson's interval: right for a rate,
+    wrong for per-session differences that happen to be all 0 or 1."""
+    n = len(values)
+    if n == 0:
+        return Estimate(0, math.nan, math.nan, math.nan)
+    mean = float(np.mean(values))
+    if n < 2:
+        return Estimate(n, mean, math.nan, math.nan)
+    half = Z95 * math.sqrt(float(np.var(values, ddof=1)) / n)
+    return Estimate(n, mean, mean - half, mean + half)
 
 
 def _coverage(
@@ -597,8 +788,7 @@ def summarize(
             "diagnostics": log.diagnostics,
         }
     diffs: dict[str, dict[str, Any]] = {}
-    for other in ("batch-only", "off"):
-        treat = "online" if other == "batch-only" else "batch-only"
+    for treat, other in diff_pairs(logs):
         a, b = coverage[treat], coverage[other]
         half = Z95 * math.hypot(a[1], b[1])
         diffs[f"{treat} - {other}"] = {
@@ -614,9 +804,19 @@ def summarize(
     return out
 
 
-def _paired(a: ArmLog, b: ArmLog) -> dict[str, Estimate]:
+def diff_pairs(logs: dict[str, Any]) -> list[tuple[str, str]]:
+    """(treatment, control) of the reported differences."""
+    pairs = [("online", "batch-only")]
+    if TUNED in logs:
+        pairs.append((TUNED, "batch-only"))
+    return [*pairs, ("batch-only", "off")]
+
+
+def _paired(a: ArmLog, b: ArmLog, only: set[int] | None = None) -> dict[str, Estimate]:
     """Per-session differences (the same session of the stream in both arms)."""
     keys = sorted(set(a.session_watch_s) & set(b.session_watch_s))
+    if only is not None:
+        keys = [k for k in keys if k in only]
 
     def rate(pair: tuple[int, int]) -> float:
         return pair[0] / pair[1] if pair[1] else 0.0
@@ -627,6 +827,140 @@ def _paired(a: ArmLog, b: ArmLog) -> dict[str, Estimate]:
         "like": _normal([rate(a.session_like[k]) - rate(b.session_like[k]) for k in keys]),
         "fit": _normal([a.session_fit[k] - b.session_fit[k] for k in keys]),
     }
+
+
+def group_summary(
+    logs: dict[str, ArmLog], keys: set[int], catalog: int, seed: int
+) -> dict[str, Any]:
+    """The session metrics (watch, finish, like, coverage, page fit) over the sessions ``keys``
+    only, per arm and as differences (Welch and paired)."""
+    watch = ArmResults("watch time per session (s)")
+    finish = ArmResults("finish rate")
+    like = ArmResults("like rate")
+    fit = ArmResults("normalized page fit per session")
+    rng = np.random.default_rng(seed)
+    coverage: dict[str, tuple[float, float, float, float]] = {}
+    out: dict[str, Any] = {"arms": {}, "diffs": {}}
+    for arm, log in logs.items():
+        mine = [k for k in sorted(log.session_watch_s) if k in keys]
+        impressions = 0
+        for k in mine:
+            watch.add(arm, log.session_watch_s[k])
+            fit.add(arm, log.session_fit[k])
+            for metric, (hits, shown) in (
+                (finish, log.session_finish[k]),
+                (like, log.session_like[k]),
+            ):
+                for _ in range(hits):
+                    metric.add(arm, 1.0)
+                for _ in range(shown - hits):
+                    metric.add(arm, 0.0)
+            impressions += log.session_finish[k][1]
+        coverage[arm] = _coverage([log.session_items[k] for k in mine], catalog, rng)
+        out["arms"][arm] = {
+            "sessions": len(mine),
+            "impressions": impressions,
+            "watch": watch.estimate(arm),
+            "finish": finish.estimate(arm),
+            "like": like.estimate(arm),
+            "fit": fit.estimate(arm),
+            "coverage": coverage[arm],
+        }
+    for treat, other in diff_pairs(logs):
+        a, b = coverage[treat], coverage[other]
+        half = Z95 * math.hypot(a[1], b[1])
+        out["diffs"][f"{treat} - {other}"] = {
+            "watch": watch.difference(treat, other),
+            "finish": finish.difference(treat, other),
+            "like": like.difference(treat, other),
+            "fit": fit.difference(treat, other),
+            "coverage": Estimate(0, a[0] - b[0], a[0] - b[0] - half, a[0] - b[0] + half),
+            "paired": _paired(logs[treat], logs[other], keys),
+        }
+    return out
+
+
+def drift_summary(
+    logs: dict[str, ArmLog],
+    rounds: list[list[Session]],
+    drift: Drift,
+    retrains: list[int],
+    bar: float,
+    cap: int,
+    catalog: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The drift scenario's groups of sessions, the drifted viewers' requests to re-match their
+    new taste, and their page fit by round."""
+    drifted = set(drift.tastes)
+    # The first retrain after the drift: after round ``first`` (1-based), i.e. before the round
+    # of index ``first``.
+    first = next((k for k in retrains if k > drift.round), None)
+    sessions = [s for batch in rounds for s in batch]
+    after = [s for s in sessions if s.round >= drift.round and not s.newcomer]
+    groups: dict[str, set[int]] = {
+        "drifted, after the drift": {s.index for s in after if s.user_id in drifted},
+    }
+    if first is not None:
+        groups["drifted, before the first retrain after it"] = {
+            s.index for s in after if s.user_id in drifted and s.round < first
+        }
+        groups["drifted, after that retrain"] = {
+            s.index for s in after if s.user_id in drifted and s.round >= first
+        }
+    groups["not drifted (established), after the drift"] = {
+        s.index for s in after if s.user_id not in drifted
+    }
+    groups["drifted, before the drift"] = {
+        s.index for s in sessions if s.user_id in drifted and s.round < drift.round
+    }
+    out: dict[str, Any] = {
+        "groups": {
+            name: group_summary(logs, keys, catalog, seed + k)
+            for k, (name, keys) in enumerate(groups.items())
+        },
+        "first_retrain": first,
+        "drifted": len(drifted),
+        "drifted_seen_after": len({s.user_id for s in after if s.user_id in drifted}),
+    }
+    # Requests to re-match: per drifted viewer with at least ``cap`` requests after the drift.
+    order = sorted(after, key=lambda s: s.index)
+    rematch = ArmResults("requests to re-match")
+    rematched = ArmResults("drifted viewers re-matched")
+    per_viewer: dict[str, dict[str, int]] = {}
+    for arm, log in logs.items():
+        fits: dict[str, list[float]] = {}
+        for s in order:
+            if s.user_id in drifted:
+                fits.setdefault(s.user_id, []).extend(log.session_page_fits[s.index])
+        for uid, values in sorted(fits.items()):
+            if len(values) < cap:
+                continue
+            n = _requests_to_match(values, bar, cap)
+            rematch.add(arm, n)
+            rematched.add(arm, float(n <= cap))
+            per_viewer.setdefault(arm, {})[uid] = n
+    out["rematch"] = {arm: rematch.estimate(arm) for arm in logs}
+    out["rematched"] = {arm: rematched.estimate(arm) for arm in logs}
+    out["rematch_diffs"] = {}
+    for treat, other in diff_pairs(logs):
+        a, b = per_viewer.get(treat, {}), per_viewer.get(other, {})
+        both = sorted(set(a) & set(b))
+        out["rematch_diffs"][f"{treat} - {other}"] = {
+            "welch": rematch.difference(treat, other),
+            "paired": _normal([float(a[u] - b[u]) for u in both]),
+        }
+    out["rematch_viewers"] = len(per_viewer.get("online", {}))
+    # Page fit of the drifted viewers' sessions by round (0 sessions: nan).
+    out["round_fit"] = {}
+    for arm, log in logs.items():
+        row = []
+        for batch in rounds:
+            values = [log.session_fit[s.index] for s in batch if s.user_id in drifted]
+            row.append(float(np.mean(values)) if values else math.nan)
+        out["round_fit"][arm] = row
+    out["round_sessions"] = [sum(s.user_id in drifted for s in batch) for batch in rounds]
+    return out
 
 
 # ---- the report ----------------------------------------------------------------------------------
@@ -665,11 +999,13 @@ VERDICT_METRICS = (
 """(key, name, +1 when higher is better) of the metrics the verdict reads."""
 
 
-def verdict(d: dict[str, Any]) -> str:
-    """Which metrics online wins, loses and ties against batch-only, by Welch's interval."""
+def verdict(d: dict[str, Any], names: dict[str, str] | None = None) -> str:
+    """Which metrics online wins, loses and ties against batch-only, by Welch's interval
+    (``names`` renames metrics)."""
     wins, losses, ties = [], [], []
-    for key, name, sign in VERDICT_METRICS:
+    for key, default, sign in VERDICT_METRICS:
         e = d[key]
+        name = (names or {}).get(key, default)
         low, high = (e.low, e.high) if sign > 0 else (-e.high, -e.low)  # "better" is positive
         if low > 0:
             wins.append(name)
@@ -691,27 +1027,145 @@ def verdict(d: dict[str, Any]) -> str:
     return f"{head}; by Welch's interval it {'; '.join(parts)}"
 
 
-def section(r: dict[str, Any], command: str) -> str:
+def _arm_row(arm: str, a: dict[str, Any], match: tuple[Any, Any] | None) -> str:
+    """A row of the per-arm table; ``match`` = (requests to (re-)match, share matched)."""
+    row = (
+        f"| {arm} | {a['sessions']:,} / {a['impressions']:,} | {_ci(a['watch'])} | "
+        f"{_ci(a['finish'], 2, 100)} | {_ci(a['like'], 2, 100)} | "
+        f"{_ci(a['coverage'], 1, 100)} | {_ci(a['fit'], 3)} |"
+    )
+    if match is not None:
+        row += f" {_ci(match[0], 2)} | {_ci(match[1], 1, 100)} |"
+    return row
+
+
+def _diff_row(name: str, d: dict[str, Any], to_match: Estimate | None) -> str:
+    p = d["paired"]
+    row = (
+        f"| {name} | {_signed(d['watch'])} | {_signed(p['watch'])} | "
+        f"{_signed(d['finish'], 2, 100)} | {_signed(p['finish'], 2, 100)} | "
+        f"{_signed(d['like'], 2, 100)} | {_signed(p['like'], 2, 100)} | "
+        f"{_signed(d['coverage'], 1, 100)} | {_signed(d['fit'], 3)} | {_signed(p['fit'], 3)} |"
+    )
+    if to_match is not None:
+        row += f" {_signed(to_match, 2)} |"
+    return row
+
+
+def _overrides_text(r: dict[str, Any]) -> str:
+    text = ", ".join(f"`{s}`" for s in r["overrides"]) or "none (library defaults)"
+    if r.get("tuned"):
+        text += f"; the secondary arm `{TUNED}` only: " + ", ".join(f"`{s}`" for s in r["tuned"])
+    return text
+
+
+def _header(r: dict[str, Any], command: str) -> list[str]:
+    """Command, date, machine, runtime and overrides lines of a section."""
     m = machine_info(REPO)
+    secs = {arm: a["seconds"] for arm, a in r["arms"].items()}
+    overrides = _overrides_text(r)
+    return [
+        f"Command: `{command}`  ",
+        f"Date: {datetime.now(UTC).isoformat(timespec='seconds')}  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, fyp {m['fyp']} "
+        f"(commit {m['git']}); a shared machine, so treat times as indicative  ",
+        f"Runtime: {r['total_s'] / 60:.1f} min (setup {r['setup_s']:.0f} s, of which initial "
+        f"training {r['initial_train_s']:.0f} s; per arm serve / learn_now / train: "
+        + "; ".join(
+            f"{arm} {s['serve']:.0f} / {s['learn_now']:.0f} / {s['train']:.0f} s"
+            for arm, s in secs.items()
+        )
+        + ")  ",
+        f"Config overrides (all arms): {overrides}",
+    ]
+
+
+def _setup(r: dict[str, Any]) -> str:
+    """The paragraph that describes the run."""
+    retrains = retrain_rounds(r["rounds_n"], r["args"]["retrain_every"])
+    return (
+        f"Demo world of {r['items']:,} videos and {r['viewers']:,} viewers (seed "
+        f"{r['args']['seed']}); {r['newcomers']} viewers held out as newcomers (their history "
+        f"dropped), the other {r['established']:,} and their {r['events']:,} events imported "
+        f"and trained on once; the trained data directory copied into each arm. Then "
+        f"{r['rounds_n']} rounds, each of {r['args']['sessions']} sessions of established "
+        + (
+            f"viewers (drawn from a returning pool of {r['active']}) "
+            if r["active"] < r["established"]
+            else "viewers "
+        )
+        + "plus the active newcomers (a cohort joins in each of the first "
+        f"{max(1, r['rounds_n'] - r['args']['new_sessions'] + 1)} rounds and comes back for "
+        f"{r['args']['new_sessions']} rounds), every session {r['args']['pages']} pages of "
+        f"{PAGE}, each page watched item by item by the world's viewer model and its events "
+        "ingested before the next request; the same session stream and the same reaction "
+        "draws per (session, item) in every arm. The online arm calls `learn_now()` "
+        + (
+            f"after every {r['args']['learn_every']} sessions and "
+            if r["args"]["learn_every"] > 0
+            else ""
+        )
+        + "at the end of each round, when the clock has moved past the joiner's window "
+        "(600 s + 30 s lateness) so that every viewing of the round has closed; "
+        "the online and batch-only arms retrain (`Engine.train()`) after rounds "
+        f"{', '.join(map(str, retrains)) or '(never)'}; the off arm never learns model "
+        "parameters. Every arm keeps updating the viewer's own state (seen items, "
+        "affinities, the events the retrieval folds in)."
+    )
+
+
+def _intervals(r: dict[str, Any]) -> str:
+    """The paragraph that says how the intervals are computed."""
+    return (
+        "Intervals are 95 %: watch time per session (sum of the session's plays' `watch_ms`) "
+        "normal across sessions; finish and like rate per impression, Wilson; coverage "
+        "(distinct items shown / catalog) grouped jackknife over sessions (20 groups); "
+        "requests to match normal across newcomers, matched share Wilson. Matching: "
+        + MATCH
+        + f" (bar = "
+        f"{r['bar']:.3f}; cap = {r['cap']} requests). *Page fit*: the session's mean normalized "
+        "page fit (what was served, judged by the hidden truth: less noisy than reactions), "
+        "normal across sessions."
+    )
+
+
+def _trainer_text(online: dict[str, Any], arm: str = "online") -> str:
+    stats = online["online"].values()
+    trained = sum(s["trained"] for s in stats)
+    skipped = sum(s["skipped"] for s in stats)
+    joined = sum(s["joined"] for s in stats)
+    late = sum(s["late_events"] for s in stats)
+    publishes = sum(s["publishes"] for s in stats)
+    rebases = sum(s["rebases"] for s in stats)
+    who = "Online trainer" if arm == "online" else f"Online trainer of `{arm}`"
+    return (
+        f"{who} over the run (both regions): {joined:,} viewings joined, "
+        f"{trained:,} trained on, {skipped:,} skipped, {publishes} publishes, {rebases} "
+        f"rebases onto a new batch model, {late:,} events late for the joiner; examples "
+        f"trained per round: {', '.join(map(str, online['trained_online']))}."
+    )
+
+
+def _movement_text(diag: dict[str, Any]) -> str:
+    parts = []
+    for region, m in diag["movement"].items():
+        text = (
+            f"{region}: dense weights {100 * m['dense']:.1f} %, viewer rows "
+            f"{100 * m['users']:.2f} %, item rows {100 * m['items']:.2f} % ({m['steps']} steps)"
+        )
+        if "focus_users" in m:
+            text += (
+                f", the drifted viewers' own rows {100 * m['focus_users']:.2f} % "
+                f"({m['focus_n']} of them in this region)"
+            )
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def section(r: dict[str, Any], command: str) -> str:
     arms = r["arms"]
-    rows = []
-    for arm, a in arms.items():
-        rows.append(
-            f"| {arm} | {a['sessions']:,} / {a['impressions']:,} | {_ci(a['watch'])} | "
-            f"{_ci(a['finish'], 2, 100)} | {_ci(a['like'], 2, 100)} | "
-            f"{_ci(a['coverage'], 1, 100)} | {_ci(a['fit'], 3)} | {_ci(a['to_match'], 2)} | "
-            f"{_ci(a['matched'], 1, 100)} |"
-        )
-    diff_rows = []
-    for name, d in r["diffs"].items():
-        p = d["paired"]
-        diff_rows.append(
-            f"| {name} | {_signed(d['watch'])} | {_signed(p['watch'])} | "
-            f"{_signed(d['finish'], 2, 100)} | {_signed(p['finish'], 2, 100)} | "
-            f"{_signed(d['like'], 2, 100)} | {_signed(p['like'], 2, 100)} | "
-            f"{_signed(d['coverage'], 1, 100)} | {_signed(d['fit'], 3)} | {_signed(p['fit'], 3)} | "
-            f"{_signed(d['to_match'], 2)} |"
-        )
+    rows = [_arm_row(arm, a, (a["to_match"], a["matched"])) for arm, a in arms.items()]
+    diff_rows = [_diff_row(name, d, d["to_match"]) for name, d in r["diffs"].items()]
     cap = r["cap"]
     curve_rows = [
         f"| {arm} | " + " | ".join(f"{v:.3f}" for v in a["curve"]) + " |" for arm, a in arms.items()
@@ -721,77 +1175,20 @@ def section(r: dict[str, Any], command: str) -> str:
         for arm, a in arms.items()
     ]
     online = arms["online"]
-    trained = sum(s["trained"] for s in online["online"].values())
-    skipped = sum(s["skipped"] for s in online["online"].values())
-    joined = sum(s["joined"] for s in online["online"].values())
-    late = sum(s["late_events"] for s in online["online"].values())
-    publishes = sum(s["publishes"] for s in online["online"].values())
-    rebases = sum(s["rebases"] for s in online["online"].values())
-    secs = {arm: a["seconds"] for arm, a in arms.items()}
-    overrides = ", ".join(f"`{s}`" for s in r["overrides"]) or "none (library defaults)"
-    retrains = (
-        [k for k in range(1, r["rounds_n"]) if k % r["args"]["retrain_every"] == 0]
-        if r["args"]["retrain_every"] > 0
-        else []
-    )
     headline = verdict(r["diffs"]["online - batch-only"])
     diag = online["diagnostics"]
     durations = ", ".join(f"{arm} {_ci(a['duration'])}" for arm, a in arms.items())
-    movement = "; ".join(
-        f"{region}: dense weights {100 * m['dense']:.1f} %, viewer rows {100 * m['users']:.2f} %, "
-        f"item rows {100 * m['items']:.2f} % ({m['steps']} steps)"
-        for region, m in diag["movement"].items()
-    )
+    movement = _movement_text(diag)
     return "\n".join(
         [
             START,
             "## Closed loop: learning while serving (`bench/closed_loop.py`)",
             "",
-            f"Command: `{command}`  ",
-            f"Date: {datetime.now(UTC).isoformat(timespec='seconds')}  ",
-            f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, fyp {m['fyp']} "
-            f"(commit {m['git']}); a shared machine, so treat times as indicative  ",
-            f"Runtime: {r['total_s'] / 60:.1f} min (setup {r['setup_s']:.0f} s, of which initial "
-            f"training {r['initial_train_s']:.0f} s; per arm serve / learn_now / train: "
-            + "; ".join(
-                f"{arm} {s['serve']:.0f} / {s['learn_now']:.0f} / {s['train']:.0f} s"
-                for arm, s in secs.items()
-            )
-            + ")  ",
-            f"Config overrides (all arms): {overrides}",
+            *_header(r, command),
             "",
-            f"Demo world of {r['items']:,} videos and {r['viewers']:,} viewers (seed "
-            f"{r['args']['seed']}); {r['newcomers']} viewers held out as newcomers (their history "
-            f"dropped), the other {r['established']:,} and their {r['events']:,} events imported "
-            f"and trained on once; the trained data directory copied into each arm. Then "
-            f"{r['rounds_n']} rounds, each of {r['args']['sessions']} sessions of established "
-            f"viewers plus the active newcomers (a cohort joins in each of the first "
-            f"{max(1, r['rounds_n'] - r['args']['new_sessions'] + 1)} rounds and comes back for "
-            f"{r['args']['new_sessions']} rounds), every session {r['args']['pages']} pages of "
-            f"{PAGE}, each page watched item by item by the world's viewer model and its events "
-            "ingested before the next request; the same session stream and the same reaction "
-            "draws per (session, item) in every arm. The online arm calls `learn_now()` "
-            + (
-                f"after every {r['args']['learn_every']} sessions and "
-                if r["args"]["learn_every"] > 0
-                else ""
-            )
-            + "at the end of each round, when the clock has moved past the joiner's window "
-            "(600 s + 30 s lateness) so that every viewing of the round has closed; "
-            "the online and batch-only arms retrain (`Engine.train()`) after rounds "
-            f"{', '.join(map(str, retrains)) or '(never)'}; the off arm never learns model "
-            "parameters. Every arm keeps updating the viewer's own state (seen items, "
-            "affinities, the events the retrieval folds in).",
+            _setup(r),
             "",
-            "Intervals are 95 %: watch time per session (sum of the session's plays' `watch_ms`) "
-            "normal across sessions; finish and like rate per impression, Wilson; coverage "
-            "(distinct items shown / catalog) grouped jackknife over sessions (20 groups); "
-            "requests to match normal across newcomers, matched share Wilson. Matching: "
-            + MATCH
-            + f" (bar = "
-            f"{r['bar']:.3f}; cap = {cap} requests). *Page fit*: the session's mean normalized "
-            "page fit (what was served, judged by the hidden truth: less noisy than reactions), "
-            "normal across sessions.",
+            _intervals(r),
             "",
             "| arm | sessions / impressions | watch time per session, s | finish rate, % | "
             "like rate, % | coverage, % | page fit | newcomer requests to match | "
@@ -828,10 +1225,7 @@ def section(r: dict[str, Any], command: str) -> str:
             "|---|" + "---:|" * r["rounds_n"],
             *round_rows,
             "",
-            f"Online trainer over the run (both regions): {joined:,} viewings joined, "
-            f"{trained:,} trained on, {skipped:,} skipped, {publishes} publishes, {rebases} "
-            f"rebases onto a new batch model, {late:,} events late for the joiner; examples "
-            f"trained per round: {', '.join(map(str, online['trained_online']))}.",
+            _trainer_text(online),
             "",
             "Why, measured at the end of the online arm (since its latest rebase onto a batch "
             "model): how far the online learner moved from that batch ranker (relative L2 change; "
@@ -847,8 +1241,204 @@ def section(r: dict[str, Any], command: str) -> str:
     )
 
 
+def _rounds_text(rounds: list[int]) -> str:
+    return ", ".join(map(str, rounds)) or "(never)"
+
+
+def drift_section(r: dict[str, Any], command: str) -> str:
+    arms, d = r["arms"], r["drift"]
+    args = r["args"]
+    groups = d["groups"]
+    start = args["drift_round"]
+    first = d["first_retrain"]
+    retrains = retrain_rounds(r["rounds_n"], args["retrain_every"])
+    window = f"rounds {start}-{first}" if first is not None else f"rounds {start}-{r['rounds_n']}"
+    moved = d["favourites_moved"]
+    after = groups["drifted, after the drift"]
+    rows = [_arm_row(arm, a, (a["to_match"], a["matched"])) for arm, a in arms.items()]
+    diff_rows = [_diff_row(name, x, x["to_match"]) for name, x in r["diffs"].items()]
+    drift_rows = [
+        _arm_row(arm, a, (d["rematch"][arm], d["rematched"][arm]))
+        for arm, a in after["arms"].items()
+    ]
+    drift_diff_rows = [
+        _diff_row(name, x, d["rematch_diffs"][name]["welch"]) for name, x in after["diffs"].items()
+    ]
+    group_rows = []
+    for name, g in groups.items():
+        sessions = g["arms"]["online"]["sessions"]
+        for pair, x in g["diffs"].items():
+            group_rows.append(_diff_row(f"{name} ({sessions}) | {pair}", x, None))
+    marks = dict.fromkeys(range(1, r["rounds_n"] + 1), "")
+    marks[start] = " (drift)"
+    for k in retrains:
+        marks[k + 1] = marks[k + 1] + " (after a retrain)"
+    fit_rows = [
+        f"| {arm} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+        for arm, row in d["round_fit"].items()
+    ]
+    online = arms["online"]
+    wd = d["window_diagnostics"]
+    verdict_drift = verdict(
+        {
+            **after["diffs"]["online - batch-only"],
+            "to_match": d["rematch_diffs"]["online - batch-only"]["welch"],
+        },
+        {"to_match": "drifted viewers' requests to re-match"},
+    )
+    rematch_paired = "; ".join(
+        f"{name}: {_signed(x['paired'], 2)}" for name, x in d["rematch_diffs"].items()
+    )
+    # Drifted viewers' page fit: the round before the drift, the drift round, the window's end.
+    trajectory = []
+    before_k, end_k = start - 2, (first if first is not None else r["rounds_n"]) - 1
+    for arm, row in d["round_fit"].items():
+        points = [row[k] for k in (before_k, start - 1, end_k) if 0 <= k < len(row)]
+        trajectory.append(f"{arm} " + " -> ".join(f"{v:.3f}" for v in points))
+    ends = {arm: row[end_k] for arm, row in d["round_fit"].items()}
+    if all(abs(v - ends["off"]) < 0.02 for v in ends.values()):
+        recovery = (
+            " The off arm, which learns no model parameters, recovers as far by then: the "
+            "recovery comes from the viewer state that every arm keeps updating."
+        )
+    else:
+        recovery = ""
+    window_name = "drifted, before the first retrain after it"
+    in_window = groups.get(window_name)
+    window_fit = (
+        ", ".join(
+            f"{pair} {_signed(x['paired']['fit'], 3)}" for pair, x in in_window["diffs"].items()
+        )
+        if in_window
+        else "n/a"
+    )
+    tuned_lines: list[str] = []
+    if TUNED in arms:
+        tuned_lines = ["", _trainer_text(arms[TUNED], TUNED)]
+        wdt = d.get("window_diagnostics_tuned") or {}
+        if wdt:
+            tuned_lines.append(
+                f"`{TUNED}` at the end of the drift window: {_movement_text(wdt)}; page fit "
+                f"online - batch ranker for the drifted viewers "
+                f"{_signed(wdt['online_minus_batch'], 4)} ({100 * wdt['overlap']:.0f} % of items "
+                "in common)."
+            )
+    return "\n".join(
+        [
+            DRIFT_START,
+            "## Closed loop in a changing world: taste drift "
+            "(`bench/closed_loop.py --scenario drift`)",
+            "",
+            *_header(r, command),
+            "",
+            f"**The change.** At the start of round {start}, {d['drifted']} of the "
+            f"{r['active']} established viewers of the returning pool "
+            f"({100 * args['drift_share']:.0f} %) change taste: their three favourite topics "
+            "move to three other topics (the taste vector is permuted per viewer, seeded, so "
+            "they are as focused as before); the share of their taste on their old favourite "
+            f"topics falls from {100 * moved['before']:.0f} % to {100 * moved['after']:.1f} %. "
+            "The same viewers get the same new tastes at the same moment in every arm (each arm "
+            "starts from the original world). The learning arms retrain after rounds "
+            f"{_rounds_text(retrains)} only, so in {window} no batch model has seen a drifted "
+            "viewer's new taste: there only the online arm's ranker can learn it, while every "
+            "arm's viewer state (affinities, the recent events the retrieval folds in) follows "
+            f"it as events arrive. {d['drifted_seen_after']} of the drifted viewers came back "
+            "after the drift.",
+            "",
+            _setup(r),
+            "",
+            _intervals(r)
+            + " For the drifted viewers the normalization uses the best page for the taste "
+            "they have at that moment. A drifted viewer's *requests to re-match*: the number "
+            "of their requests after the drift until a page matches the new taste (same bar), "
+            f"cap + 1 when none of the first {r['cap']} did; over the "
+            f"{d['rematch_viewers']} drifted viewers with at least {r['cap']} requests after the "
+            "drift.",
+            "",
+            "### All sessions",
+            "",
+            "| arm | sessions / impressions | watch time per session, s | finish rate, % | "
+            "like rate, % | coverage, % | page fit | newcomer requests to match | "
+            "newcomers matched, % |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            "Differences (Welch's interval; *paired* = the same session in both arms; rates in "
+            "percentage points):",
+            "",
+            "| difference | watch time, s | watch time, paired | finish | finish, paired | like | "
+            "like, paired | coverage | page fit | page fit, paired | requests to match |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *diff_rows,
+            "",
+            f"All sessions: {verdict(r['diffs']['online - batch-only'])}.",
+            "",
+            f"### Drifted viewers after the drift (rounds {start}-{r['rounds_n']})",
+            "",
+            "| arm | sessions / impressions | watch time per session, s | finish rate, % | "
+            "like rate, % | coverage, % | page fit | requests to re-match | re-matched, % |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *drift_rows,
+            "",
+            "| difference | watch time, s | watch time, paired | finish | finish, paired | like | "
+            "like, paired | coverage | page fit | page fit, paired | requests to re-match |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *drift_diff_rows,
+            "",
+            f"Requests to re-match, paired by viewer: {rematch_paired}.",
+            "",
+            f"**Verdict for the drifted viewers after the drift: {verdict_drift}.**",
+            "",
+            "All differences by group of sessions (the number of sessions per arm in "
+            "parentheses; the window before the first retrain is where only online learning "
+            "can know the new tastes):",
+            "",
+            "| group | difference | watch time, s | watch time, paired | finish | "
+            "finish, paired | like | like, paired | coverage | page fit | page fit, paired |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *group_rows,
+            "",
+            "Drifted viewers' mean normalized page fit by round (judged by the taste they have "
+            "then; the rounds after a retrain are served by the new batch model):",
+            "",
+            "| arm | " + " | ".join(f"{k}{marks[k]}" for k in range(1, r["rounds_n"] + 1)) + " |",
+            "|---|" + "---:|" * r["rounds_n"],
+            *fit_rows,
+            "| sessions | " + " | ".join(str(n) for n in d["round_sessions"]) + " |",
+            "",
+            f"Reading: the drifted viewers' page fit (the round before the drift -> the drift "
+            f"round -> the last round before the first retrain after it): "
+            f"{'; '.join(trajectory)}. Paired page-fit difference in that window: "
+            f"{window_fit}.{recovery}",
+            "",
+            _trainer_text(online),
+            "",
+            f"Why, measured in the online arm at the end of the drift window (after round "
+            f"{wd.get('round', 'n/a')}, before the retrain): how far the online learner had "
+            f"moved from the batch ranker it continues (relative L2 change; "
+            f"{_movement_text(wd)}); and for the {wd['viewers']} drifted viewers, the page the "
+            "online ranker would serve against the page the batch ranker would serve from the "
+            f"same state: {100 * wd['overlap']:.0f} % of items in common, normalized page fit "
+            f"online - batch {_signed(wd['online_minus_batch'], 4)}; for scale, batch ranker "
+            f"against no ranker: {_signed(wd['batch_minus_none'], 4)} (batch ranker's pages "
+            f"{wd['fit_batch']:.3f}). At the end of the run, for the "
+            f"{online['diagnostics']['viewers']} viewers of the last round: "
+            f"{_movement_text(online['diagnostics'])}; page fit online - batch "
+            f"{_signed(online['diagnostics']['online_minus_batch'], 4)}.",
+            *tuned_lines,
+            DRIFT_END,
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default="static",
+        help="static: the world does not change; drift: viewers change taste mid-run",
+    )
     parser.add_argument("--viewers", type=int, default=1000)
     parser.add_argument("--items", type=int, default=1500)
     parser.add_argument("--newcomers", type=int, default=120)
@@ -856,7 +1446,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=100, help="established per round")
     parser.add_argument("--pages", type=int, default=2, help="pages of 10 per session")
     parser.add_argument("--new-sessions", type=int, default=4, help="rounds a newcomer comes")
-    parser.add_argument("--retrain-every", type=int, default=4, help="rounds; 0 = never")
+    parser.add_argument(
+        "--retrain-every",
+        type=int,
+        default=None,
+        help="rounds; 0 = never (default: 4 static, 7 drift, i.e. once, after round 7)",
+    )
+    parser.add_argument(
+        "--active",
+        type=int,
+        default=None,
+        help="established viewers who come back during the run; 0 = all "
+        "(default: all static, 150 drift)",
+    )
+    parser.add_argument(
+        "--drift-round", type=int, default=3, help="drift: first round with the new tastes"
+    )
+    parser.add_argument(
+        "--drift-share", type=float, default=0.5, help="drift: share of --active that drifts"
+    )
     parser.add_argument(
         "--learn-every",
         type=int,
@@ -871,20 +1479,39 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION.KEY=VALUE",
         help="config override for every arm, e.g. online.dense_lr=0.003 scoring.weights.ranker=3",
     )
+    parser.add_argument(
+        "--tuned",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help=f"add an arm {TUNED!r}: the online arm with these overrides (a secondary row)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     args = parser.parse_args(argv)
+    active, retrain_every = SCENARIOS[args.scenario]
+    if args.active is None:
+        args.active = active
+    if args.retrain_every is None:
+        args.retrain_every = retrain_every
+    if args.scenario == "drift" and not 1 <= args.drift_round <= args.rounds:
+        parser.error("--drift-round must be one of the rounds")
     result = run(args)
-    result["args"] = {k: v for k, v in vars(args).items() if k not in ("json", "docs", "set")}
+    result["args"] = {
+        k: v for k, v in vars(args).items() if k not in ("json", "docs", "set", "tuned")
+    }
     command = ".venv/bin/python bench/closed_loop.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
-    text = section(result, command)
+    if args.scenario == "drift":
+        text, marks = drift_section(result, command), (DRIFT_START, DRIFT_END)
+    else:
+        text, marks = section(result, command), (START, END)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(result, default=_jsonable, indent=1))
     if args.docs:
-        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
+        write_section(REPO / "docs" / "BENCHMARKS.md", *marks, text)
     return 0
 
 
