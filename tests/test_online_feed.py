@@ -154,6 +154,11 @@ def test_erasure_reaches_the_online_learner_and_its_checkpoint(
     trainer = engine.trainers[region]
     assert trainer.learner is not None and user in trainer.learner.tables["users"]
     assert trainer.checkpoint()
+    # The export names what the models learned about the viewer, the online row included.
+    models = engine.rights.export(user)["models"]
+    online_row = models["online_learner_main_user_embedding"]["vector"]
+    assert len(online_row) == trainer.learner.dim
+    assert "ranker_user_embedding" in models
     engine.rights.erase(user)
     assert user not in trainer.learner.tables["users"]
     served = engine.slots[region].current

@@ -142,6 +142,7 @@ class Engine:
         self.retrainer = Retrainer(self)
         self.rights = UserRightsService(self.gate, clock, service_region=config.serving_region)
         self.rights.on_erase(self._forget_in_models)
+        self.rights.on_export(self._model_rows_of)
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None
         # Learning while serving: each served region joins its own impressions and events (the
@@ -427,6 +428,26 @@ class Engine:
             join.joiner.forget_user(user_id)
         for trainer in self.arm_trainers.get(region, {}).values():
             trainer.forget_user(user_id)
+
+    def _model_rows_of(self, region: str, user_id: str) -> dict[str, object]:
+        """What the models this process holds learned about a viewer (their embedding rows), for
+        the user's export: the served ranker's row and each online learner's."""
+        out: dict[str, object] = {}
+        slot = self.slots.get(region)
+        model = slot.current if slot is not None else None
+        ranker = model.ranker if model is not None else None
+        if ranker is not None:
+            row = ranker.vocabs.users.row(user_id)
+            if row != ranker.vocabs.users.unknown_row:
+                out["ranker_user_embedding"] = {
+                    "model_version": model.version if model is not None else None,
+                    "vector": ranker.network.user.weight[row].detach().tolist(),
+                }
+        for arm, trainer in self.arm_trainers.get(region, {}).items():
+            vector = trainer.user_vector(user_id)
+            if vector is not None:
+                out[f"online_learner_{arm}_user_embedding"] = {"vector": vector}
+        return out
 
     def _forgotten_by_trainer(self, region: str, user_id: str) -> None:
         """A trainer forgot a viewer (possibly erased through another process): the joiner and

@@ -30,6 +30,9 @@ from fyp.storage.roles import MAX_BLOCKED_TAGS, MAX_KEYWORD_FILTERS, Interest, U
 MAX_FILTER_LENGTH = 100
 ErasureHook = Callable[[str, str], None]
 """Called with ``(region, user_id)`` after a user's rows are erased."""
+ExportHook = Callable[[str, str], dict[str, Any]]
+"""Called with ``(region, user_id)`` during an export: what a model holds about the user, outside
+the region's database (its sections are added to the export's ``models``)."""
 
 
 def subject_hash(region: str, user_id: str) -> str:
@@ -50,9 +53,13 @@ class UserRightsService:
         # request about a user of another region reaches the gate as the export it is.
         self._service_region = service_region
         self._erasure_hooks: list[ErasureHook] = []
+        self._export_hooks: list[ExportHook] = []
 
     def on_erase(self, hook: ErasureHook) -> None:
         self._erasure_hooks.append(hook)
+
+    def on_export(self, hook: ExportHook) -> None:
+        self._export_hooks.append(hook)
 
     def _open(self, user_id: str, purpose: Purpose, as_operator: str | None = None) -> RegionHandle:
         """Open the user's home region: as its service (API calls made on the user's request),
@@ -77,6 +84,9 @@ class UserRightsService:
         if rows is None:
             raise NotFound(f"no user {user_id!r}")
         interests = handle.rights.interests(user_id, now)
+        models: dict[str, Any] = {}
+        for hook in self._export_hooks:
+            models.update(hook(handle.region, user_id))
         counts = {table: len(found) for table, found in rows.items()}
         seq = handle.record(
             "export_user", {"subject": subject_hash(handle.region, user_id), "rows": counts}
@@ -98,6 +108,7 @@ class UserRightsService:
             "inferred_interests": [asdict(i) for i in interests],
             "served": rows["feed_log"],
             "controls": rows["user_controls"],
+            "models": models,
         }
 
     # ---- erasure --------------------------------------------------------------------------------

@@ -477,6 +477,15 @@ class OnlineTrainer:
         self.stats.checkpoints += 1
         return True
 
+    def user_vector(self, user_id: str) -> list[float] | None:
+        """The learner's row for a viewer (for their export); ``None`` if it has none."""
+        with self._lock:
+            learner = self.learner
+            table = learner.tables["users"] if learner is not None else None
+            if not isinstance(table, EmbeddingTable) or user_id not in table:
+                return None
+            return [float(x) for x in table.lookup([user_id])[0]]
+
     def forget_user(self, user_id: str) -> None:
         """Erasure: the viewer's row leaves the learner now and every later checkpoint."""
         self.forget_users([user_id])
