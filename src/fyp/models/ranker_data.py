@@ -535,6 +535,10 @@ class Vocabulary:
         get, unknown = self._rows.get, self.unknown_row
         return np.fromiter((get(i, unknown) for i in ids), dtype=np.int64, count=len(ids))
 
+    def live(self) -> list[tuple[str, int]]:
+        """(id, row) of every id still mapped (erased ids' placeholder slots left out)."""
+        return list(self._rows.items())
+
     def to_array(self) -> npt.NDArray[np.str_]:
         return np.asarray(self.ids, dtype=np.str_)
 

@@ -42,7 +42,6 @@ from torch import nn
 from fyp.errors import Conflict, InvalidInput
 from fyp.models.ranker import MMoE, Ranker, task_loss
 from fyp.models.ranker_data import (
-    ERASED_ID_PREFIX,
     LABEL_NAMES,
     MAX_TAGS,
     TAG_UNKNOWN_ROW,
@@ -135,11 +134,8 @@ class OnlineRanker:
         vocabs = base.vocabs
         # The unknown vectors become dense parameters; the id rows move into the tables. The
         # module's own embedding tables are shrunk to one row: they are never read here.
-        unknown_row = {"users": UNKNOWN_ROW, "items": UNKNOWN_ROW, "creators": UNKNOWN_ROW}
         self.unknown: dict[str, nn.Parameter] = {
-            f: nn.Parameter(
-                torch.from_numpy(weights[f][unknown_row.get(f, TAG_UNKNOWN_ROW)].copy())
-            )
+            f: nn.Parameter(torch.from_numpy(weights[f][getattr(vocabs, f).unknown_row].copy()))
             for f in FIELDS
         }
         for f in FIELDS:
@@ -149,9 +145,9 @@ class OnlineRanker:
         now = clock()
         for k, f in enumerate(FIELDS):
             vocab: Vocabulary = getattr(vocabs, f)
-            live = [(i, id_) for i, id_ in enumerate(vocab.ids) if not _is_placeholder(id_)]
-            ids = [id_ for _, id_ in live]
-            rows = np.asarray([vocab.reserved + i for i, _ in live], dtype=np.int64)
+            live = vocab.live()
+            ids = [id_ for id_, _ in live]
+            rows = np.asarray([row for _, row in live], dtype=np.int64)
             vectors = weights[f][rows] if len(rows) else np.zeros((0, dim), np.float32)
             table: Any
             if self.config.table_kind == "hashed":
@@ -427,10 +423,6 @@ class OnlineRanker:
         learner.steps = int(manifest["steps"])
         learner.examples_seen = int(manifest["examples_seen"])
         return learner
-
-
-def _is_placeholder(id_: str) -> bool:
-    return id_.startswith(ERASED_ID_PREFIX)
 
 
 def _read_manifest(directory: Path) -> dict[str, Any] | None:
