@@ -384,3 +384,33 @@ def test_with_several_processes_a_worker_serves_what_the_training_process_learne
             *(f"{prefix}:{kind}:{r}" for kind in ("raw", "examples") for r in ("us", "eu"))
         )
         client.close()
+
+
+def test_a_process_that_does_not_train_logs_only_where_a_trainer_can_read(
+    trained_dir: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "serving-only"
+    shutil.copytree(trained_dir, directory)
+    engine = Engine(load_config(directory), clock=Clock(NOW + 120.0))
+    try:
+        engine.start_background(train=False)
+        assert engine.online == {}  # an in-process bus here would have no consumer
+    finally:
+        engine.close()
+    url = os.environ.get("FYP_TEST_REDIS_URL")
+    if url is None:
+        return
+    prefix = f"fyp-test-{uuid.uuid4().hex}"
+    relayed = load_config(directory, online={"bus_url": url, "bus_stream": prefix})
+    engine = Engine(relayed, clock=Clock(NOW + 120.0))
+    try:
+        engine.trainer("eu")  # a join log exists here too; the relay must still stay
+        engine.start_background(train=False)
+        assert set(engine.online) == {"us", "eu"}  # relayed to whichever process trains
+    finally:
+        engine.close()
+        client = redis.Redis.from_url(url)
+        client.delete(
+            *(f"{prefix}:{kind}:{r}" for kind in ("raw", "examples") for r in ("us", "eu"))
+        )
+        client.close()

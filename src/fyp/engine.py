@@ -701,7 +701,7 @@ class Engine:
         else:
             # Another process trains: an in-process bus here would have no consumer and only
             # grow, so this process stops logging there (a Redis bus reaches the trainer).
-            local = [r for r in self.online if r in self._joins]
+            local = [r for r, online in self.online.items() if self._joins.get(r) is online]
             for region in local:
                 self.online.pop(region).bus.close()
                 self._joins.pop(region)
