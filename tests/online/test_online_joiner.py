@@ -3,8 +3,10 @@ events, the memory cap; and order-independence as a Hypothesis property."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given
@@ -90,6 +92,22 @@ def test_labels_come_from_the_joined_engagements() -> None:
     assert (example.quick_skip, example.skip, example.negative) == (False, False, False)
     assert (example.n_events, example.closed_by) == (4, "window")
     assert Example.from_dict(example.to_dict()) == example
+
+
+def test_an_example_survives_the_bus_wire_format() -> None:
+    """On the bus an example is JSON with its ranker inputs packed as float32 (what the ranker
+    scored with); a list of numbers, as earlier versions wrote, still decodes."""
+    inputs = (0.5, -1.25, 2.0**-15, 1234.5)  # float32-exact
+    example = label(replace(imp(), inputs=inputs), [ev("a", "play", watch_ms=5_000)], "window")
+    wire = json.loads(json.dumps(example.to_dict()))
+    assert isinstance(wire["inputs"], str)
+    assert Example.from_dict(wire) == example
+    assert Example.from_dict({**wire, "inputs": list(inputs)}) == example
+    # A double keeps float32 precision on the wire.
+    rounded = Example.from_dict(json.loads(json.dumps(replace(example, inputs=(0.1,)).to_dict())))
+    assert rounded.inputs is not None and rounded.inputs[0] == pytest.approx(0.1, rel=1e-7)
+    with pytest.raises(ValueError):
+        Example.from_dict({**wire, "inputs": "not base64!"})
 
 
 def test_a_finish_or_a_full_watch_is_a_finish_and_a_short_play_a_quick_skip() -> None:

@@ -3,6 +3,7 @@ learned is published as a new version of the served model; a new batch model res
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -179,7 +180,7 @@ def test_examples_without_a_viewing_or_logged_inputs_are_counted_not_trained(
     slot = Slot("v1", bases[0])
     trainer = trainer_on(bus, slot)
     unplayed = example(1)
-    unplayed = Example(**{**unplayed.to_dict(), "n_events": 0, "example_id": "r1/x"})
+    unplayed = dataclasses.replace(unplayed, n_events=0, example_id="r1/x")
     publish_examples(
         bus, [unplayed, example(2, features=False), example(3, item="gone"), example(4)]
     )
@@ -254,14 +255,8 @@ def test_the_checkpoint_lets_a_restarted_trainer_continue(
 
 def test_labels_follow_the_joined_outcome() -> None:
     liked = example(1, like=True)
-    skipped = Example(
-        **{
-            **example(2, like=False).to_dict(),
-            "watch_ms": 800,
-            "watch_ratio": 0.8 / 30,
-            "quick_skip": True,
-            "skip": True,
-        }
+    skipped = dataclasses.replace(
+        example(2, like=False), watch_ms=800, watch_ratio=0.8 / 30, quick_skip=True, skip=True
     )
     batch, left_out = to_example_set([liked, skipped], _items)
     assert left_out == 0

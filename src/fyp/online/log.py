@@ -30,7 +30,14 @@ from typing import Any
 
 from fyp.errors import InvalidInput
 from fyp.online.bus import Bus, Message, publish_examples
-from fyp.online.joiner import Engagement, Example, Impression, Joiner
+from fyp.online.joiner import (
+    Engagement,
+    Example,
+    Impression,
+    Joiner,
+    pack_floats,
+    unpack_floats,
+)
 from fyp.pipeline.contracts import FeedResult
 from fyp.types import Event
 
@@ -197,7 +204,7 @@ def _impression_dict(imp: Impression) -> dict[str, Any]:
         "ts": imp.ts,
         "features": dict(imp.features),
         "duration_s": imp.duration_s,
-        "inputs": list(imp.inputs) if imp.inputs is not None else None,
+        "inputs": pack_floats(imp.inputs) if imp.inputs is not None else None,
     }
 
 
@@ -256,7 +263,11 @@ class JoinPump:
                     engagements = []
                 data["features"] = {str(k): float(v) for k, v in data["features"].items()}
                 inputs = data.get("inputs")
-                data["inputs"] = tuple(inputs) if inputs is not None else None
+                data["inputs"] = (
+                    unpack_floats(inputs)
+                    if isinstance(inputs, str)
+                    else (tuple(inputs) if inputs is not None else None)
+                )
                 impressions.append(Impression(**data))
             elif kind == "event":
                 if impressions:
