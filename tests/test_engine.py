@@ -276,6 +276,29 @@ def test_feed_arguments_are_checked(engine: Engine, make_user: Any) -> None:
     assert engine.feed("u1").items == ()
 
 
+def test_a_scripted_request_id_makes_the_page_reproducible(
+    tmp_path: Path, make_item: Any, make_user: Any, make_event: Any, now: float
+) -> None:
+    """Two engines in the same state serve the same page to a request with the same id (its
+    random draws are seeded from the id); the id is echoed, and a malformed one is refused."""
+    pages = []
+    for name in ("a", "b"):
+        eng = Engine(load_config(tmp_path / name), clock=lambda: now)
+        try:
+            build_world(eng, random.Random(5), make_item, make_user, make_event, now)
+            eng.train()
+            first = eng.feed("u00", 10, request_id="script-1")
+            second = eng.feed("u00", 10, request_id="script-2")
+            assert (first.request_id, second.request_id) == ("script-1", "script-2")
+            pages.append((ids(first), ids(second)))
+            with pytest.raises(InvalidInput):
+                eng.feed("u00", 10, request_id="not an id")
+        finally:
+            eng.close()
+    assert pages[0] == pages[1]
+    assert pages[0][0] and not set(pages[0][0]) & set(pages[0][1])
+
+
 def test_the_feed_page_respects_creator_spacing_and_size(world: Engine) -> None:
     for user in ("u00", "u03", "u10"):
         page = ids(world.feed(user, n=12))

@@ -46,7 +46,7 @@ from fyp.storage.envelope import KeyFile
 from fyp.storage.models import ModelStore
 from fyp.storage.region import SqlRegionStore
 from fyp.storage.roles import ItemRecord, UpsertResult, UserRecord
-from fyp.types import MAX_FEED_N, Event, Item, User
+from fyp.types import MAX_FEED_N, Event, Item, User, is_valid_id
 
 log = logging.getLogger(__name__)
 
@@ -303,9 +303,18 @@ class Engine:
 
     # ---- feed -----------------------------------------------------------------------------------
 
-    def feed(self, user_id: str, n: int = 10) -> FeedResult:
+    def feed(self, user_id: str, n: int = 10, request_id: str | None = None) -> FeedResult:
+        """The next ``n`` items for ``user_id``.
+
+        ``request_id`` names the response (events echo it back to the impression); by default a
+        random one. A caller that replays a scripted stream passes its own, unique per request:
+        the request's random draws (exploration's Thompson samples) are seeded from it, so the
+        same request against the same state gets the same page.
+        """
         if not 1 <= n <= MAX_FEED_N:
             raise InvalidInput(f"n must be between 1 and {MAX_FEED_N}, got {n}")
+        if request_id is not None and not is_valid_id(request_id):
+            raise InvalidInput(f"invalid request id {request_id!r}")
         region = self.gate.locate(user_id)
         if region is None:
             raise NotFound(f"no user {user_id!r}")
@@ -317,7 +326,7 @@ class Engine:
             model=self._served_model(region, user_id),
         )
         query = FeedQuery(
-            request_id=uuid.uuid4().hex,
+            request_id=request_id if request_id is not None else uuid.uuid4().hex,
             user_id=user_id,
             region=region,
             n=n,
