@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import time
 from collections import Counter, defaultdict
@@ -221,6 +222,33 @@ def test_react_is_deterministic_for_an_rng_state(world: World) -> None:
     first = _fresh(viewer).react(item, NOW, np.random.default_rng(5))
     second = _fresh(viewer).react(item, NOW, np.random.default_rng(5))
     assert first == second
+
+
+def test_expected_watch_is_the_mean_of_the_sampled_plays(world: World) -> None:
+    """``expected_watch_ms`` is the closed form of ``react``'s watch time: for items of every
+    kind of fit, the mean of many sampled plays lies within a few standard errors of it."""
+    viewer = next(iter(world.viewers.values()))
+    by_fit = sorted(world.items, key=viewer.fit)
+    picks = [by_fit[0], by_fit[len(by_fit) // 2], by_fit[-1]]
+    assert viewer.fit(picks[-1]) > viewer.fit(picks[0]) + 0.3
+    expected = [viewer.expected_watch_ms(item) for item in picks]
+    assert expected[-1] / picks[-1].duration_s > expected[0] / picks[0].duration_s
+    rng = np.random.default_rng(3)
+    for item, mean in zip(picks, expected, strict=True):
+        plays = np.array(
+            [_fresh(viewer).react(item, NOW, rng)[0].watch_ms for _ in range(8000)], dtype=float
+        )
+        stderr = plays.std() / math.sqrt(len(plays))
+        assert abs(plays.mean() - mean) < 4.0 * stderr + 1.0
+
+
+def test_poorly_fitting_videos_end_sessions_sooner(world: World) -> None:
+    viewer = next(iter(world.viewers.values()))
+    by_fit = sorted(world.items, key=viewer.fit)
+    worst, best = by_fit[0], by_fit[-1]
+    assert viewer.leave_hazard(worst) > viewer.leave_hazard(best) > 0.0
+    # Bounded: even the worst video leaves a patient viewer most of a session to go.
+    assert all(0.0 < viewer.leave_hazard(item) < 0.25 for item in world.items)
 
 
 def test_viewers_engage_far_more_with_their_favourite_topic(world: World) -> None:
