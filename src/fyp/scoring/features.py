@@ -13,10 +13,9 @@
 from __future__ import annotations
 
 import math
-import threading
-import time
 
 from fyp.config import ScoringConfig, SourcesConfig
+from fyp.pipeline.cache import RegionTTLCache
 from fyp.pipeline.contracts import Candidate, FeedQuery
 from fyp.storage.roles import ItemStatsRecord
 
@@ -75,20 +74,11 @@ class EngagementScorer(_Feature):
 
     def __init__(self, scoring: ScoringConfig, totals_ttl_s: float = 10.0) -> None:
         self._prior = scoring.prior_views
-        self._ttl = totals_ttl_s
-        self._totals: dict[str, tuple[float, ItemStatsRecord]] = {}
-        self._lock = threading.Lock()
+        # The region's totals move with every view: cached briefly, on the engine's clock.
+        self._totals: RegionTTLCache[ItemStatsRecord] = RegionTTLCache(totals_ttl_s)
 
     def _region_totals(self, query: FeedQuery) -> ItemStatsRecord:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._totals.get(query.region)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        totals = query.context.data.stats.totals()
-        with self._lock:
-            self._totals[query.region] = (now + self._ttl, totals)
-        return totals
+        return self._totals.get(query.region, query.context.data.stats.totals, query.now)
 
     def score(self, query: FeedQuery, candidates: list[Candidate]) -> list[float]:
         totals = self._region_totals(query)

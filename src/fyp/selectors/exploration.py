@@ -21,8 +21,6 @@ same one and nothing needs storing.
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -31,6 +29,7 @@ import numpy as np
 from scipy.special import betaincc
 
 from fyp.config import SelectorsConfig
+from fyp.pipeline.cache import RegionTTLCache
 from fyp.pipeline.contracts import Candidate, FeedQuery
 from fyp.storage.roles import ItemStatsRecord
 
@@ -118,25 +117,19 @@ class ExplorationPolicy:
 
 
 class RegionBar:
-    """The region's engagement rate over every view, cached briefly per region."""
+    """The region's engagement rate over every view, cached briefly per region (on the engine's
+    clock, like every cache a page depends on, so a replayed stream gets the same pages)."""
 
     def __init__(self, ttl_s: float = 10.0) -> None:
-        self._ttl = ttl_s
-        self._cache: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
+        self._cache: RegionTTLCache[float] = RegionTTLCache(ttl_s)
 
     def get(self, query: FeedQuery) -> float:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(query.region)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        views, engaged = successes(query.context.data.stats.totals())
-        # A region with no views yet: half the views engaged is the neutral prior.
-        bar = engaged / views if views else 0.5
-        with self._lock:
-            self._cache[query.region] = (now + self._ttl, bar)
-        return bar
+        def load() -> float:
+            views, engaged = successes(query.context.data.stats.totals())
+            # A region with no views yet: half the views engaged is the neutral prior.
+            return engaged / views if views else 0.5
+
+        return self._cache.get(query.region, load, query.now)
 
 
 @dataclass

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fyp.config import FreshConfig
+from fyp.pipeline.cache import RegionTTLCache
 from fyp.pipeline.contracts import Candidate, FeedQuery, rank_scores
-from fyp.sources._cache import RegionTTLCache
 
 
 class FreshSource:
@@ -26,7 +26,7 @@ class FreshSource:
             recent = catalog.recent_items(since, self.config.k * 2)
             return [r.item_id for r in recent if r.available_in(query.region)][: self.config.k]
 
-        ids = self._cache.get(query.region, load)
+        ids = self._cache.get(query.region, load, query.now)
         return [
             Candidate(item_id, sources={self.name: r})
             for item_id, r in zip(ids, rank_scores(len(ids)), strict=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fyp.config import TrendingConfig
+from fyp.pipeline.cache import RegionTTLCache
 from fyp.pipeline.contracts import Candidate, FeedQuery, rank_scores
-from fyp.sources._cache import RegionTTLCache
 
 
 class TrendingSource:
@@ -21,7 +21,9 @@ class TrendingSource:
     def fetch(self, query: FeedQuery) -> list[Candidate]:
         stats = query.context.data.stats
         ids = self._cache.get(
-            query.region, lambda: [item_id for item_id, _ in stats.trending(self.config.k)]
+            query.region,
+            lambda: [item_id for item_id, _ in stats.trending(self.config.k)],
+            query.now,
         )
         return [
             Candidate(item_id, sources={self.name: r})
