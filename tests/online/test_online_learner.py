@@ -133,6 +133,11 @@ def test_a_checkpoint_round_trips_through_deltas(base: Ranker, tmp_path: Path) -
     probe = planted(300, 9, range(80), range(60))
     np.testing.assert_allclose(restored.predict(probe), online.predict(probe), atol=1e-6)
     assert restored.examples_seen == online.examples_seen
+    # The optimizers' state came back too: both take the same next step.
+    nxt = stream[3]
+    online.partial_fit(nxt)
+    restored.partial_fit(nxt)
+    np.testing.assert_allclose(restored.predict(probe), online.predict(probe), atol=1e-5)
     # A checkpoint continues one batch model only.
     assert OnlineRanker.restore(tmp_path, base, "v2") is None
 

@@ -381,6 +381,11 @@ class OnlineRanker:
             f"net.{k}": v.detach().contiguous() for k, v in self.network.state_dict().items()
         }
         tensors.update({f"unknown.{k}": v.detach().contiguous() for k, v in self.unknown.items()})
+        # Adam's moments too: a restart resumes with the step sizes it had, instead of the large
+        # first steps of fresh moments on a network that has long converged.
+        for index, slots in self.optimizer.state_dict()["state"].items():
+            for slot, value in slots.items():
+                tensors[f"adam.{index}.{slot}"] = value.detach().contiguous()
         atomic_write(directory / dense_name, st_save(tensors))
         manifest.update(
             tables=chain,
@@ -420,6 +425,15 @@ class OnlineRanker:
         with torch.no_grad():
             for f in FIELDS:
                 learner.unknown[f].copy_(tensors[f"unknown.{f}"])
+        adam: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("adam."):
+                _, index, slot = key.split(".", 2)
+                adam.setdefault(int(index), {})[slot] = value
+        if adam:
+            state = learner.optimizer.state_dict()
+            state["state"] = adam
+            learner.optimizer.load_state_dict(state)
         learner.steps = int(manifest["steps"])
         learner.examples_seen = int(manifest["examples_seen"])
         return learner
