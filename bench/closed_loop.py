@@ -1581,7 +1581,7 @@ def run_replications(args: argparse.Namespace, argv: list[str]) -> list[dict[str
             skip_next = False
             continue
         name = a.split("=", 1)[0]
-        if name in ("--replications", "--jobs", "--seed", "--json"):
+        if name in ("--replications", "--jobs", "--seed", "--json", "--section"):
             skip_next = "=" not in a
             continue
         if name == "--no-docs":
@@ -1884,6 +1884,11 @@ def main(argv: list[str] | None = None) -> int:
         "report then gives intervals across them (static scenario)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="replications run at a time")
+    parser.add_argument(
+        "--section",
+        default="closed-loop",
+        help="docs markers of the replicated section (another name keeps the defaults' one)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     args = parser.parse_args(argv)
@@ -1903,8 +1908,11 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         results = run_replications(args, list(argv if argv is not None else sys.argv[1:]))
         summary = replicated_summary(results)
-        text = replicated_section(
-            results, summary, command, time.perf_counter() - started, args.jobs
+        marks = (f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->")
+        text = (
+            replicated_section(results, summary, command, time.perf_counter() - started, args.jobs)
+            .replace(START, marks[0])
+            .replace(END, marks[1])
         )
         print(text)
         if args.json:
@@ -1912,7 +1920,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.dumps({"summary": summary, "runs": results}, default=_jsonable, indent=1)
             )
         if args.docs:
-            write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
+            write_section(REPO / "docs" / "BENCHMARKS.md", *marks, text)
         return 0
     result = run(args)
     result["args"] = {

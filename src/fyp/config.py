@@ -374,6 +374,11 @@ class RankerConfig(_Section):
     )
     """The ranker's value model: the ``ranker`` feature is the sum of weight * predicted head
     (published). A negative weight (quick skip) lowers what the viewer would swipe away."""
+    watch_seconds_weight: float = Field(default=0.0, ge=0)
+    """Weight of the predicted seconds watched (the ``watch_ratio`` head times the video's
+    length, in minutes) in the ranker's value. The ratio heads alone favour short videos, which
+    are finished more easily, over a longer one that would hold the viewer longer; 0 leaves the
+    term out (published)."""
     embedding_dim: int = Field(default=16, ge=2, le=256)
     """Width of the user, item, creator and tag embeddings."""
     experts: int = Field(default=4, ge=1, le=32)

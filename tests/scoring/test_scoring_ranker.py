@@ -120,6 +120,24 @@ def test_scores_are_the_objective_weights_over_the_heads(
         assert score == pytest.approx(sum(w * heads[t] for t, w in weights.items()), abs=1e-5)
 
 
+def test_the_watch_seconds_term_adds_the_predicted_minutes_watched(
+    make_query: Any, make_candidate: Any, small_ranker: Ranker
+) -> None:
+    """With ``watch_seconds_weight`` the value adds weight * predicted watch ratio * minutes, so
+    of two videos equally likely to be watched through, the longer one scores higher."""
+    weights = {"watch_ratio": 1.0, "finish": 0.5}
+    plain = RankerScorer(RankerConfig(objective_weights=weights))
+    timed = RankerScorer(RankerConfig(objective_weights=weights, watch_seconds_weight=2.0))
+    query = make_query(model=FakeModel(small_ranker), user_id="u3", data=FakeData(HISTORY))
+    base_scores = plain.score(query, candidates(make_candidate))
+    cands = candidates(make_candidate)
+    scores = timed.score(query, cands)
+    for cand, base, score in zip(cands, base_scores, scores, strict=True):
+        assert cand.item is not None
+        expected = base + 2.0 * cand.features["ranker_watch_ratio"] * cand.item.duration_s / 60
+        assert score == pytest.approx(expected, abs=1e-5)
+
+
 def test_the_batch_prediction_equals_one_candidate_at_a_time(
     make_query: Any, make_candidate: Any, small_ranker: Ranker
 ) -> None:

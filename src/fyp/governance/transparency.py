@@ -103,6 +103,7 @@ def report(
             "ranker": {
                 "enabled": config.ranker.enabled,
                 "objective_weights": dict(config.ranker.objective_weights),
+                "watch_seconds_weight": config.ranker.watch_seconds_weight,
                 "explanation": _doc(type(config.ranker), "objective_weights"),
             },
         },

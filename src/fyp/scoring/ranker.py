@@ -44,6 +44,7 @@ class RankerScorer:
         self, config: RankerConfig, training: TrainingConfig | None = None, history: int = 200
     ) -> None:
         self.objective_weights = {task: w for task, w in config.objective_weights.items() if w}
+        self.watch_seconds_weight = config.watch_seconds_weight
         self.training = training or TrainingConfig()
         # How many of the viewer's latest events fold them in: the embedding source's setting, so
         # both ask for the same vector and the serving model solves it once.
@@ -98,7 +99,13 @@ class RankerScorer:
         weights = np.array(
             [self.objective_weights.get(task, 0.0) for task in ranker.tasks], dtype=np.float32
         )
-        values = (heads @ weights).tolist()
+        values_array = heads @ weights
+        if self.watch_seconds_weight and "watch_ratio" in ranker.tasks:
+            # Expected minutes watched: the predicted share of the video times its length.
+            minutes = np.array([item.duration_s for item in items], dtype=np.float32) / 60.0
+            ratio = heads[:, ranker.tasks.index("watch_ratio")]
+            values_array = values_array + self.watch_seconds_weight * ratio * minutes
+        values = values_array.tolist()
         names = [HEAD_FEATURE_PREFIX + task for task in ranker.tasks]
         inputs = batch.numeric.tolist()
         for (k, cand, _), row, value, x in zip(scored, heads.tolist(), values, inputs, strict=True):
