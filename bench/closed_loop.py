@@ -1065,13 +1065,11 @@ WITHIN_RUN_CAVEAT = (
 )
 
 
-def verdict(d: dict[str, Any], names: dict[str, str] | None = None) -> str:
-    """Which metrics online wins, loses and ties against batch-only within one run, by Welch's
-    interval (``names`` renames metrics); the headline reads the expected watch time."""
+def _verdict_text(judged: list[tuple[str, Estimate, int]], watch: Estimate, how: str) -> str:
+    """The verdict sentence: the headline reads ``watch`` (expected watch time), then which of
+    the ``judged`` metrics (name, estimate, +1 when higher is better) online wins, loses, ties."""
     wins, losses, ties = [], [], []
-    for key, default, sign in VERDICT_METRICS:
-        e = d[key]
-        name = (names or {}).get(key, default)
+    for name, e, sign in judged:
         low, high = (e.low, e.high) if sign > 0 else (-e.high, -e.low)  # "better" is positive
         if low > 0:
             wins.append(name)
@@ -1081,7 +1079,7 @@ def verdict(d: dict[str, Any], names: dict[str, str] | None = None) -> str:
             ties.append(name)
     head = (
         "online beats batch-only on watch time"
-        if d["xwatch"].low > 0
+        if watch.low > 0
         else "online does not beat batch-only on watch time"
     )
     parts = [
@@ -1090,7 +1088,16 @@ def verdict(d: dict[str, Any], names: dict[str, str] | None = None) -> str:
     ]
     if ties:
         parts.append(f"no difference (the interval contains 0) on {', '.join(ties)}")
-    return f"{head}; by Welch's interval within this run it {'; '.join(parts)}"
+    return f"{head}; {how} it {'; '.join(parts)}"
+
+
+def verdict(d: dict[str, Any], names: dict[str, str] | None = None) -> str:
+    """Which metrics online wins, loses and ties against batch-only within one run, by Welch's
+    interval (``names`` renames metrics); the headline reads the expected watch time."""
+    judged = [
+        ((names or {}).get(key, default), d[key], sign) for key, default, sign in VERDICT_METRICS
+    ]
+    return _verdict_text(judged, d["xwatch"], "by Welch's interval within this run")
 
 
 def _arm_row(arm: str, a: dict[str, Any], match: tuple[Any, Any] | None) -> str:
@@ -1653,32 +1660,13 @@ def replicated_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def replicated_verdict(d: dict[str, Any]) -> str:
-    wins, losses, ties = [], [], []
-    for key, label, higher, *_ in REPLICATED_METRICS:
-        if key in ("per_session", "watch"):
-            continue  # per_session is part of watch time; sampled watch is reported beside
-        e = d["estimate"][key]
-        low, high = (e.low, e.high) if higher else (-e.high, -e.low)
-        name = label.split(",")[0]
-        if low > 0:
-            wins.append(name)
-        elif high < 0:
-            losses.append(name)
-        else:
-            ties.append(name)
-    xw = d["estimate"]["xwatch"]
-    head = (
-        "online beats batch-only on watch time"
-        if xw.low > 0
-        else "online does not beat batch-only on watch time"
-    )
-    parts = [
-        f"wins on {', '.join(wins) or 'nothing'}",
-        f"loses on {', '.join(losses) or 'nothing'}",
+    # Videos per session is part of watch time, and sampled watch time is reported beside.
+    judged = [
+        (label.split(",")[0], d["estimate"][key], 1 if higher else -1)
+        for key, label, higher, *_ in REPLICATED_METRICS
+        if key not in ("per_session", "watch")
     ]
-    if ties:
-        parts.append(f"no difference (the interval contains 0) on {', '.join(ties)}")
-    return f"{head}; across replications it {'; '.join(parts)}"
+    return _verdict_text(judged, d["estimate"]["xwatch"], "across replications")
 
 
 def replicated_section(
@@ -1780,24 +1768,22 @@ def replicated_section(
             )
             + "."
         )
+
+    def table(first: str, rows: list[str]) -> list[str]:
+        return ["| " + " | ".join([first, *labels]) + " |", "|---|" + "---:|" * len(labels), *rows]
+
     body = [
-        "| arm | " + " | ".join(labels) + " |",
-        "|---|" + "---:|" * len(labels),
-        *arm_rows,
+        *table("arm", arm_rows),
         "",
         "Differences (mean over replications, 95 % t interval):",
         "",
-        "| difference | " + " | ".join(labels) + " |",
-        "|---|" + "---:|" * len(labels),
-        *diff_rows,
+        *table("difference", diff_rows),
         "",
         f"**Verdict: {replicated_verdict(main)}.**",
         "",
         "online - batch-only, replication by replication:",
         "",
-        "| seed | " + " | ".join(labels) + " |",
-        "|---|" + "---:|" * len(labels),
-        *rep_rows,
+        *table("seed", rep_rows),
         "",
         prog_text,
         "",
