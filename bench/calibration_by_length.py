@@ -1,0 +1,185 @@
+"""Calibration of the online learner and of the batch ranker it continues, by video length, on the
+closed loop's own traffic.
+
+One closed-loop run of the online arm (``bench/closed_loop.py``'s world, schedule and viewers; no
+retrain), recording every mini-batch the online trainer learns from: the labels, the learner's
+predictions before it steps on the batch (train-then-test), and the batch ranker's predictions on
+the same examples. Reported per bucket of video length: the mean label and the two models' mean
+predictions of the watch ratio, the finish and the quick skip. A model that follows the data has
+its mean prediction near the mean label in every bucket; the closed loop showed the learners
+shifting the served mix towards short videos, and this table says whether the predictions that
+drive it are right about length.
+
+Writes the ``calibration-by-length`` section of docs/BENCHMARKS.md (``--no-docs`` to only print).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+import closed_loop as cl  # noqa: E402
+from bench_report import load_world, machine_info, write_section  # noqa: E402
+from fyp.config import load_config  # noqa: E402
+from fyp.engine import Engine  # noqa: E402
+from fyp.models.ranker_data import LABEL_NAMES, ExampleSet  # noqa: E402
+from fyp.online import trainer as online_trainer  # noqa: E402
+from fyp.online.learner import OnlineRanker  # noqa: E402
+from fyp.sim.world import World, WorldConfig, build_world  # noqa: E402
+
+START = "<!-- calibration-by-length:start -->"
+END = "<!-- calibration-by-length:end -->"
+EDGES = (0.0, 15.0, 30.0, 45.0, 60.0, 90.0, 1e9)
+TASKS = ("watch_ratio", "finish", "quick_skip")
+
+
+def record_batches() -> list[tuple[list[str], Any, Any, Any, Any]]:
+    """Wrap ``OnlineTrainer._learn`` so each mini-batch's labels and both models' predictions
+    (before the learner steps on it) are kept."""
+    kept: list[tuple[list[str], Any, Any, Any, Any]] = []
+    original = online_trainer.OnlineTrainer._learn
+
+    def learn(self: Any, learner: OnlineRanker, part: ExampleSet) -> None:
+        online = learner.predict(part)
+        batch = self._batch_ranker.predict_examples(part) if self._batch_ranker else None
+        if batch is not None:
+            kept.append((list(part.item_ids), part.labels.copy(), part.known.copy(), online, batch))
+        original(self, learner, part)
+
+    online_trainer.OnlineTrainer._learn = learn  # type: ignore[method-assign]
+    return kept
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    kept = record_batches()
+    now = float(int(time.time()))
+    world = build_world(
+        WorldConfig(seed=args.seed, n_viewers=args.viewers, n_items=args.items, now=now)
+    )
+    oracle = cl.Oracle(world)
+    ids = [u.user_id for u in world.users]
+    newcomers = set(random.Random(args.seed + 1).sample(ids, args.newcomers))
+    established = [uid for uid in ids if uid not in newcomers]
+    rounds, joins = cl.schedule(
+        established, sorted(newcomers), args.rounds, args.sessions, 4, args.seed
+    )
+    visible = World(
+        config=world.config,
+        topics=world.topics,
+        creators=world.creators,
+        items=world.items,
+        users=[u for u in world.users if u.user_id not in newcomers],
+        viewers=world.viewers,
+        item_topic=world.item_topic,
+        item_quality=world.item_quality,
+        history=[e for e in world.history if e.user_id not in newcomers],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        engine = Engine(load_config(data), clock=lambda: now)
+        load_world(engine, visible)
+        engine.train()
+        engine.close()
+        clock = [now + 60.0]
+        engine = Engine(load_config(data), clock=lambda: clock[0])
+        cl.run_arm("online", engine, world, oracle, rounds, joins, 5, 0, 10, args.seed, clock)
+        engine.close()
+    length = np.array([world.item_by_id[i].duration_s for k in kept for i in k[0]])
+    labels = np.concatenate([k[1] for k in kept])
+    known = np.concatenate([k[2] for k in kept])
+    online = np.concatenate([k[3] for k in kept])
+    batch = np.concatenate([k[4] for k in kept])
+    rows = []
+    for low, high in itertools.pairwise(EDGES):
+        inside = (length >= low) & (length < high)
+        row: dict[str, Any] = {"low": low, "high": high, "n": int(inside.sum())}
+        for task in TASKS:
+            col = LABEL_NAMES.index(task)
+            mask = inside & known[:, col]
+            row[task] = (
+                (
+                    float(labels[mask, col].mean()),
+                    float(online[mask, col].mean()),
+                    float(batch[mask, col].mean()),
+                )
+                if mask.any()
+                else None
+            )
+        rows.append(row)
+    return {"rows": rows, "examples": len(length), "args": vars(args)}
+
+
+def section(r: dict[str, Any], command: str) -> str:
+    m = machine_info(REPO)
+    a = r["args"]
+
+    def cell(values: tuple[float, float, float] | None) -> str:
+        return "n/a" if values is None else " / ".join(f"{v:.3f}" for v in values)
+
+    def bucket(row: dict[str, Any]) -> str:
+        return (
+            f"{row['low']:.0f}+ s" if row["high"] > 1e8 else f"{row['low']:.0f}-{row['high']:.0f} s"
+        )
+
+    lines = [
+        START,
+        "## Calibration by video length on live traffic (`bench/calibration_by_length.py`)",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, fyp {m['fyp']} "
+        f"(commit {m['git']})",
+        "",
+        f"The closed loop's online arm (seed {a['seed']}, {a['items']:,} videos, "
+        f"{a['viewers']:,} viewers, {a['rounds']} rounds of {a['sessions']} established "
+        f"sessions plus newcomers, no retrain); {r['examples']:,} train-then-test examples, "
+        "each scored by the online learner before it stepped on it and by the batch ranker it "
+        "continues. Per bucket of video length: mean label / online learner's mean prediction "
+        "/ batch ranker's mean prediction.",
+        "",
+        "| length | examples | watch ratio | finish | quick skip |",
+        "|---|---:|---|---|---|",
+        *(
+            f"| {bucket(row)} | {row['n']:,} | {cell(row['watch_ratio'])} | "
+            f"{cell(row['finish'])} | {cell(row['quick_skip'])} |"
+            for row in r["rows"]
+        ),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--items", type=int, default=1500)
+    parser.add_argument("--viewers", type=int, default=1000)
+    parser.add_argument("--newcomers", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--no-docs", dest="docs", action="store_false")
+    args = parser.parse_args(argv)
+    result = run(args)
+    command = ".venv/bin/python bench/calibration_by_length.py" + "".join(
+        f" {a}" for a in (argv if argv is not None else sys.argv[1:])
+    )
+    text = section(result, command)
+    print(text)
+    if args.docs:
+        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
