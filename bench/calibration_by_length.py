@@ -37,7 +37,7 @@ from fyp.engine import Engine  # noqa: E402
 from fyp.models.ranker_data import LABEL_NAMES, ExampleSet  # noqa: E402
 from fyp.online import trainer as online_trainer  # noqa: E402
 from fyp.online.learner import OnlineRanker  # noqa: E402
-from fyp.sim.world import World, WorldConfig, build_world  # noqa: E402
+from fyp.sim.world import WorldConfig, build_world  # noqa: E402
 
 START = "<!-- calibration-by-length:start -->"
 END = "<!-- calibration-by-length:end -->"
@@ -75,17 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rounds, joins = cl.schedule(
         established, sorted(newcomers), args.rounds, args.sessions, 4, args.seed
     )
-    visible = World(
-        config=world.config,
-        topics=world.topics,
-        creators=world.creators,
-        items=world.items,
-        users=[u for u in world.users if u.user_id not in newcomers],
-        viewers=world.viewers,
-        item_topic=world.item_topic,
-        item_quality=world.item_quality,
-        history=[e for e in world.history if e.user_id not in newcomers],
-    )
+    visible = cl.without_history_of(world, newcomers)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         engine = Engine(load_config(data), clock=lambda: now)

@@ -611,18 +611,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     followed = {uid: set(v.followed) for uid, v in world.viewers.items()}
     overrides = config_overrides(args.set)
     # The newcomers' past is dropped: they arrive with no history when they join.
-    history = [e for e in world.history if e.user_id not in held]
-    visible = World(
-        config=world.config,
-        topics=world.topics,
-        creators=world.creators,
-        items=world.items,
-        users=[u for u in world.users if u.user_id not in held],
-        viewers=world.viewers,
-        item_topic=world.item_topic,
-        item_quality=world.item_quality,
-        history=history,
-    )
+    visible = without_history_of(world, held)
+    history = visible.history
     logs: dict[str, ArmLog] = {}
     with tempfile.TemporaryDirectory() as tmp:
         base_dir = Path(tmp) / "base"
@@ -700,6 +690,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tuned=args.tuned,
     )
     return result
+
+
+def without_history_of(world: World, held: set[str]) -> World:
+    """The world as the engine first sees it: ``held`` viewers (the newcomers) neither
+    registered nor in the history; their viewer models stay, to join later."""
+    return World(
+        config=world.config,
+        topics=world.topics,
+        creators=world.creators,
+        items=world.items,
+        users=[u for u in world.users if u.user_id not in held],
+        viewers=world.viewers,
+        item_topic=world.item_topic,
+        item_quality=world.item_quality,
+        history=[e for e in world.history if e.user_id not in held],
+    )
 
 
 def retrain_rounds(rounds: int, every: int) -> list[int]:
