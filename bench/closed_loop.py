@@ -1106,6 +1106,46 @@ def verdict(d: dict[str, Any], names: dict[str, str] | None = None) -> str:
     return _verdict_text(judged, d["xwatch"], "by Welch's interval within this run")
 
 
+_ARM_COLUMNS = (
+    "sessions / videos watched",
+    "watch time per session, s",
+    "expected watch time, s",
+    "finish rate, %",
+    "like rate, %",
+    "coverage, %",
+    "page fit",
+)
+_DIFF_COLUMNS = (
+    "watch time, s",
+    "watch time, paired",
+    "expected watch, s",
+    "expected watch, paired",
+    "finish",
+    "finish, paired",
+    "like",
+    "like, paired",
+    "coverage",
+    "page fit",
+    "page fit, paired",
+)
+
+
+def _head(labels: tuple[str, ...], numeric: tuple[str, ...]) -> list[str]:
+    """A markdown table's header and rule: ``labels`` left-aligned, ``numeric`` right-aligned."""
+    cells = [*labels, *numeric]
+    return ["| " + " | ".join(cells) + " |", "|" + "---|" * len(labels) + "---:|" * len(numeric)]
+
+
+def _arm_head(*match: str) -> list[str]:
+    """Header of a per-arm table (``_arm_row``), ending with the matching columns."""
+    return _head(("arm",), (*_ARM_COLUMNS, *match))
+
+
+def _diff_head(labels: tuple[str, ...], match: str | None) -> list[str]:
+    """Header of a differences table (``_diff_row``), with the requests-to-match column if any."""
+    return _head(labels, (*_DIFF_COLUMNS, *((match,) if match else ())))
+
+
 def _arm_row(arm: str, a: dict[str, Any], match: tuple[Any, Any] | None) -> str:
     """A row of the per-arm table; ``match`` = (requests to (re-)match, share matched)."""
     row = (
@@ -1287,21 +1327,13 @@ def section(r: dict[str, Any], command: str) -> str:
             "",
             _intervals(r),
             "",
-            "| arm | sessions / videos watched | watch time per session, s | "
-            "expected watch time, s | "
-            "finish rate, % | "
-            "like rate, % | coverage, % | page fit | newcomer requests to match | "
-            "newcomers matched, % |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *_arm_head("newcomer requests to match", "newcomers matched, %"),
             *rows,
             "",
             "Differences (Welch's interval; *paired* = the same session in both arms, normal "
             "interval of the per-session differences; rates in percentage points):",
             "",
-            "| difference | watch time, s | watch time, paired | expected watch, s | "
-            "expected watch, paired | finish | finish, paired | like | "
-            "like, paired | coverage | page fit | page fit, paired | requests to match |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *_diff_head(("difference",), "requests to match"),
             *diff_rows,
             "",
             f"**Verdict: {headline}.** {WITHIN_RUN_CAVEAT}",
@@ -1464,38 +1496,23 @@ def drift_section(r: dict[str, Any], command: str) -> str:
             "",
             "### All sessions",
             "",
-            "| arm | sessions / videos watched | watch time per session, s | "
-            "expected watch time, s | "
-            "finish rate, % | "
-            "like rate, % | coverage, % | page fit | newcomer requests to match | "
-            "newcomers matched, % |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *_arm_head("newcomer requests to match", "newcomers matched, %"),
             *rows,
             "",
             "Differences (Welch's interval; *paired* = the same session in both arms; rates in "
             "percentage points):",
             "",
-            "| difference | watch time, s | watch time, paired | expected watch, s | "
-            "expected watch, paired | finish | finish, paired | like | "
-            "like, paired | coverage | page fit | page fit, paired | requests to match |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *_diff_head(("difference",), "requests to match"),
             *diff_rows,
             "",
             f"All sessions: {verdict(r['diffs']['online - batch-only'])}.",
             "",
             f"### Drifted viewers after the drift (rounds {start}-{r['rounds_n']})",
             "",
-            "| arm | sessions / videos watched | watch time per session, s | "
-            "expected watch time, s | "
-            "finish rate, % | "
-            "like rate, % | coverage, % | page fit | requests to re-match | re-matched, % |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *_arm_head("requests to re-match", "re-matched, %"),
             *drift_rows,
             "",
-            "| difference | watch time, s | watch time, paired | expected watch, s | "
-            "expected watch, paired | finish | finish, paired | like | "
-            "like, paired | coverage | page fit | page fit, paired | requests to re-match |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *_diff_head(("difference",), "requests to re-match"),
             *drift_diff_rows,
             "",
             f"Requests to re-match, paired by viewer: {rematch_paired}.",
@@ -1507,10 +1524,7 @@ def drift_section(r: dict[str, Any], command: str) -> str:
             "parentheses; the window before the first retrain is where only online learning "
             "can know the new tastes):",
             "",
-            "| group | difference | watch time, s | watch time, paired | expected watch, s | "
-            "expected watch, paired | finish | "
-            "finish, paired | like | like, paired | coverage | page fit | page fit, paired |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *_diff_head(("group", "difference"), None),
             *group_rows,
             "",
             "Drifted viewers' mean normalized page fit by round (judged by the taste they have "
@@ -1776,7 +1790,7 @@ def replicated_section(
         )
 
     def table(first: str, rows: list[str]) -> list[str]:
-        return ["| " + " | ".join([first, *labels]) + " |", "|---|" + "---:|" * len(labels), *rows]
+        return [*_head((first,), tuple(labels)), *rows]
 
     body = [
         *table("arm", arm_rows),
