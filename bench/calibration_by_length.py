@@ -76,14 +76,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         established, sorted(newcomers), args.rounds, args.sessions, 4, args.seed
     )
     visible = cl.without_history_of(world, newcomers)
+    overrides = cl.config_overrides(args.set)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
-        engine = Engine(load_config(data), clock=lambda: now)
+        engine = Engine(load_config(data, **overrides), clock=lambda: now)
         load_world(engine, visible)
         engine.train()
         engine.close()
         clock = [now + 60.0]
-        engine = Engine(load_config(data), clock=lambda: clock[0])
+        engine = Engine(load_config(data, **overrides), clock=lambda: clock[0])
         cl.run_arm("online", engine, world, oracle, rounds, joins, 5, 0, 10, args.seed, clock)
         engine.close()
     length = np.array([world.item_by_id[i].duration_s for k in kept for i in k[0]])
@@ -158,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--newcomers", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="a configuration override for the run (repeatable), as in bench/closed_loop.py",
+    )
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     args = parser.parse_args(argv)
     result = run(args)

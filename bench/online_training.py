@@ -347,9 +347,12 @@ def step_breakdown(
     for s in range(0, len(examples), 2048):
         publish_examples(trainer.bus, examples[s : s + 2048])
     timers.patch(trainer.bus, "consume", "bus: take the entries, decode their JSON (`consume`)")
-    timers.patch(Example, "from_dict", "bus: `Example.from_dict`")
     timers.patch(trainer.bus, "ack", "bus: `ack`")
-    timers.patch(trainer_module, "to_example_set", "`to_example_set` (features, labels → arrays)")
+    timers.patch(
+        trainer_module,
+        "to_example_set",
+        "`to_example_set` (bus payloads: inputs, labels → arrays)",
+    )
     timers.patch(ExampleSet, "subset", "`ExampleSet.subset` (the mini-batches)")
     timers.patch(trainer.learner, "partial_fit", "`OnlineRanker.partial_fit`")
     if hasattr(trainer_module, "ProgressiveScore"):
@@ -864,8 +867,8 @@ def section(r: dict[str, Any], command: str) -> str:
         f"inputs as one vector ({e1['json_bytes']:,} bytes of JSON each) published on an "
         "`InProcessBus` "
         f"beforehand (not timed: {_n(e1['publish_examples_s'])} examples/s to publish), then "
-        "`OnlineTrainer.step()` until the bus is empty: JSON decode, `Example.from_dict`, "
-        "idempotence filter, catalog lookup, `to_example_set`, mini-batches of 256, a freeze and "
+        "`OnlineTrainer.step()` until the bus is empty: JSON decode, idempotence filter, catalog "
+        "lookup, `to_example_set` (straight from the JSON payloads), mini-batches of 256, a freeze and "
         "publish every 2 s (`TrainerConfig()` defaults). *Per CPU-second* divides by the "
         "process's CPU time instead of the wall clock: with one torch thread, roughly what a core "
         "of its own would do (other load still slows a core down through shared caches and a "
@@ -918,7 +921,7 @@ def throughput_reading(t: dict[str, Any]) -> list[str]:
         learning = parts["`OnlineRanker.partial_fit`"]
         text += (
             f": {moving:.0%} of its time goes to moving examples (JSON decode, "
-            f"`Example.from_dict`, `to_example_set`: Python work per example and per feature) "
+            f"`to_example_set`: Python work per example and per feature) "
             f"and {learning:.0%} to learning (below)"
         )
     return [text + "."]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from fyp.online.bus import (
     InProcessBus,
     RedisStreamBus,
     drain,
+    drain_payloads,
     open_bus,
     publish_examples,
 )
@@ -211,6 +213,16 @@ def test_examples_survive_a_consumer_that_dies_before_acking(make_bus: MakeBus) 
     # Round-tripped through JSON, the examples are what the joiner emitted.
     restored = [Example.from_dict(m.payload) for m in bus.consume("audit", "x", max_count=100)]
     assert restored[:20] == examples
+
+
+def test_an_entry_without_an_example_id_is_refused_and_stays_pending() -> None:
+    bus = InProcessBus()
+    bus.publish([{"example_id": "r1/i1", "user_id": "u1"}, {"user_id": "u2"}])
+    handled: list[Mapping[str, Any]] = []
+    with pytest.raises(InvalidInput, match="example_id"):
+        drain_payloads(bus, "trainer", "a", handled.extend, IdempotenceFilter())
+    assert handled == []
+    assert bus.pending("trainer") == 2
 
 
 def test_idempotence_filter_is_bounded() -> None:

@@ -258,10 +258,27 @@ def test_labels_follow_the_joined_outcome() -> None:
     skipped = dataclasses.replace(
         example(2, like=False), watch_ms=800, watch_ratio=0.8 / 30, quick_skip=True, skip=True
     )
-    batch, left_out = to_example_set([liked, skipped], _items)
+    batch, left_out = to_example_set([liked.to_dict(), skipped.to_dict()], _items)
     assert left_out == 0
     assert batch.label("like").tolist() == [1.0, 0.0]
     assert batch.label("quick_skip").tolist() == [0.0, 1.0]
     assert batch.label("watch_ratio")[1] == pytest.approx(0.8 / 30)
     assert batch.numeric.shape == (2, len(NUMERIC_FEATURES))
     assert batch.creator_ids == ["c1", "c1"] and batch.tags == [("t",), ("t",)]
+
+
+def test_the_bus_payloads_decode_to_the_inputs_logged_or_are_left_out() -> None:
+    inputs = tuple(float(k) / 8 for k in range(len(NUMERIC_FEATURES)))
+    packed = dataclasses.replace(example(1), inputs=inputs).to_dict()
+    as_list = {**dataclasses.replace(example(2), inputs=inputs).to_dict(), "inputs": list(inputs)}
+    unusable = [
+        example(3, features=False).to_dict(),  # not scored by the ranker
+        {**example(4).to_dict(), "inputs": list(inputs[:-1])},  # a different feature set
+        example(5, item="gone1").to_dict(),  # no longer in the catalog
+        dataclasses.replace(example(6), n_events=0).to_dict(),  # nothing followed
+    ]
+    batch, left_out = to_example_set([packed, *unusable, as_list], _items)
+    assert left_out == len(unusable)
+    assert batch.user_ids == ["u1", "u1"] and batch.ts.tolist() == [1001.0, 1002.0]
+    np.testing.assert_array_equal(batch.numeric, np.array([inputs, inputs], dtype=np.float32))
+    assert batch.numeric.dtype == np.float32 and batch.numeric.flags.writeable

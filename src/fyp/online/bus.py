@@ -357,6 +357,51 @@ class DrainResult:
     skipped_duplicates: int = 0
 
 
+def drain_payloads(
+    bus: Bus,
+    group: str,
+    consumer: str,
+    handler: Callable[[list[Mapping[str, Any]]], None],
+    seen: IdempotenceFilter,
+    *,
+    max_count: int = 512,
+    block_ms: int = 0,
+    reclaim_idle_ms: int | None = None,
+) -> DrainResult:
+    """One round: take over stale entries (``reclaim_idle_ms``), read new ones, hand the example
+    payloads (``Example.to_dict`` form) not seen before to ``handler`` (one call, in bus order),
+    then ack. Duplicates are recognised by ``example_id`` before anything else is decoded.
+
+    If ``handler`` raises, nothing is acked or marked seen: the entries stay pending and are
+    redelivered by a later :meth:`Bus.reclaim`.
+    """
+    messages: list[Message] = []
+    if reclaim_idle_ms is not None:
+        messages += bus.reclaim(group, consumer, reclaim_idle_ms, max_count)
+    if len(messages) < max_count:
+        messages += bus.consume(group, consumer, max_count - len(messages), block_ms)
+    result = DrainResult(delivered=len(messages))
+    fresh: list[Mapping[str, Any]] = []
+    batch_ids: set[str] = set()
+    for m in messages:
+        example_id = m.payload.get("example_id")
+        if not isinstance(example_id, str):
+            raise InvalidInput(f"bus entry {m.id} carries no example_id")
+        if example_id in seen or example_id in batch_ids:
+            result.skipped_duplicates += 1
+            continue
+        batch_ids.add(example_id)
+        fresh.append(m.payload)
+    if fresh:
+        handler(fresh)
+    for example_id in batch_ids:
+        seen.add(example_id)
+    result.processed = len(fresh)
+    if messages:
+        bus.ack(group, [m.id for m in messages])
+    return result
+
+
 def drain(
     bus: Bus,
     group: str,
@@ -368,32 +413,20 @@ def drain(
     block_ms: int = 0,
     reclaim_idle_ms: int | None = None,
 ) -> DrainResult:
-    """One round: take over stale entries (``reclaim_idle_ms``), read new ones, hand the examples
-    not seen before to ``handler`` (one call, in bus order), then ack.
+    """:func:`drain_payloads` with each payload decoded into an :class:`Example`. (The online
+    trainer reads the payloads themselves: building an ``Example`` per entry cost it a sixth of
+    its time.)"""
 
-    If ``handler`` raises, nothing is acked or marked seen: the entries stay pending and are
-    redelivered by a later :meth:`Bus.reclaim`.
-    """
-    messages: list[Message] = []
-    if reclaim_idle_ms is not None:
-        messages += bus.reclaim(group, consumer, reclaim_idle_ms, max_count)
-    if len(messages) < max_count:
-        messages += bus.consume(group, consumer, max_count - len(messages), block_ms)
-    result = DrainResult(delivered=len(messages))
-    fresh: list[Example] = []
-    batch_ids: set[str] = set()
-    for m in messages:
-        example = Example.from_dict(m.payload)
-        if example.example_id in seen or example.example_id in batch_ids:
-            result.skipped_duplicates += 1
-            continue
-        batch_ids.add(example.example_id)
-        fresh.append(example)
-    if fresh:
-        handler(fresh)
-    for example in fresh:
-        seen.add(example.example_id)
-    result.processed = len(fresh)
-    if messages:
-        bus.ack(group, [m.id for m in messages])
-    return result
+    def decoded(payloads: list[Mapping[str, Any]]) -> None:
+        handler([Example.from_dict(p) for p in payloads])
+
+    return drain_payloads(
+        bus,
+        group,
+        consumer,
+        decoded,
+        seen,
+        max_count=max_count,
+        block_ms=block_ms,
+        reclaim_idle_ms=reclaim_idle_ms,
+    )

@@ -25,11 +25,12 @@ one, so no file on disk keeps their row.
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -42,9 +43,8 @@ from fyp.eval.metrics import auc
 from fyp.models.ranker import Ranker
 from fyp.models.ranker_data import LABEL_NAMES, MAX_TAGS, NUMERIC_FEATURES, ExampleSet
 from fyp.online.arms import ArmResults, Estimate
-from fyp.online.bus import Bus, IdempotenceFilter, drain
+from fyp.online.bus import Bus, IdempotenceFilter, drain_payloads
 from fyp.online.embedding_table import EmbeddingTable
-from fyp.online.joiner import Example
 from fyp.online.learner import LearnerConfig, OnlineRanker
 from fyp.storage.roles import ItemRecord
 
@@ -65,52 +65,70 @@ def _estimate(e: Estimate) -> dict[str, float | int | None]:
 
 
 def to_example_set(
-    examples: Sequence[Example], items: Callable[[Sequence[str]], dict[str, ItemRecord]]
+    payloads: Sequence[Mapping[str, Any]],
+    items: Callable[[Sequence[str]], dict[str, ItemRecord]],
 ) -> tuple[ExampleSet, int]:
-    """The trainable examples as the ranker's inputs, and how many were left out (no engagement,
-    no logged ranker inputs, or an item no longer in the catalog)."""
+    """Joined examples, as they travel on the bus (``Example.to_dict``), as the ranker's inputs;
+    and how many were left out (no engagement, no logged ranker inputs, or an item no longer in
+    the catalog).
+
+    Works on the payloads rather than on ``Example`` objects: building one per example cost the
+    trainer a sixth of its time. The packed inputs of the batch are decoded in one go."""
     width = len(NUMERIC_FEATURES)
-    records = items(list({e.item_id for e in examples}))
-    kept: list[tuple[Example, ItemRecord]] = []
-    for e in examples:
-        record = records.get(e.item_id)
-        if record is None or e.n_events == 0 or e.inputs is None or len(e.inputs) != width:
+    records = items(list({p["item_id"] for p in payloads}))
+    kept: list[tuple[Mapping[str, Any], ItemRecord]] = []
+    packed: list[bytes] = []
+    for p in payloads:
+        record = records.get(p["item_id"])
+        if record is None or p["n_events"] == 0:
             continue
-        kept.append((e, record))
+        raw = _inputs_bytes(p.get("inputs"))
+        if raw is None or len(raw) != 4 * width:
+            continue
+        kept.append((p, record))
+        packed.append(raw)
     n = len(kept)
-    numeric = np.zeros((n, len(NUMERIC_FEATURES)), dtype=np.float32)
+    numeric = np.frombuffer(b"".join(packed), dtype="<f4").reshape(n, width).astype(np.float32)
     labels = np.zeros((n, len(LABEL_NAMES)), dtype=np.float32)
     known = np.ones((n, len(LABEL_NAMES)), dtype=np.bool_)
-    if n:
-        numeric[:] = [e.inputs for e, _ in kept]
-    for k, (e, _) in enumerate(kept):
-        ratio = e.watch_ratio
+    for k, (p, _) in enumerate(kept):
+        ratio = p["watch_ratio"]
         row = labels[k]
         if ratio is None:
             known[k, _COL["watch_ratio"]] = known[k, _COL["long_watch"]] = False
-            known[k, _COL["quick_skip"]] = e.skip
+            known[k, _COL["quick_skip"]] = p["skip"]
         else:
             row[_COL["watch_ratio"]] = min(ratio, 1.0)
             row[_COL["long_watch"]] = ratio >= 0.5
-        row[_COL["quick_skip"]] = e.quick_skip
-        row[_COL["finish"]] = e.finish
-        row[_COL["like"]] = e.like
-        row[_COL["share"]] = e.share
-        row[_COL["follow"]] = e.follow
-        row[_COL["not_interested"]] = e.negative
+        row[_COL["quick_skip"]] = p["quick_skip"]
+        row[_COL["finish"]] = p["finish"]
+        row[_COL["like"]] = p["like"]
+        row[_COL["share"]] = p["share"]
+        row[_COL["follow"]] = p["follow"]
+        row[_COL["not_interested"]] = p["negative"]
     return (
         ExampleSet(
-            ts=np.asarray([e.ts for e, _ in kept], dtype=np.float64),
-            user_ids=[e.user_id for e, _ in kept],
-            item_ids=[e.item_id for e, _ in kept],
+            ts=np.asarray([p["ts"] for p, _ in kept], dtype=np.float64),
+            user_ids=[p["user_id"] for p, _ in kept],
+            item_ids=[p["item_id"] for p, _ in kept],
             creator_ids=[r.creator_id for _, r in kept],
             tags=[r.tags[:MAX_TAGS] for _, r in kept],
             numeric=numeric,
             labels=labels,
             known=known,
         ),
-        len(examples) - n,
+        len(payloads) - n,
     )
+
+
+def _inputs_bytes(inputs: object) -> bytes | None:
+    """The logged ranker inputs as little-endian float32 bytes: from their packed form
+    (``pack_floats``), or from a list of numbers (what earlier versions put on the bus)."""
+    if inputs is None:
+        return None
+    if isinstance(inputs, str):
+        return base64.b64decode(inputs, validate=True)
+    return np.asarray(inputs, dtype="<f4").tobytes()
 
 
 @dataclass(frozen=True)
@@ -338,10 +356,10 @@ class OnlineTrainer:
         self._catch_up_erasures(learner)
         trained = 0
 
-        def handle(examples: list[Example]) -> None:
+        def handle(examples: list[Mapping[str, Any]]) -> None:
             nonlocal trained
             with self._lock:
-                kept = [e for e in examples if e.user_id not in self._erased]
+                kept = [e for e in examples if e["user_id"] not in self._erased]
                 self.stats.erased_skipped += len(examples) - len(kept)
                 batch, skipped = to_example_set(kept, self._items)
                 if self._arm_of is not None:
@@ -355,7 +373,7 @@ class OnlineTrainer:
                 self.stats.trained += trained
                 self._dirty = self._dirty or (trained > 0 and self.config.learn)
 
-        result = drain(
+        result = drain_payloads(
             self.bus,
             self.config.group,
             self._consumer,
