@@ -607,7 +607,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     originals = dict(world.viewers)
     original_best = dict(oracle.best)
-    arms = [*ARMS, TUNED] if args.tuned else list(ARMS)
+    arms = [*args.arms, TUNED] if args.tuned else list(args.arms)
     followed = {uid: set(v.followed) for uid, v in world.viewers.items()}
     overrides = config_overrides(args.set)
     # The newcomers' past is dropped: they arrive with no history when they join.
@@ -779,7 +779,8 @@ def summarize(
     to_match = ArmResults("requests to match")
     matched = ArmResults("newcomers matched")
     cap = args.match_cap
-    bar = float(np.median(logs["off"].established_page_fit))
+    # The off arm's pages set the bar (batch-only's when a script ran without the off arm).
+    bar = float(np.median(logs["off" if "off" in logs else "batch-only"].established_page_fit))
     out: dict[str, Any] = {"arms": {}, "bar": bar, "cap": cap, "rounds_n": len(rounds)}
     rng = np.random.default_rng(args.seed)
     coverage: dict[str, tuple[float, float, float, float]] = {}
@@ -866,7 +867,7 @@ def diff_pairs(logs: dict[str, Any]) -> list[tuple[str, str]]:
     pairs = [("online", "batch-only")]
     if TUNED in logs:
         pairs.append((TUNED, "batch-only"))
-    return [*pairs, ("batch-only", "off")]
+    return [*pairs, ("batch-only", "off")] if "off" in logs else pairs
 
 
 def _paired(a: ArmLog, b: ArmLog, only: set[int] | None = None) -> dict[str, Estimate]:
@@ -1813,7 +1814,7 @@ def replicated_section(
     return "\n".join([*header, *body])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--scenario",
@@ -1897,6 +1898,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     parser.add_argument("--no-docs", dest="docs", action="store_false")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line with the scenario's defaults filled in. ``arms`` (every arm of
+    ``ARMS``) is not an option: a script that calls :func:`run` itself may run fewer."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     active, retrain_every = SCENARIOS[args.scenario]
     if args.active is None:
@@ -1905,12 +1913,18 @@ def main(argv: list[str] | None = None) -> int:
         args.retrain_every = retrain_every
     if args.scenario == "drift" and not 1 <= args.drift_round <= args.rounds:
         parser.error("--drift-round must be one of the rounds")
+    if args.replications > 1 and (args.scenario != "static" or args.tuned):
+        parser.error("--replications works with the static scenario and no --tuned arm")
+    args.arms = list(ARMS)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     command = ".venv/bin/python bench/closed_loop.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
     if args.replications > 1:
-        if args.scenario != "static" or args.tuned:
-            parser.error("--replications works with the static scenario and no --tuned arm")
         started = time.perf_counter()
         results = run_replications(args, list(argv if argv is not None else sys.argv[1:]))
         summary = replicated_summary(results)
@@ -1930,7 +1944,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     result = run(args)
     result["args"] = {
-        k: v for k, v in vars(args).items() if k not in ("json", "docs", "set", "tuned")
+        k: v for k, v in vars(args).items() if k not in ("json", "docs", "set", "tuned", "arms")
     }
     if args.scenario == "drift":
         text, marks = drift_section(result, command), (DRIFT_START, DRIFT_END)
