@@ -343,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
         "--worker", nargs=3, metavar=("SEED", "WEIGHT", "OUT"), help=argparse.SUPPRESS
     )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="re-render the report of an earlier run from its --json file (nothing is run)",
+    )
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     args = parser.parse_args(argv)
     if args.worker:
@@ -355,16 +360,28 @@ def main(argv: list[str] | None = None) -> int:
     command = ".venv/bin/python bench/closed_loop_frontier.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
-    started = time.perf_counter()
-    results = run_all(args)
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        results, command, total_s = saved["runs"], saved["command"], saved["seconds"]
+        args.weights = sorted({float(r["weight"]) for r in results})
+        report = saved["report"]
+    else:
+        started = time.perf_counter()
+        results = run_all(args)
+        total_s = time.perf_counter() - started
+        report = {"rounds": args.rounds, "sets": args.set, "jobs": args.jobs}
     analysis = analyse(results, args.weights)
-    report = {"rounds": args.rounds, "sets": args.set}
-    text = section(report, analysis, command, time.perf_counter() - started, args.jobs)
+    text = section(report, analysis, command, total_s, report["jobs"])
     print(text)
-    if args.json:
-        args.json.write_text(
-            json.dumps({"analysis": analysis, "runs": results}, default=_jsonable, indent=1)
-        )
+    if args.json and not args.from_json:
+        saved = {
+            "command": command,
+            "seconds": total_s,
+            "report": report,
+            "analysis": analysis,
+            "runs": results,
+        }
+        args.json.write_text(json.dumps(saved, default=_jsonable, indent=1))
     if args.docs:
         write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
