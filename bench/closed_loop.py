@@ -75,6 +75,8 @@ overrides (a secondary, clearly labelled row; the ``online`` arm keeps the libra
 
 Writes a section of docs/BENCHMARKS.md (``--no-docs`` to only print): the static scenario the
 ``closed-loop`` section, the drift scenario the ``closed-loop-drift`` section.
+``bench/closed_loop_frontier.py`` runs this loop at several weights of the value model's seconds
+term, to compare the learners along the trade-off between watch time and finishes.
 """
 
 from __future__ import annotations

@@ -217,28 +217,41 @@ def _holds(e: Estimate) -> str:
 
 
 def verdict(a: dict[str, Any]) -> str:
-    ahead = behind = tied = 0
+    labels = {
+        "watch_at_equal_finish": "watch time at equal finish rate",
+        "finish_at_equal_watch": "finish rate at equal watch time",
+    }
+    outcomes: dict[str, list[str]] = {"online ahead": [], "batch-only ahead": []}
+    compared = 0
     for w in a["weights"]:
-        for key in ("watch_at_equal_finish", "finish_at_equal_watch"):
+        for key, label in labels.items():
             outcome = _holds(a["matched"][w][key])
-            ahead += outcome == "online ahead"
-            behind += outcome == "batch-only ahead"
-            tied += outcome == "no difference"
-    compared = ahead + behind + tied
+            if outcome == "too few seeds":
+                continue
+            compared += 1
+            if outcome in outcomes:
+                outcomes[outcome].append(f"{label} at batch-only's weight {w:g}")
+    ahead, behind = outcomes["online ahead"], outcomes["batch-only ahead"]
     if compared == 0:
         return "no matched comparison had enough seeds"
     if ahead and not behind:
-        head = "the online learner's curve lies beyond batch-only's"
+        head = "the online learner is ahead of batch-only or level with it along the whole curve"
     elif behind and not ahead:
-        head = "batch-only's curve lies beyond the online learner's"
+        head = "batch-only is ahead of the online learner or level with it along the whole curve"
     elif ahead and behind:
         head = "the curves cross"
     else:
         head = "the curves cannot be told apart"
-    return (
+    parts = [
         f"{head}: of {compared} matched comparisons with enough seeds, online is ahead in "
-        f"{ahead}, behind in {behind}, and the interval contains 0 in {tied}"
-    )
+        f"{len(ahead)}, behind in {len(behind)}, and the interval contains 0 in "
+        f"{compared - len(ahead) - len(behind)}"
+    ]
+    if ahead:
+        parts.append("ahead: " + "; ".join(ahead))
+    if behind:
+        parts.append("behind: " + "; ".join(behind))
+    return ". ".join(parts)
 
 
 def section(r: dict[str, Any], a: dict[str, Any], command: str, total_s: float, jobs: int) -> str:
