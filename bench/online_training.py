@@ -867,9 +867,10 @@ def section(r: dict[str, Any], command: str) -> str:
         f"inputs as one vector ({e1['json_bytes']:,} bytes of JSON each) published on an "
         "`InProcessBus` "
         f"beforehand (not timed: {_n(e1['publish_examples_s'])} examples/s to publish), then "
-        "`OnlineTrainer.step()` until the bus is empty: JSON decode, idempotence filter, catalog "
-        "lookup, `to_example_set` (straight from the JSON payloads), mini-batches of 256, a freeze and "
-        "publish every 2 s (`TrainerConfig()` defaults). *Per CPU-second* divides by the "
+        "`OnlineTrainer.step()` until the bus is empty: JSON decode, idempotence filter, "
+        "catalog lookup, `to_example_set` (straight from the JSON payloads), mini-batches of "
+        "256, a freeze and publish every 2 s (`TrainerConfig()` defaults). *Per CPU-second* "
+        "divides by the "
         "process's CPU time instead of the wall clock: with one torch thread, roughly what a core "
         "of its own would do (other load still slows a core down through shared caches and a "
         "busy sibling hyperthread, so it varies between runs too).",
