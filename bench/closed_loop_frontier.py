@@ -332,12 +332,6 @@ def section(r: dict[str, Any], a: dict[str, Any], command: str, total_s: float, 
     return "\n".join(lines)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Estimate):
-        return {"n": value.n, "mean": value.mean, "low": value.low, "high": value.high}
-    return str(value)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--weights", default="0,1.5,3,4.5", help="comma-separated")
@@ -394,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "analysis": analysis,
             "runs": results,
         }
-        args.json.write_text(json.dumps(saved, default=_jsonable, indent=1))
+        args.json.write_text(json.dumps(saved, default=cl._jsonable, indent=1))
     if args.docs:
         write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
     return 0
