@@ -38,13 +38,9 @@ import closed_loop as cl  # noqa: E402
 from bench_report import load_world, machine_info, write_section  # noqa: E402
 from fyp.config import load_config  # noqa: E402
 from fyp.engine import Engine, fold_policy  # noqa: E402
-from fyp.models.ranker_data import (  # noqa: E402
-    LABEL_NAMES,
-    ExampleSet,
-    build_examples,
-    from_events,
-)
-from fyp.models.ranker_retrieval import als_scores_before  # noqa: E402
+from fyp.models.ranker import validation_size  # noqa: E402
+from fyp.models.ranker_data import LABEL_NAMES, ExampleSet, from_events  # noqa: E402
+from fyp.models.training import ranker_examples  # noqa: E402
 from fyp.online import trainer as online_trainer  # noqa: E402
 from fyp.online.learner import OnlineRanker  # noqa: E402
 from fyp.sim.world import WorldConfig, build_world  # noqa: E402
@@ -74,9 +70,8 @@ def record_batches() -> list[tuple[list[str], Any, Any, Any, Any]]:
 
 def held_out_history(engine: Engine, world: Any) -> tuple[Any, Any, Any, Any]:
     """The batch ranker on the viewings it held out for validation (the latest tenth of each
-    region's history): lengths, labels, known, predictions. The same features as its training
-    saw, rebuilt as ``fyp.models.training`` builds them (point in time, with the learned
-    source's score on the later half)."""
+    region's history): lengths, labels, known, predictions. The features are rebuilt by the
+    training's own ``ranker_examples`` from the region's history."""
     config = engine.config
     parts = []
     for region, slot in engine.slots.items():
@@ -86,17 +81,11 @@ def held_out_history(engine: Engine, world: Any) -> tuple[Any, Any, Any, Any]:
             continue
         events = from_events(e for e in world.history if world.viewers[e.user_id].region == region)
         items = engine.catalog.get_items(list({e.item_id for e in events}))
-        examples = build_examples(
-            events,
-            items,
-            fold_policy(config),
-            ranker.rates,
-            prior_plays=config.ranker.prior_plays,
-            label_window_s=config.ranker.label_window_s,
+        examples, _, _ = ranker_examples(
+            events, items, config.training, config.ranker, fold_policy(config)
         )
-        als_scores_before(events, items, examples, config.training, float(np.median(examples.ts)))
         n = len(examples)
-        held = examples.subset(np.arange(n - max(1, n // 10), n))
+        held = examples.subset(np.arange(n - validation_size(n), n))
         parts.append(
             (
                 np.array([items[i].duration_s for i in held.item_ids]),

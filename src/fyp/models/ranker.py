@@ -377,6 +377,12 @@ def _drop_ids(
     return torch.where(mask, torch.full_like(rows, unknown), rows)
 
 
+def validation_size(n: int) -> int:
+    """How many of ``n`` time-ordered viewings (the latest) ``train_ranker`` holds out to pick
+    its best epoch: a tenth, none below 20 viewings."""
+    return max(1, int(n * _VALIDATION_SHARE)) if n >= 20 else 0
+
+
 def train_ranker(
     examples: ExampleSet,
     rates: BaseRates,
@@ -396,7 +402,7 @@ def train_ranker(
         torch.manual_seed(config.seed)
         gen = torch.Generator().manual_seed(config.seed)
         n = len(examples)
-        n_valid = max(1, int(n * _VALIDATION_SHARE)) if n >= 20 else 0
+        n_valid = validation_size(n)
         train_rows = np.arange(n - n_valid)
         train = examples.subset(train_rows)
         vocabs = Vocabularies.build(train)

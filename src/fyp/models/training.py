@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +41,10 @@ from threadpoolctl import threadpool_limits
 from fyp.config import ContentTowerConfig, RankerConfig, TrainingConfig
 from fyp.governance.gate import RegionHandle
 from fyp.signals import QUICK_SKIP_MS, FoldPolicy
-from fyp.storage.roles import Catalog
+from fyp.storage.roles import Catalog, ItemRecord
+
+if TYPE_CHECKING:
+    from fyp.models.ranker_data import BaseRates, ExampleSet, LoggedEvent
 
 log = logging.getLogger(__name__)
 
@@ -135,24 +139,21 @@ def _preference_matrix(
     return matrix.astype(np.float32), list(items), n_events, last_seq, positives
 
 
-def _train_ranker(
-    handle: RegionHandle,
-    catalog: Catalog,
+def ranker_examples(
+    events: Sequence[LoggedEvent],
+    items: Mapping[str, ItemRecord],
     config: TrainingConfig,
     ranker: RankerConfig,
     policy: FoldPolicy,
-) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
-    """Train the ranker on the region's viewings; ``(meta, arrays)`` to add to the snapshot.
-
-    The meta holds ``skipped_reason`` (and no arrays come back) when there are too few viewings.
+) -> tuple[ExampleSet, BaseRates, int | None]:
+    """The viewings the ranker trains on, built from ``events`` (a region's log, time-ordered):
+    point-in-time features, the ``max_examples`` latest, and the learned source's score; with
+    the base rates they were smoothed toward, and how many viewings got that score (``None``:
+    fewer than ``min_examples`` viewings, so none was computed and there is nothing to train).
     """
-    from fyp.models.ranker import train_ranker
-    from fyp.models.ranker_data import base_rates, build_examples, from_records
+    from fyp.models.ranker_data import base_rates, build_examples
     from fyp.models.ranker_retrieval import als_scores_before
 
-    started = time.perf_counter()
-    events = [e for batch in handle.events.scan(config.max_events) for e in from_records(batch)]
-    items = catalog.get_items(list({e.item_id for e in events}))
     rates = base_rates(events, items)
     examples = build_examples(
         events,
@@ -165,12 +166,35 @@ def _train_ranker(
     if len(examples) > ranker.max_examples:
         examples = examples.subset(np.arange(len(examples) - ranker.max_examples, len(examples)))
     if len(examples) < ranker.min_examples:
-        return {
-            "skipped_reason": f"{len(examples)} viewings; the ranker needs {ranker.min_examples}"
-        }, {}
+        return examples, rates, None
     # The later half of the viewings gets the learned source's score from an ALS fit that ended
     # where they begin (point in time); the earlier half has none, as a new viewer would.
     scored = als_scores_before(events, items, examples, config, float(np.median(examples.ts)))
+    return examples, rates, scored
+
+
+def _train_ranker(
+    handle: RegionHandle,
+    catalog: Catalog,
+    config: TrainingConfig,
+    ranker: RankerConfig,
+    policy: FoldPolicy,
+) -> tuple[dict[str, Any], dict[str, npt.NDArray[Any]]]:
+    """Train the ranker on the region's viewings; ``(meta, arrays)`` to add to the snapshot.
+
+    The meta holds ``skipped_reason`` (and no arrays come back) when there are too few viewings.
+    """
+    from fyp.models.ranker import train_ranker
+    from fyp.models.ranker_data import from_records
+
+    started = time.perf_counter()
+    events = [e for batch in handle.events.scan(config.max_events) for e in from_records(batch)]
+    items = catalog.get_items(list({e.item_id for e in events}))
+    examples, rates, scored = ranker_examples(events, items, config, ranker, policy)
+    if scored is None:
+        return {
+            "skipped_reason": f"{len(examples)} viewings; the ranker needs {ranker.min_examples}"
+        }, {}
     model = train_ranker(examples, rates, ranker)
     meta, arrays = model.to_arrays()
     meta["viewings_with_als_score"] = scored

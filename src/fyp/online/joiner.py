@@ -167,10 +167,16 @@ def pack_floats(values: tuple[float, ...]) -> str:
     return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
 
 
-def unpack_floats(text: str) -> tuple[float, ...]:
+def packed_float_bytes(text: str) -> bytes:
+    """The little-endian float32 bytes :func:`pack_floats` encoded (for decoding many at once)."""
     raw = base64.b64decode(text, validate=True)
     if len(raw) % 4:
         raise ValueError("packed inputs must be a whole number of float32 values")
+    return raw
+
+
+def unpack_floats(text: str) -> tuple[float, ...]:
+    raw = packed_float_bytes(text)
     return struct.unpack(f"<{len(raw) // 4}f", raw)
 
 

@@ -25,7 +25,6 @@ one, so no file on disk keeps their row.
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 import threading
@@ -45,6 +44,7 @@ from fyp.models.ranker_data import LABEL_NAMES, MAX_TAGS, NUMERIC_FEATURES, Exam
 from fyp.online.arms import ArmResults, Estimate
 from fyp.online.bus import Bus, IdempotenceFilter, drain_payloads
 from fyp.online.embedding_table import EmbeddingTable
+from fyp.online.joiner import packed_float_bytes
 from fyp.online.learner import LearnerConfig, OnlineRanker
 from fyp.storage.roles import ItemRecord
 
@@ -127,7 +127,7 @@ def _inputs_bytes(inputs: object) -> bytes | None:
     if inputs is None:
         return None
     if isinstance(inputs, str):
-        return base64.b64decode(inputs, validate=True)
+        return packed_float_bytes(inputs)
     return np.asarray(inputs, dtype="<f4").tobytes()
 
 
