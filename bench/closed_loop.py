@@ -74,7 +74,8 @@ replications' differences: the verdict the static section states.
 overrides (a secondary, clearly labelled row; the ``online`` arm keeps the library defaults).
 
 Writes a section of docs/BENCHMARKS.md (``--no-docs`` to only print): the static scenario the
-``closed-loop`` section, the drift scenario the ``closed-loop-drift`` section.
+``closed-loop`` section, the drift scenario the ``closed-loop-drift`` section. ``--json`` keeps a
+run's raw numbers and ``--from-json`` renders its report again from them (nothing is run).
 ``bench/closed_loop_frontier.py`` runs this loop at several weights of the value model's seconds
 term, to compare the learners along the trade-off between watch time and finishes.
 """
@@ -1034,9 +1035,13 @@ def drift_summary(
 
 
 def _ci(
-    e: Estimate | tuple[float, ...], digits: int = 1, scale: float = 1.0, unit: str = ""
+    e: Estimate | tuple[float, ...] | list[float],
+    digits: int = 1,
+    scale: float = 1.0,
+    unit: str = "",
 ) -> str:
-    if isinstance(e, tuple):
+    # (point, se, low, high): coverage's jackknife, a list once read back from --json
+    if isinstance(e, tuple | list):
         mean, low, high = e[0], e[2], e[3]
     else:
         mean, low, high = e.mean, e.low, e.high
@@ -1583,7 +1588,7 @@ def _replicate_value(arm: dict[str, Any], key: str) -> float:
         return float(arm["coverage"][0])
     if key == "per_session":
         return arm["impressions"] / max(arm["sessions"], 1)
-    return float(arm[key]["mean"])
+    return float(arm[key].mean)
 
 
 def _t_interval(values: list[float]) -> Estimate:
@@ -1649,7 +1654,7 @@ def run_replications(args: argparse.Namespace, argv: list[str]) -> list[dict[str
                 if proc.returncode != 0:
                     tail = (Path(tmp) / f"seed{seed}.log").read_text()[-2000:]
                     raise RuntimeError(f"replication seed {seed} failed:\n{tail}")
-                result = json.loads(out.read_text())
+                result = json.loads(out.read_text(), object_hook=_estimate_or_dict)
                 result["seed"] = seed
                 results.append(result)
                 print(f"replication seed {seed} done", flush=True)
@@ -1899,6 +1904,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="docs markers of the replicated section (another name keeps the defaults' one)",
     )
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="render the report of an earlier run again from its --json file (nothing is run; "
+        "its section is written unless --no-docs)",
+    )
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     return parser
 
@@ -1923,41 +1934,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        return render_saved(args.from_json, docs=args.docs)
     command = ".venv/bin/python bench/closed_loop.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:])
     )
     if args.replications > 1:
         started = time.perf_counter()
         results = run_replications(args, list(argv if argv is not None else sys.argv[1:]))
-        summary = replicated_summary(results)
-        marks = (f"<!-- {args.section}:start -->", f"<!-- {args.section}:end -->")
-        text = (
-            replicated_section(results, summary, command, time.perf_counter() - started, args.jobs)
-            .replace(START, marks[0])
-            .replace(END, marks[1])
-        )
-        print(text)
-        if args.json:
-            args.json.write_text(
-                json.dumps({"summary": summary, "runs": results}, default=_jsonable, indent=1)
-            )
-        if args.docs:
-            write_section(REPO / "docs" / "BENCHMARKS.md", *marks, text)
-        return 0
-    result = run(args)
-    result["args"] = {
-        k: v for k, v in vars(args).items() if k not in ("json", "docs", "set", "tuned", "arms")
-    }
-    if args.scenario == "drift":
-        text, marks = drift_section(result, command), (DRIFT_START, DRIFT_END)
+        saved: dict[str, Any] = {
+            "command": command,
+            "seconds": time.perf_counter() - started,
+            "jobs": args.jobs,
+            "section": args.section,
+            "runs": results,
+        }
+        text, marks = report_of(saved)
+        saved["summary"] = replicated_summary(results)
     else:
-        text, marks = section(result, command), (START, END)
+        result = run(args)
+        result["args"] = {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("json", "from_json", "docs", "set", "tuned", "arms")
+        }
+        saved = {**result, "command": command}
+        text, marks = report_of(saved)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps(result, default=_jsonable, indent=1))
+        args.json.write_text(json.dumps(saved, default=_jsonable, indent=1))
     if args.docs:
         write_section(REPO / "docs" / "BENCHMARKS.md", *marks, text)
     return 0
+
+
+def report_of(saved: dict[str, Any]) -> tuple[str, tuple[str, str]]:
+    """The report of a run (as ``main`` keeps it: a replicated run's per-seed results under
+    ``runs``, or one run's result) and the docs markers of its section."""
+    command = saved["command"]
+    if "runs" in saved:
+        results = saved["runs"]
+        name = saved["section"]
+        marks = (f"<!-- {name}:start -->", f"<!-- {name}:end -->")
+        summary = replicated_summary(results)
+        text = replicated_section(results, summary, command, saved["seconds"], saved["jobs"])
+        return text.replace(START, marks[0]).replace(END, marks[1]), marks
+    if saved["args"]["scenario"] == "drift":
+        return drift_section(saved, command), (DRIFT_START, DRIFT_END)
+    return section(saved, command), (START, END)
+
+
+def render_saved(path: Path, *, docs: bool) -> int:
+    """``--from-json``: print (and unless ``docs`` is false, write) an earlier run's report."""
+    saved = json.loads(path.read_text(), object_hook=_estimate_or_dict)
+    if "command" not in saved:
+        raise SystemExit(f"{path}: not a closed_loop --json file (no command recorded)")
+    text, marks = report_of(saved)
+    print(text)
+    if docs:
+        write_section(REPO / "docs" / "BENCHMARKS.md", *marks, text)
+    return 0
+
+
+def _estimate_or_dict(d: dict[str, Any]) -> Any:
+    """JSON's object hook: an interval ``_jsonable`` wrote comes back as an ``Estimate``."""
+    return Estimate(**d) if d.keys() == {"n", "mean", "low", "high"} else d
 
 
 def _jsonable(value: Any) -> Any:
