@@ -398,6 +398,10 @@ class RankerConfig(_Section):
     """A region with fewer viewings is served without a ranker (the feature contributes 0)."""
     max_examples: int = Field(default=1_000_000, ge=1)
     """At most this many most recent viewings train the ranker."""
+    recency_half_life_days: float | None = Field(default=None, gt=0)
+    """Weight a training viewing by half for every this many days it is older than the newest
+    one, so the ranker fits the traffic it serves now more than an old log served by another
+    feed (an imported history); ``None`` weighs every viewing the same."""
     label_window_s: float = Field(default=1800.0, gt=0)
     """Engagement this long after a play still counts as that viewing's label."""
     prior_plays: float = Field(default=20.0, ge=0)

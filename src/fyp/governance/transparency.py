@@ -104,6 +104,7 @@ def report(
                 "enabled": config.ranker.enabled,
                 "objective_weights": dict(config.ranker.objective_weights),
                 "watch_seconds_weight": config.ranker.watch_seconds_weight,
+                "recency_half_life_days": config.ranker.recency_half_life_days,
                 "explanation": _doc(type(config.ranker), "objective_weights"),
             },
         },

@@ -421,6 +421,7 @@ def train_ranker(
         x_train = _tensors(encode(vocabs, train))
         y_train = torch.from_numpy(train.labels[:, columns])
         k_train = torch.from_numpy(train.known[:, columns])
+        w_train = torch.from_numpy(recency_weights(train.ts, config.recency_half_life_days))
         if n_valid:
             valid = examples.subset(np.arange(n - n_valid, n))
             x_valid = _tensors(encode(vocabs, valid))
@@ -445,7 +446,7 @@ def train_ranker(
                     tag_rows, config.id_dropout, vocabs.tags.unknown_row, gen, TAG_PAD_ROW
                 )
                 logits = network(users, items, creators, tag_rows, numeric)
-                loss = task_loss(logits, y_train[rows], k_train[rows])
+                loss = task_loss(logits, y_train[rows], k_train[rows], w_train[rows])
                 optimizer.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
@@ -481,9 +482,28 @@ def train_ranker(
     return Ranker(network, tasks, vocabs, rates, config.prior_plays, stats)
 
 
-def task_loss(logits: torch.Tensor, targets: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+def recency_weights(
+    ts: npt.NDArray[np.float64], half_life_days: float | None
+) -> npt.NDArray[np.float32]:
+    """Per-viewing training weights: 1 for the newest, halving every ``half_life_days`` back
+    (all 1 without a half-life)."""
+    if half_life_days is None or not len(ts):
+        return np.ones(len(ts), dtype=np.float32)
+    age_days = (float(ts.max()) - ts) / 86_400.0
+    return np.exp2(-age_days / half_life_days).astype(np.float32)
+
+
+def task_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    known: torch.Tensor,
+    sample_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sum over tasks of the mean binary cross-entropy over the examples where the target is known
-    (the watch-ratio head's target is the ratio itself, a soft label)."""
+    (the watch-ratio head's target is the ratio itself, a soft label); with ``sample_weight``
+    (one per example), the weighted mean."""
     per = nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     weight = known.to(per.dtype)
+    if sample_weight is not None:
+        weight = weight * sample_weight.to(per.dtype).unsqueeze(-1)
     return ((per * weight).sum(0) / weight.sum(0).clamp(min=1.0)).sum()
