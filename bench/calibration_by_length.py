@@ -2,13 +2,14 @@
 closed loop's own traffic.
 
 One closed-loop run of the online arm (``bench/closed_loop.py``'s world, schedule and viewers; no
-retrain), recording every mini-batch the online trainer learns from: the labels, the learner's
-predictions before it steps on the batch (train-then-test), and the batch ranker's predictions on
-the same examples. Reported per bucket of video length: the mean label and the two models' mean
-predictions of the watch ratio, the finish and the quick skip. A model that follows the data has
-its mean prediction near the mean label in every bucket; the closed loop showed the learners
-shifting the served mix towards short videos, and this table says whether the predictions that
-drive it are right about length.
+retrain unless ``--retrain-after R``: then the batch ranker is retrained on history plus live
+traffic after round R and only the later rounds are reported), recording every mini-batch the
+online trainer learns from: the labels, the learner's predictions before it steps on the batch
+(train-then-test), and the batch ranker's predictions on the same examples. Reported per bucket of
+video length: the mean label and the two models' mean predictions of the watch ratio, the finish
+and the quick skip. A model that follows the data has its mean prediction near the mean label in
+every bucket; the closed loop showed the learners shifting the served mix towards short videos,
+and this table says whether the predictions that drive it are right about length.
 
 The same batch ranker is also scored on the viewings it held out for validation when it was
 trained (the latest tenth of each region's history): on the traffic it learned from, against on
@@ -51,17 +52,27 @@ EDGES = (0.0, 15.0, 30.0, 45.0, 60.0, 90.0, 1e9)
 TASKS = ("watch_ratio", "finish", "quick_skip")
 
 
-def record_batches() -> list[tuple[list[str], Any, Any, Any, Any]]:
+Kept = tuple[list[str], Any, Any, Any, Any, int]
+
+
+def record_batches() -> list[Kept]:
     """Wrap ``OnlineTrainer._learn`` so each mini-batch's labels and both models' predictions
-    (before the learner steps on it) are kept."""
-    kept: list[tuple[list[str], Any, Any, Any, Any]] = []
+    (before the learner steps on it) are kept, with the batch ranker's generation in its trainer
+    (0: the one the run started with, 1: its first retraining, ...)."""
+    kept: list[Kept] = []
+    generations: dict[int, list[int]] = {}
     original = online_trainer.OnlineTrainer._learn
 
     def learn(self: Any, learner: OnlineRanker, part: ExampleSet) -> None:
         online = learner.predict(part)
-        batch = self._batch_ranker.predict_examples(part) if self._batch_ranker else None
-        if batch is not None:
-            kept.append((list(part.item_ids), part.labels.copy(), part.known.copy(), online, batch))
+        ranker = self._batch_ranker
+        if ranker is not None:
+            seen = generations.setdefault(id(self), [])
+            if id(ranker) not in seen:
+                seen.append(id(ranker))
+            batch = ranker.predict_examples(part)
+            labels, known = part.labels.copy(), part.known.copy()
+            kept.append((list(part.item_ids), labels, known, online, batch, seen.index(id(ranker))))
         original(self, learner, part)
 
     online_trainer.OnlineTrainer._learn = learn  # type: ignore[method-assign]
@@ -139,8 +150,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         engine.close()
         clock = [now + 60.0]
         engine = Engine(load_config(data, **overrides), clock=lambda: clock[0])
-        cl.run_arm("online", engine, world, oracle, rounds, joins, 5, 0, 10, args.seed, clock)
+        retrain = args.retrain_after or 0
+        cl.run_arm("online", engine, world, oracle, rounds, joins, 5, retrain, 10, args.seed, clock)
         engine.close()
+    # With a retraining, only what the retrained batch ranker (and the learner continuing it) saw.
+    kept = [k for k in kept if k[5] >= (1 if retrain else 0)]
     length = np.array([world.item_by_id[i].duration_s for k in kept for i in k[0]])
     labels = np.concatenate([k[1] for k in kept])
     known = np.concatenate([k[2] for k in kept])
@@ -177,7 +191,14 @@ def section(r: dict[str, Any], command: str) -> str:
         "",
         f"The closed loop's online arm (seed {a['seed']}, {a['items']:,} videos, "
         f"{a['viewers']:,} viewers, {a['rounds']} rounds of {a['sessions']} established "
-        f"sessions plus newcomers, no retrain); {r['examples']:,} train-then-test examples, "
+        f"sessions plus newcomers, "
+        + (
+            f"the batch ranker retrained on history plus live traffic after round "
+            f"{a['retrain_after']}, only the rounds after it reported"
+            if a.get("retrain_after")
+            else "no retrain"
+        )
+        + f"); {r['examples']:,} train-then-test examples, "
         "each scored by the online learner before it stepped on it and by the batch ranker it "
         "continues. Per bucket of video length: mean label / online learner's mean prediction "
         "/ batch ranker's mean prediction.",
@@ -246,6 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--newcomers", type=int, default=120)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument(
+        "--retrain-after",
+        type=int,
+        default=None,
+        metavar="R",
+        help="retrain the batch ranker (history plus live traffic) after round R, and report "
+        "only the rounds after it",
+    )
     parser.add_argument(
         "--set",
         action="append",
