@@ -39,6 +39,7 @@ import closed_loop as cl  # noqa: E402
 from bench_report import load_world, machine_info, write_section  # noqa: E402
 from fyp.config import load_config  # noqa: E402
 from fyp.engine import Engine, fold_policy  # noqa: E402
+from fyp.eval.metrics import auc  # noqa: E402
 from fyp.models.ranker import validation_size  # noqa: E402
 from fyp.models.ranker_data import LABEL_NAMES, ExampleSet, from_events  # noqa: E402
 from fyp.models.training import ranker_examples  # noqa: E402
@@ -126,6 +127,24 @@ def by_length(length: Any, labels: Any, known: Any, *predictions: Any) -> list[d
     return rows
 
 
+def overall(labels: Any, known: Any, *predictions: Any) -> dict[str, list[tuple[float, float]]]:
+    """Per task, each model's log loss and AUC over every reported example (the watch ratio's
+    log loss is against its soft label; its AUC against finishing, the ratio's top)."""
+    out = {}
+    for task in TASKS:
+        col = LABEL_NAMES.index(task)
+        mask = known[:, col]
+        y = labels[mask, col].astype(np.float64)
+        target = labels[mask, LABEL_NAMES.index("finish")] if task == "watch_ratio" else y
+        rows = []
+        for p in predictions:
+            q = np.clip(p[mask, col].astype(np.float64), 1e-7, 1 - 1e-7)
+            loss = float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+            rows.append((loss, auc(target > 0.5, q)))
+        out[task] = rows
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     kept = record_batches()
     now = float(int(time.time()))
@@ -162,6 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     batch = np.concatenate([k[4] for k in kept])
     return {
         "rows": by_length(length, labels, known, online, batch),
+        "overall": overall(labels, known, online, batch),
         "history_rows": by_length(*history),
         "history_examples": len(history[0]),
         "examples": len(length),
@@ -211,7 +231,26 @@ def section(r: dict[str, Any], command: str) -> str:
             for row in r["rows"]
         ),
         "",
-        "For comparison, the same batch ranker on the viewings it held out for validation when "
+        "Over all lengths, log loss / AUC (the watch ratio's AUC is against finishing):",
+        "",
+        "| model | watch ratio | finish | quick skip |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | "
+            + " | ".join(
+                f"{r['overall'][task][k][0]:.4f} / {r['overall'][task][k][1]:.3f}" for task in TASKS
+            )
+            + " |"
+            for k, name in enumerate(("online learner", "batch ranker"))
+        ),
+        "",
+        "For comparison, "
+        + (
+            "the batch ranker the run started with (trained on history only)"
+            if a.get("retrain_after")
+            else "the same batch ranker"
+        )
+        + " on the viewings it held out for validation when "
         f"it was trained (the latest tenth of each region's history, {r['history_examples']:,} "
         "viewings, features rebuilt as training built them): mean label / batch ranker's mean "
         "prediction. The history was served by the app's feed before fyp (popular, random, "

@@ -29,7 +29,8 @@ across seeds. Also reported: both arms' means per weight and the fixed-weight di
 
     .venv/bin/python bench/closed_loop_frontier.py [--weights 0,1.5,3,4.5] [--replications 6]
 
-Writes the ``closed-loop-frontier`` section of docs/BENCHMARKS.md (``--no-docs`` to only print).
+Writes the ``closed-loop-frontier`` section of docs/BENCHMARKS.md (``--section NAME`` another one,
+``--no-docs`` none: only print).
 """
 
 from __future__ import annotations
@@ -53,8 +54,7 @@ import closed_loop as cl  # noqa: E402
 from bench_report import machine_info, write_section  # noqa: E402
 from fyp.online.arms import Estimate  # noqa: E402
 
-START = "<!-- closed-loop-frontier:start -->"
-END = "<!-- closed-loop-frontier:end -->"
+SECTION = "closed-loop-frontier"
 WEIGHT_KEY = "ranker.watch_seconds_weight"
 ARMS = ("online", "batch-only")
 POINT_METRICS = (
@@ -254,13 +254,25 @@ def verdict(a: dict[str, Any]) -> str:
     return ". ".join(parts)
 
 
-def section(r: dict[str, Any], a: dict[str, Any], command: str, total_s: float, jobs: int) -> str:
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def section(
+    r: dict[str, Any],
+    a: dict[str, Any],
+    command: str,
+    total_s: float,
+    jobs: int,
+    name: str = SECTION,
+) -> str:
     m = machine_info(REPO)
     weights = a["weights"]
     seeds = a["seeds"]
     lines = [
-        START,
-        "## Closed loop along the watch-time / finish trade-off (`bench/closed_loop_frontier.py`)",
+        markers(name)[0],
+        "## Closed loop along the watch-time / finish trade-off (`bench/closed_loop_frontier.py`)"
+        + (f", seeds {seeds[0]}-{seeds[-1]}" if name != SECTION else ""),
         "",
         f"Command: `{command}`  ",
         f"Date: {datetime.now(UTC).isoformat(timespec='seconds')}  ",
@@ -328,7 +340,7 @@ def section(r: dict[str, Any], a: dict[str, Any], command: str, total_s: float, 
             f"| {w:g} | {_ci(ew, 1, signed=True)} | {ew.n} | "
             f"{_ci(ef, 2, 100.0, signed=True)} | {ef.n} |"
         )
-    lines += ["", f"**Verdict: {verdict(a)}.**", END]
+    lines += ["", f"**Verdict: {verdict(a)}.**", markers(name)[1]]
     return "\n".join(lines)
 
 
@@ -355,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="re-render the report of an earlier run from its --json file (nothing is run)",
     )
+    parser.add_argument(
+        "--section",
+        default=SECTION,
+        help="docs markers to write (another name keeps the default section's report)",
+    )
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     args = parser.parse_args(argv)
     if args.worker:
@@ -378,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         total_s = time.perf_counter() - started
         report = {"rounds": args.rounds, "sets": args.set, "jobs": args.jobs}
     analysis = analyse(results, args.weights)
-    text = section(report, analysis, command, total_s, report["jobs"])
+    text = section(report, analysis, command, total_s, report["jobs"], args.section)
     print(text)
     if args.json and not args.from_json:
         saved = {
@@ -390,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(saved, default=cl._jsonable, indent=1))
     if args.docs:
-        write_section(REPO / "docs" / "BENCHMARKS.md", START, END, text)
+        write_section(REPO / "docs" / "BENCHMARKS.md", *markers(args.section), text)
     return 0
 
 
