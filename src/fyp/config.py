@@ -458,6 +458,10 @@ class OnlineConfig(_Section):
     lateness_s: float = Field(default=30.0, ge=0)
     """Events reaching the server this long after their window closed are counted late."""
     batch_size: int = Field(default=256, ge=1, le=65_536)
+    behind_batch_size: int = Field(default=1024, ge=1, le=65_536)
+    """Examples per step while the trainer is behind (a round took a full drain of the bus):
+    four times fewer steps for a backlog, each cheaper per example, so it catches up sooner
+    (docs/BENCHMARKS.md, *Online training*); at or below ``batch_size``, steps never grow."""
     publish_interval_s: float = Field(default=2.0, gt=0)
     """The learner is frozen and served at most this often (when it learned something)."""
     checkpoint_interval_s: float = Field(default=60.0, gt=0)

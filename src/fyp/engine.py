@@ -592,6 +592,7 @@ class Engine:
             publish,
             TrainerConfig(
                 batch_size=o.batch_size,
+                behind_batch_size=o.behind_batch_size,
                 publish_interval_s=o.publish_interval_s,
                 checkpoint_interval_s=o.checkpoint_interval_s,
                 max_busy_share=o.max_busy_share,

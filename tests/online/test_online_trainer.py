@@ -158,6 +158,26 @@ def test_every_example_trains_once_even_when_delivered_twice(
     assert bus.pending("ranker") == 0
 
 
+def test_a_trainer_behind_the_bus_takes_larger_steps_until_it_catches_up(
+    bus: Bus, bases: tuple[Ranker, Ranker]
+) -> None:
+    slot = Slot("v1", bases[0])
+    config = TrainerConfig(
+        batch_size=8,
+        max_drain=32,
+        behind_batch_size=16,
+        publish_interval_s=0.0,
+        checkpoint_interval_s=1e9,
+    )
+    trainer = OnlineTrainer("eu", bus, _items, slot.base, slot.publish, config, clock=lambda: 0.0)
+    publish_examples(bus, [example(n, user=f"u{n % 5}") for n in range(40)])
+    assert trainer.step(block_ms=0) == 32  # a full drain: behind, so two steps of 16
+    assert (trainer.stats.steps, trainer.stats.behind_rounds) == (2, 1)
+    assert trainer.step(block_ms=0) == 8  # caught up: the usual steps of 8
+    assert (trainer.stats.steps, trainer.stats.behind_rounds) == (3, 1)
+    assert trainer.stats.trained == 40 and bus.pending("ranker") == 0
+
+
 def test_what_was_learned_is_published_as_a_new_version_of_the_base(
     bus: Bus, bases: tuple[Ranker, Ranker]
 ) -> None:

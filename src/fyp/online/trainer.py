@@ -137,6 +137,10 @@ class TrainerConfig:
     """Examples per optimizer step."""
     max_drain: int = 2048
     """Examples taken from the bus per round at most."""
+    behind_batch_size: int | None = 1024
+    """Examples per step in a round that took a full ``max_drain`` (the trainer is behind the
+    bus): fewer, larger steps cost far less per example, so a backlog is caught up sooner.
+    ``None``: ``batch_size`` always."""
     publish_interval_s: float = 2.0
     """A learner that trained since the last publish is frozen and served at most this often."""
     checkpoint_interval_s: float = 60.0
@@ -217,6 +221,8 @@ class TrainerStats:
     """Delivered examples that cannot train (no engagement, no logged inputs, unknown item)."""
     erased_skipped: int = 0
     steps: int = 0
+    behind_rounds: int = 0
+    """Rounds that took a full drain from the bus and so stepped in ``behind_batch_size``."""
     publishes: int = 0
     checkpoints: int = 0
     rebases: int = 0
@@ -366,6 +372,9 @@ class OnlineTrainer:
                     self._tally(batch)
                 self.stats.skipped += skipped
                 size = self.config.batch_size
+                if len(examples) >= self.config.max_drain and self.config.behind_batch_size:
+                    size = max(size, self.config.behind_batch_size)
+                    self.stats.behind_rounds += 1
                 for start in range(0, len(batch), size):
                     part = batch.subset(np.arange(start, min(start + size, len(batch))))
                     self._learn(learner, part)
