@@ -44,7 +44,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -152,6 +152,21 @@ def curve_at(xs: list[float], ys: list[float], x: float) -> float | None:
     return None
 
 
+def out_of_reach(
+    online: list[dict[str, Any]], batch: dict[str, Any], key: str
+) -> Literal["online", "batch-only", "neither"]:
+    """Who is ahead where the online curve does not reach batch-only's ``key`` value: online
+    when one of its points is at least as good on both finish rate and watch time; batch-only
+    when its point is at least as good as the online point nearest in ``key`` (the end the curve
+    stops at); else neither (a trade-off the curve cannot settle)."""
+    if any(p["finish"] >= batch["finish"] and p["xwatch"] >= batch["xwatch"] for p in online):
+        return "online"
+    end = min(online, key=lambda p: abs(p[key] - batch[key]))
+    if batch["finish"] >= end["finish"] and batch["xwatch"] >= end["xwatch"]:
+        return "batch-only"
+    return "neither"
+
+
 def analyse(results: list[dict[str, Any]], weights: list[float]) -> dict[str, Any]:
     seeds = sorted({r["seed"] for r in results})
     point = {(r["seed"], r["weight"], arm): r["arms"][arm] for r in results for arm in ARMS}
@@ -173,6 +188,12 @@ def analyse(results: list[dict[str, Any]], weights: list[float]) -> dict[str, An
     for w in weights:
         watch_gaps: list[float] = []
         finish_gaps: list[float] = []
+        # Seeds left out of a matched comparison, by who is ahead there: leaving them out
+        # silently could hide seeds where one learner is simply better.
+        unreached: dict[str, dict[str, int]] = {
+            "watch": {"online": 0, "batch-only": 0, "neither": 0},
+            "finish": {"online": 0, "batch-only": 0, "neither": 0},
+        }
         for s in seeds:
             online = [point[(s, v, "online")] for v in weights]
             batch = point[(s, w, "batch-only")]
@@ -181,14 +202,19 @@ def analyse(results: list[dict[str, Any]], weights: list[float]) -> dict[str, An
             at_finish = curve_at(finishes, watches, batch["finish"])
             if at_finish is not None:
                 watch_gaps.append(at_finish - batch["xwatch"])
+            else:
+                unreached["watch"][out_of_reach(online, batch, "finish")] += 1
             at_watch = curve_at(watches, finishes, batch["xwatch"])
             if at_watch is not None:
                 finish_gaps.append(at_watch - batch["finish"])
+            else:
+                unreached["finish"][out_of_reach(online, batch, "xwatch")] += 1
         matched[w] = {
             "watch_at_equal_finish": cl._t_interval(watch_gaps),
             "finish_at_equal_watch": cl._t_interval(finish_gaps),
             "watch_gaps": watch_gaps,
             "finish_gaps": finish_gaps,
+            "unreached": unreached,
         }
     return {"seeds": seeds, "weights": weights, "means": means, "fixed": fixed, "matched": matched}
 
@@ -204,6 +230,13 @@ def _ci(e: Estimate, digits: int, scale: float = 1.0, signed: bool = False) -> s
     if not math.isfinite(e.low):
         return f"{mean} (n = {e.n})"
     return f"{mean} [{e.low * scale:{sign}.{digits}f}, {e.high * scale:{sign}.{digits}f}]"
+
+
+def _unreached(matched: dict[str, Any], which: str) -> str:
+    counts = matched.get("unreached", {}).get(which, {})
+    short = {"online": "online", "batch-only": "batch", "neither": "neither"}
+    text = ", ".join(f"{short[k]} {v}" for k, v in counts.items() if v)
+    return text or "-"
 
 
 def _holds(e: Estimate) -> str:
@@ -251,6 +284,17 @@ def verdict(a: dict[str, Any]) -> str:
         parts.append("ahead: " + "; ".join(ahead))
     if behind:
         parts.append("behind: " + "; ".join(behind))
+    unreached = {"online": 0, "batch-only": 0, "neither": 0}
+    for w in a["weights"]:
+        for counts in a["matched"][w].get("unreached", {}).values():
+            for who, n in counts.items():
+                unreached[who] += n
+    if any(unreached.values()):
+        parts.append(
+            "where the online curve does not reach batch-only's point (left out above), "
+            f"online is ahead on {unreached['online']}, batch-only on "
+            f"{unreached['batch-only']}, neither on {unreached['neither']}"
+        )
     return ". ".join(parts)
 
 
@@ -327,18 +371,21 @@ def section(
         "",
         "Matched comparisons at each of batch-only's points (the online curve read at "
         "batch-only's finish rate, or at its watch time; seeds where the online curve does not "
-        "reach that value are left out, so *n* can be below the number of seeds):",
+        "reach that value are left out, so *n* can be below the number of seeds; *out of "
+        "reach* says who is ahead on those seeds: *online* when one of its points is at least "
+        "as good on both finish rate and watch time, *batch* when batch-only's point is at "
+        "least as good as the end of the online curve nearest to it, *neither* otherwise):",
         "",
-        "| batch-only at weight | online's watch time at equal finish rate, s | n | "
-        "online's finish rate at equal watch time, pp | n |",
-        "|---:|---:|---:|---:|---:|",
+        "| batch-only at weight | online's watch time at equal finish rate, s | n | out of reach "
+        "| online's finish rate at equal watch time, pp | n | out of reach |",
+        "|---:|---:|---:|---|---:|---:|---|",
     ]
     for w in weights:
         mw = a["matched"][w]
         ew, ef = mw["watch_at_equal_finish"], mw["finish_at_equal_watch"]
         lines.append(
-            f"| {w:g} | {_ci(ew, 1, signed=True)} | {ew.n} | "
-            f"{_ci(ef, 2, 100.0, signed=True)} | {ef.n} |"
+            f"| {w:g} | {_ci(ew, 1, signed=True)} | {ew.n} | {_unreached(mw, 'watch')} | "
+            f"{_ci(ef, 2, 100.0, signed=True)} | {ef.n} | {_unreached(mw, 'finish')} |"
         )
     lines += ["", f"**Verdict: {verdict(a)}.**", markers(name)[1]]
     return "\n".join(lines)
