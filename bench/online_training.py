@@ -941,8 +941,13 @@ def throughput_reading(t: dict[str, Any]) -> list[str]:
         f"Reading it: `partial_fit` alone, one thread, does {_n(one['examples_cpu_s'])} examples "
         f"per CPU-second in batches of 256 ({_n(big['examples_cpu_s'])} in batches of 1,024): "
         f"{'above' if one['examples_cpu_s'] >= TARGET_EXAMPLES_S else 'below'} the target on a "
-        "core of its own. Two torch threads were "
-        f"{slow:.0f}x slower than one in batches of 256 on this machine: the layers are tiny "
+        "core of its own. Two torch threads "
+        + (
+            f"were {slow:.1f}x slower than one"
+            if slow >= 1.1
+            else f"did {1 / slow:.2f}x the rate of one on the wall clock, for twice the CPU,"
+        )
+        + " in batches of 256 on this machine: the layers are tiny "
         "(256 x 64), and torch's OpenMP threads most likely wait for each other at every "
         "operation while the other core is busy with other processes (`OMP_WAIT_POLICY` "
         f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}). End to end the trainer does "
