@@ -39,7 +39,7 @@ import closed_loop as cl  # noqa: E402
 from bench_report import load_world, machine_info, write_section  # noqa: E402
 from fyp.config import load_config  # noqa: E402
 from fyp.engine import Engine, fold_policy  # noqa: E402
-from fyp.eval.metrics import auc  # noqa: E402
+from fyp.eval.metrics import auc, soft_log_loss  # noqa: E402
 from fyp.models.ranker import validation_size  # noqa: E402
 from fyp.models.ranker_data import LABEL_NAMES, ExampleSet, from_events  # noqa: E402
 from fyp.models.training import ranker_examples  # noqa: E402
@@ -138,9 +138,8 @@ def overall(labels: Any, known: Any, *predictions: Any) -> dict[str, list[tuple[
         target = labels[mask, LABEL_NAMES.index("finish")] if task == "watch_ratio" else y
         rows = []
         for p in predictions:
-            q = np.clip(p[mask, col].astype(np.float64), 1e-7, 1 - 1e-7)
-            loss = float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
-            rows.append((loss, auc(target > 0.5, q)))
+            q = p[mask, col].astype(np.float64)
+            rows.append((soft_log_loss(y, q), auc(target > 0.5, q)))
         out[task] = rows
     return out
 

@@ -428,6 +428,15 @@ def log_loss(labels: npt.ArrayLike, probs: npt.ArrayLike, eps: float = 1e-7) -> 
     return float(-np.mean(np.where(y, np.log(p), np.log1p(-p))))
 
 
+def soft_log_loss(
+    targets: npt.NDArray[np.float64], probs: npt.NDArray[np.float64], eps: float = 1e-7
+) -> float:
+    """Mean binary cross-entropy against targets in [0, 1] (a soft label such as the watch
+    ratio); ``probs`` clipped to ``[eps, 1 - eps]`` as in :func:`log_loss`."""
+    p = np.clip(probs, eps, 1.0 - eps)
+    return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log1p(-p)))
+
+
 # --------------------------------------------------------------------------------------------
 # Running a recommender
 # --------------------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fyp.config import RANKER_TASKS, FypConfig, RankerConfig
-from fyp.eval.metrics import auc, gauc, log_loss
+from fyp.eval.metrics import auc, gauc, log_loss, soft_log_loss
 from fyp.models.ranker import Ranker, TrainStats, train_ranker
 from fyp.models.ranker_data import (
     NUMERIC_FEATURES,
@@ -152,11 +152,6 @@ def _safe(metric: Callable[..., float], *args: Any) -> float:
         return math.nan
 
 
-def _soft_log_loss(targets: npt.NDArray[np.float64], probs: npt.NDArray[np.float64]) -> float:
-    p = np.clip(probs, 1e-7, 1 - 1e-7)
-    return float(-np.mean(targets * np.log(p) + (1 - targets) * np.log1p(-p)))
-
-
 def _head_metrics(
     task: str, examples: ExampleSet, groups: npt.NDArray[np.int64], probs: npt.NDArray[np.float64]
 ) -> dict[str, float]:
@@ -165,7 +160,7 @@ def _head_metrics(
         # cross-entropy against the watched fraction.
         binary = examples.label("long_watch").astype(np.float64)
         target = examples.label("watch_ratio").astype(np.float64)
-        loss = _soft_log_loss(target, probs)
+        loss = soft_log_loss(target, probs)
     else:
         binary = examples.label(task).astype(np.float64)
         loss = _safe(log_loss, binary, probs)
