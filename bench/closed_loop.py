@@ -1948,9 +1948,9 @@ def main(argv: list[str] | None = None) -> int:
             "jobs": args.jobs,
             "section": args.section,
             "runs": results,
+            "summary": replicated_summary(results),
         }
         text, marks = report_of(saved)
-        saved["summary"] = replicated_summary(results)
     else:
         result = run(args)
         result["args"] = {
@@ -1976,7 +1976,7 @@ def report_of(saved: dict[str, Any]) -> tuple[str, tuple[str, str]]:
         results = saved["runs"]
         name = saved["section"]
         marks = (f"<!-- {name}:start -->", f"<!-- {name}:end -->")
-        summary = replicated_summary(results)
+        summary = saved.get("summary") or replicated_summary(results)
         text = replicated_section(results, summary, command, saved["seconds"], saved["jobs"])
         return text.replace(START, marks[0]).replace(END, marks[1]), marks
     if saved["args"]["scenario"] == "drift":

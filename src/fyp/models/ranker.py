@@ -421,7 +421,12 @@ def train_ranker(
         x_train = _tensors(encode(vocabs, train))
         y_train = torch.from_numpy(train.labels[:, columns])
         k_train = torch.from_numpy(train.known[:, columns])
-        w_train = torch.from_numpy(recency_weights(train.ts, config.recency_half_life_days))
+        # Per-viewing loss weights only with a half-life: without one every weight would be 1.
+        w_train = (
+            torch.from_numpy(recency_weights(train.ts, config.recency_half_life_days))
+            if config.recency_half_life_days is not None
+            else None
+        )
         if n_valid:
             valid = examples.subset(np.arange(n - n_valid, n))
             x_valid = _tensors(encode(vocabs, valid))
@@ -446,7 +451,8 @@ def train_ranker(
                     tag_rows, config.id_dropout, vocabs.tags.unknown_row, gen, TAG_PAD_ROW
                 )
                 logits = network(users, items, creators, tag_rows, numeric)
-                loss = task_loss(logits, y_train[rows], k_train[rows], w_train[rows])
+                weights = w_train[rows] if w_train is not None else None
+                loss = task_loss(logits, y_train[rows], k_train[rows], weights)
                 optimizer.zero_grad()
                 loss.backward()  # type: ignore[no-untyped-call]
                 optimizer.step()
