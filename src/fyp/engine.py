@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from fyp.config import FypConfig
 from fyp.errors import AccessDenied, ConfigError, Conflict, InvalidInput, NotFound
-from fyp.governance.gate import Gate
+from fyp.governance.gate import Gate, RegionHandle
 from fyp.governance.keys import Signer
 from fyp.governance.policy import DeclarativePolicy, Principal, RegionalPolicies
 from fyp.governance.rights import UserRightsService
@@ -50,6 +50,10 @@ from fyp.types import MAX_FEED_N, Event, Item, User, is_valid_id
 
 log = logging.getLogger(__name__)
 
+_ERASURE_STALE_S = 30.0
+"""An erasure ordered this long ago and not finished is finished by the background sync of any
+serving process (its own process died or failed between the steps)."""
+
 
 @dataclass
 class IngestResult:
@@ -57,6 +61,13 @@ class IngestResult:
     duplicates: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
     """(index in the request, what was wrong); those events were not stored."""
+
+
+def _conflict(event_id: str) -> str:
+    return (
+        f"conflict: event_id {event_id!r} already names an event with different content "
+        "(an event id names one event; send a new id for a new event)"
+    )
 
 
 def fold_policy(config: FypConfig) -> FoldPolicy:
@@ -188,6 +199,63 @@ class Engine:
                     # The region's policy does not let this process serve its models; its
                     # feeds are refused the same way, and everything else starts.
                     log.warning("region %s: model not loaded: %s", region, exc)
+        self._erasures_seen = {region: self.gate.last_erasure(region) for region in self.slots}
+        """Per region, the erasure mark this process's memory has caught up with."""
+        self.resume_erasures()
+
+    def catch_up_erasures(self) -> int:
+        """Forget, in this process's memory, the users another process erased.
+
+        The process that erases a user makes its own models, joiner and learners forget them at
+        once (the erasure hooks); every other process notices the region's erasure mark move
+        (the background sync polls it) and drops whoever no longer exists from its served
+        models, its joiner and its learners. Returns how many users were forgotten.
+        """
+        forgotten = 0
+        for region, slot in self.slots.items():
+            if region in self.gate.quarantined:
+                continue
+            mark = self.gate.last_erasure(region)
+            if mark <= self._erasures_seen.get(region, 0.0):
+                continue
+            held: set[str] = set()
+            join = self._joins.get(region)
+            if join is not None:
+                held |= join.joiner.users()
+            for trainer in self.arm_trainers.get(region, {}).values():
+                held |= trainer.viewer_ids()
+            models = [slot.current, *(s.current for s in self._arm_slots.get(region, {}).values())]
+            for model in models:
+                for ranker in (model.ranker, model.batch_ranker) if model is not None else ():
+                    if ranker is not None:
+                        held.update(user_id for user_id, _ in ranker.vocabs.users.live())
+            self.gate.forget_routes()
+            if held:
+                handle = self.gate.open(region, self.service(region), "erase_user")
+                gone = held - handle.users.has_users(sorted(held))
+                for user_id in gone:
+                    self._forget_in_models(region, user_id)
+                forgotten += len(gone)
+            self._erasures_seen[region] = mark
+        return forgotten
+
+    def resume_erasures(self, older_than_s: float = 0.0) -> int:
+        """Finish erasures that a process ordered and did not finish (it died between the steps,
+        see :mod:`fyp.governance.rights`); returns how many. At start every pending one is
+        finished; the background sync finishes only those older than ``older_than_s``, which
+        their own process should have finished long since."""
+        done = 0
+        for region in self.config.served_regions:
+            if region in self.gate.quarantined:
+                continue
+            oldest = self.gate.oldest_pending_erasure(region)
+            if oldest is None or oldest > self.clock() - older_than_s:
+                continue
+            try:
+                done += len(self.rights.resume_erasures(region, older_than_s))
+            except AccessDenied as exc:
+                log.warning("region %s: pending erasures not resumed: %s", region, exc)
+        return done
 
     def service(self, region: str) -> Principal:
         """The principal this process acts as when it opens ``region``.
@@ -226,6 +294,12 @@ class Engine:
                 )
         homes = self.gate.locate_many([u.user_id for u in users])
         moving = [u.user_id for u in users if homes.get(u.user_id, u.region) != u.region]
+        if moving:
+            # The cached home may be stale (the user was erased by another process): ask again.
+            for user_id in moving:
+                self.gate.forget(user_id)
+            homes.update(self.gate.locate_many(moving))
+            moving = [u.user_id for u in users if homes.get(u.user_id, u.region) != u.region]
         if moving:
             raise Conflict(
                 f"users {moving[:5]} already live in another region; moving a user's home region "
@@ -269,7 +343,20 @@ class Engine:
         accepted event is on disk.
         """
         result = IngestResult(errors=list(errors))
-        present = [(i, e) for i, e in enumerate(events) if e is not None]
+        # An event id names one event: a repeat in the batch is a duplicate if it says the same,
+        # a conflict if it does not (the store tells the same of ids stored before).
+        first_index: dict[str, int] = {}
+        present: list[tuple[int, Event]] = []
+        for index, event in enumerate(events):
+            if event is None:
+                continue
+            earlier = first_index.setdefault(event.event_id, index)
+            if earlier == index:
+                present.append((index, event))
+            elif events[earlier] == event:
+                result.duplicates += 1
+            else:
+                result.errors.append((index, _conflict(event.event_id)))
         homes = self.gate.locate_many([e.user_id for _, e in present])
         items = self.catalog.get_items(list({e.item_id for _, e in present}))
         by_region: dict[str, list[Event]] = defaultdict(list)
@@ -288,16 +375,26 @@ class Engine:
             region: self.gate.open(region, self.service(region), "ingest") for region in by_region
         }
         for region, batch in by_region.items():
-            appended = handles[region].events.append(batch, items, self.clock())
+            # Held from before the transaction until the events reach the online learner, so an
+            # erasure of one of these users waits for the hand-off (fyp.governance.fence).
+            with self.gate.fence.hold(e.user_id for e in batch):
+                appended = handles[region].events.append(batch, items, self.clock())
+                online = self.online.get(region)
+                if online is not None and appended.accepted:
+                    stored = set(appended.accepted)
+                    try:
+                        online.record_events(e for e in batch if e.event_id in stored)
+                    except Exception:  # learning must never cost an acknowledged event
+                        log.exception("region %s: events not joined for online training", region)
             result.accepted += len(appended.accepted)
             result.duplicates += len(appended.duplicates)
-            online = self.online.get(region)
-            if online is not None and appended.accepted:
-                stored = set(appended.accepted)
-                try:
-                    online.record_events(e for e in batch if e.event_id in stored)
-                except Exception:  # learning must never cost an acknowledged event
-                    log.exception("region %s: events not joined for online training", region)
+            refused = {event_id: _conflict(event_id) for event_id in appended.conflicts}
+            for event_id in appended.unknown_users:
+                refused[event_id] = "unknown user (erased meanwhile?); create it first"
+            if refused:
+                for index, event in present:
+                    if event.event_id in refused and homes.get(event.user_id) == region:
+                        result.errors.append((index, refused[event.event_id]))
         result.errors.sort()
         return result
 
@@ -334,17 +431,20 @@ class Engine:
             context=context,
             trace=Trace(),
         )
-        # The viewer's own switch: without personalization nothing inferred about them is used.
-        personalized = handle.rights.controls(user_id).personalized
-        result = (self.pipeline if personalized else self.plain_pipeline).run(query)
-        online = self.online.get(region)
-        # Only a personalized feed teaches the ranker: a viewer who switched personalization off
-        # is not profiled, so their impressions are not logged for training.
-        if online is not None and personalized and result.items:
-            try:
-                self._log_impressions(online, result, query.now)
-            except Exception:  # the page is served whatever happens to its log
-                log.exception("region %s: feed not logged for online training", region)
+        # Held until the impressions reach the online learner: an erasure of the viewer waits for
+        # that hand-off, and a page recorded after the erasure was ordered is refused (404).
+        with self.gate.fence.hold([user_id]):
+            # The viewer's own switch: without personalization nothing inferred about them is used.
+            personalized = handle.rights.controls(user_id).personalized
+            result = (self.pipeline if personalized else self.plain_pipeline).run(query)
+            online = self.online.get(region)
+            # Only a personalized feed teaches the ranker: a viewer who switched personalization
+            # off is not profiled, so their impressions are not logged for training.
+            if online is not None and personalized and result.items:
+                try:
+                    self._log_impressions(online, result, query.now)
+                except Exception:  # the page is served whatever happens to its log
+                    log.exception("region %s: feed not logged for online training", region)
         return result
 
     def _log_impressions(
@@ -380,8 +480,23 @@ class Engine:
                 )
             if report.version is not None:
                 self.reload_model(region)
+                self._forget_erased_since_training(region, handle)
             reports.append(report)
         return reports
+
+    def _forget_erased_since_training(self, region: str, handle: RegionHandle) -> None:
+        """A user erased while the model trained may have rows in it: the served copy drops them
+        now (the stored one at the retraining the erasure mark triggers)."""
+        model = self.slots[region].current
+        if model is None or model.ranker is None:
+            return
+        if handle.models.last_erasure() < float(model.meta.get("data_as_of", 0.0)):
+            return
+        ids = [user_id for user_id, _ in model.ranker.vocabs.users.live()]
+        existing = handle.users.has_users(ids) if ids else set()
+        for user_id in ids:
+            if user_id not in existing:
+                self._forget_served(region, user_id)
 
     def reload_model(self, region: str) -> str:
         """Load the region's current snapshot and swap it in; requests in flight keep theirs."""
@@ -765,6 +880,8 @@ class Engine:
                 for join in list(self._joins.values()):
                     join.tick()  # close the impressions whose window ended
                 self.sync()
+                self.resume_erasures(older_than_s=_ERASURE_STALE_S)
+                self.catch_up_erasures()
                 if time.monotonic() >= next_signing:
                     next_signing = time.monotonic() + self.config.audit_sign_interval_s
                     self.sign_audit_heads()
@@ -838,7 +955,8 @@ class Retrainer:
         for region, slot in self._engine.slots.items():
             model = slot.current
             self.trained_seq[region] = int(model.meta.get("last_seq", 0)) if model else 0
-            self.trained_at[region] = float(model.meta.get("trained_at", 0.0)) if model else 0.0
+            meta = model.meta if model else {}
+            self.trained_at[region] = float(meta.get("data_as_of", meta.get("trained_at", 0.0)))
         self._thread = threading.Thread(target=self._loop, name="fyp-retrainer", daemon=True)
         self._thread.start()
         return True
@@ -883,9 +1001,11 @@ class Retrainer:
                 continue
             handle = self._engine.gate.open(region, self._engine.service(region), "operate")
             seq = handle.events.last_seq()
+            # Erasures are compared with when the events were read, not when training ended.
+            started = time.time()
             [report] = self._engine.train([region])
             self.trained_seq[region] = seq
-            self.trained_at[region] = time.time()
+            self.trained_at[region] = started
             self.reports.append(report)
             done.append(report)
         return done

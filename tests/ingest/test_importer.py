@@ -229,14 +229,17 @@ def test_round_trip(engine: Engine, tmp_path: Path, fmt: str) -> None:
 
     again = import_file(engine, "events", events_path)
     assert (again.records, again.accepted, again.duplicates, again.error_count) == (3, 0, 3, 0)
-    # The engine itself sees them stored: the same events come back as duplicates.
+    # The engine itself sees them stored: the same event again is a duplicate; another event
+    # under a stored id is a conflict, refused.
     stored = engine.ingest(
         [
-            Event(event_id=e, user_id=u, item_id="v1", type="play", ts=T0)
-            for e, u in (("e1", "u1"), ("e2", "u1"), ("e3", "u2"))
+            Event(event_id="e1", user_id="u1", item_id="v1", type="play", ts=T0, watch_ms=9000),
+            Event(event_id="e3", user_id="u2", item_id="v2", type="play", ts=T0),
         ]
     )
-    assert (stored.accepted, stored.duplicates) == (0, 3)
+    assert (stored.accepted, stored.duplicates) == (0, 1)
+    assert [index for index, _ in stored.errors] == [1]
+    assert stored.errors[0][1].startswith("conflict")
 
     # Items and users are upserts: a second import updates, it does not duplicate.
     assert import_file(engine, "items", _items_file(tmp_path, fmt)).updated == 2

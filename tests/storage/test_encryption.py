@@ -31,7 +31,7 @@ from fyp.storage.envelope import (
     associated_data,
     kek_id,
 )
-from fyp.storage.region import SqlRegionStore
+from fyp.storage.region import REGION_SCHEMA_VERSION, SqlRegionStore
 from fyp.storage.roles import ItemRecord, ServedItem, UserControls
 from fyp.types import Event, User, from_epoch
 
@@ -540,7 +540,7 @@ def test_a_plaintext_version_2_region_is_encrypted_in_place(
     try:
         assert store.key_problem is None
         assert raw(store, "SELECT value FROM fyp_meta WHERE key = 'region.schema_version'") == [
-            ("3",)
+            (str(REGION_SCHEMA_VERSION),)
         ]
         assert_sealed(store)
         columns = [c for (c,) in raw(store, "SELECT event_id FROM events ORDER BY seq")]

@@ -53,8 +53,11 @@ def catalog(db_url: Callable[[str], str]) -> Iterator[SqlCatalog]:
 
 
 @pytest.fixture
-def region(db_url: Callable[[str], str]) -> Iterator[SqlRegionStore]:
+def region(db_url: Callable[[str], str], make_user: Any, now: float) -> Iterator[SqlRegionStore]:
+    """A region store holding the viewers the tests write about (writes about a user who does
+    not exist are refused)."""
     store = SqlRegionStore(db_url("region-us"), "us", fold_policy(CONFIG))
+    store.upsert_users([make_user(u) for u in ("u1", "u2", "u3")], now)
     yield store
     store.close()
 
@@ -175,16 +178,16 @@ class TestRegionStoreConformance:
     def test_upsert_users_reports_created_and_updated(
         self, region: SqlRegionStore, make_user: Any, now: float
     ) -> None:
-        result = region.upsert_users([make_user("u1", plan="free"), make_user("u2")], now)
+        result = region.upsert_users([make_user("n1", plan="free"), make_user("n2")], now)
         assert (result.created, result.updated) == (2, 0)
-        result = region.upsert_users([make_user("u1", plan="pro"), make_user("u3")], now + 5)
+        result = region.upsert_users([make_user("n1", plan="pro"), make_user("n3")], now + 5)
         assert (result.created, result.updated) == (1, 1)
-        u1 = region.get_user("u1")
-        assert u1 is not None
-        assert (u1.region, u1.attributes, u1.created_at) == ("us", {"plan": "pro"}, now)
+        n1 = region.get_user("n1")
+        assert n1 is not None
+        assert (n1.region, n1.attributes, n1.created_at) == ("us", {"plan": "pro"}, now)
         assert region.get_user("nobody") is None
-        assert region.has_users(["u1", "u3", "nobody"]) == {"u1", "u3"}
-        assert region.count_users() == 3
+        assert region.has_users(["n1", "n3", "nobody"]) == {"n1", "n3"}
+        assert region.count_users() == 3 + 3, "and the fixture's u1, u2 and u3"
 
     def test_append_is_idempotent_within_a_batch(
         self, region: SqlRegionStore, items: dict[str, ItemRecord], make_event: Any, now: float

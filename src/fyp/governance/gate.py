@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, cast
 
 from fyp.errors import AccessDenied, NotFound, RegionQuarantined
+from fyp.governance.fence import UserFence
 from fyp.governance.policy import PURPOSE_OPERATIONS, Decision, Policy, Principal, Purpose
 from fyp.storage.audit import SqlAuditLog, TreeHead
 from fyp.storage.models import ModelStore
@@ -57,6 +58,11 @@ _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
     "rights": frozenset(
         {
             "export_user",
+            "begin_erasure",
+            "claim_erasure_audit",
+            "pending_erasure",
+            "pending_erasures",
+            "finish_erasure",
             "erase_user",
             "controls",
             "put_controls",
@@ -155,6 +161,8 @@ class Gate:
         self._home: dict[str, str] = {}
         self._quarantined: dict[str, str] = {}
         self._home_lock = threading.Lock()
+        self.fence = UserFence()
+        """Orders each erasure after this process's in-flight writes about the user."""
 
     @property
     def regions(self) -> list[str]:
@@ -200,6 +208,12 @@ class Gate:
         """Drop a user's cached home region (after erasure)."""
         with self._home_lock:
             self._home.pop(user_id, None)
+
+    def forget_routes(self) -> None:
+        """Drop every cached home region (another process erased users: which ones, this one
+        cannot tell; the cache refills on the next requests)."""
+        with self._home_lock:
+            self._home.clear()
 
     def record(
         self, region: str, principal: Principal, purpose: str, action: str, decision: Decision
@@ -248,6 +262,17 @@ class Gate:
         ``open``.
         """
         return self._models[region].current_version()
+
+    def last_erasure(self, region: str) -> float:
+        """When a user of the region was last erased (an instant, no id; 0.0 if never): other
+        processes poll it to forget the user in memory too."""
+        return self._models[region].last_erasure()
+
+    def oldest_pending_erasure(self, region: str) -> float | None:
+        """When the region's oldest unfinished erasure was ordered, if any: an instant, no
+        person's data, so a process may poll it without opening the region (finishing the
+        erasure then goes through ``open``)."""
+        return self._stores[region].oldest_pending_erasure()
 
     def published_version(self, region: str) -> str | None:
         """The version of the region's latest online-published ranker (a name, like

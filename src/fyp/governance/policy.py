@@ -86,7 +86,18 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
     ),
     "audit": frozenset({"audit.tail", "audit.count", "audit.verify", "audit.leaf"}),
     "export_user": frozenset({"users.get_user", "rights.export_user", "rights.interests"}),
-    "erase_user": frozenset({"users.has_users", "rights.erase_user", "models.mark_erasure"}),
+    "erase_user": frozenset(
+        {
+            "users.has_users",
+            "rights.begin_erasure",
+            "rights.claim_erasure_audit",
+            "rights.pending_erasure",
+            "rights.pending_erasures",
+            "rights.finish_erasure",
+            "rights.erase_user",
+            "models.mark_erasure",
+        }
+    ),
     # Checking an incoming algorithm package against the region's own users and model rows.
     "scan_package": frozenset({"users.user_ids", "models.load_current"}),
     # The region's key-encryption keys: re-wrapping data keys never opens a personal value.

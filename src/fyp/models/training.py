@@ -217,6 +217,9 @@ def train_region(
     also holds the multi-task ranker; with ``tower`` (enabled), the content two-tower model.
     """
     started = time.perf_counter()
+    # When the event log was read: an erasure after this instant may have its user's events in
+    # this model, so the retrainer compares erasures with it (not with when training ended).
+    data_as_of = time.time()
     matrix, item_ids, n_events, last_seq, liked = _preference_matrix(handle, catalog, config)
     if n_events < config.min_events or matrix.nnz == 0:
         return TrainReport(
@@ -264,6 +267,7 @@ def train_region(
         "kind": MODEL_KIND,
         "region": handle.region,
         "trained_at": now,
+        "data_as_of": data_as_of,
         "events": n_events,
         "last_seq": last_seq,
         "users": int(matrix.shape[0]),

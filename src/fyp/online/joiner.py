@@ -399,6 +399,15 @@ class Joiner:
             if max(e.ts for e in entry.events.values()) < ev.ts:
                 self._close(key, "next_play", ev.ts, out)
 
+    def holds(self, user_id: str) -> bool:
+        """Whether anything about the viewer is held: an open impression or a waiting event."""
+        return user_id in self.users()
+
+    def users(self) -> set[str]:
+        """The viewers anything is held about (open impressions, waiting events)."""
+        with self._lock:
+            return set(self._by_user) | {ev.user_id for ev in self._orphans.values()}
+
     def forget_user(self, user_id: str) -> int:
         """Erasure: drop the viewer's open impressions and held events without emitting them."""
         with self._lock:

@@ -54,6 +54,8 @@ GROUP: Final = "ranker"
 """The bus consumer group of the online ranker trainer."""
 _COL: Final = {name: i for i, name in enumerate(LABEL_NAMES)}
 OUTCOMES: Final = ("watch_ratio", "finish", "like", "quick_skip")
+_VERIFIED_MAX: Final = 200_000
+"""Viewers remembered as checked to exist (each costs one lookup again once forgotten)."""
 """The outcomes tallied per experiment arm."""
 
 
@@ -272,7 +274,10 @@ class OnlineTrainer:
 
         ``last_erasure`` and ``existing_users`` let the trainer notice an erasure carried out by
         another process (which cannot call :meth:`forget_user` here): when the region's erasure
-        mark moves, every viewer row whose user no longer exists is forgotten.
+        mark moves, every viewer row whose user no longer exists is forgotten. With
+        ``existing_users`` the trainer also learns only from viewers it has checked exist since
+        the mark last moved: an example another process logged just before erasing its viewer
+        may reach this bus after the erasure, and must not make a row for them again.
 
         ``feed`` runs at the start of every round (the join pump that turns relayed impressions
         and events into the examples this trainer consumes); ``on_forget`` is told every viewer
@@ -289,6 +294,8 @@ class OnlineTrainer:
         self._seen = IdempotenceFilter()
         self._lock = threading.Lock()  # the learner: trained here, erased from API threads
         self._erased: set[str] = set()
+        self._verified: set[str] = set()
+        """Viewers checked to exist since the erasure mark last moved (see ``existing_users``)."""
         self._full_checkpoint = False
         self.learner: OnlineRanker | None = None
         self.stats = TrainerStats()
@@ -365,7 +372,9 @@ class OnlineTrainer:
         def handle(examples: list[Mapping[str, Any]]) -> None:
             nonlocal trained
             with self._lock:
-                kept = [e for e in examples if e["user_id"] not in self._erased]
+                kept = self._of_existing_viewers(
+                    [e for e in examples if e["user_id"] not in self._erased]
+                )
                 self.stats.erased_skipped += len(examples) - len(kept)
                 batch, skipped = to_example_set(kept, self._items)
                 if self._arm_of is not None:
@@ -402,12 +411,26 @@ class OnlineTrainer:
             self.checkpoint()
         return trained
 
+    def _of_existing_viewers(self, examples: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The examples whose viewer exists (checked once per viewer between erasures)."""
+        if self._existing_users is None or not examples:
+            return examples
+        unknown = sorted({e["user_id"] for e in examples} - self._verified)
+        if unknown:
+            present = self._existing_users(unknown)
+            if len(self._verified) + len(present) > _VERIFIED_MAX:
+                self._verified.clear()  # re-checked as they come back: a bound, not a loss
+            self._verified.update(present)
+        return [e for e in examples if e["user_id"] in self._verified]
+
     def _catch_up_erasures(self, learner: OnlineRanker) -> None:
         if self._last_erasure is None or self._existing_users is None:
             return
         mark = self._last_erasure()
         if mark <= self._erasure_seen:
             return
+        with self._lock:
+            self._verified.clear()
         users = learner.tables["users"]
         ids = users.ids() if isinstance(users, EmbeddingTable) else []
         existing = self._existing_users(ids) if ids else set()
@@ -513,6 +536,12 @@ class OnlineTrainer:
                 return None
             return [float(x) for x in table.lookup([user_id])[0]]
 
+    def viewer_ids(self) -> set[str]:
+        """The viewers the learner holds a row for."""
+        with self._lock:
+            table = self.learner.tables["users"] if self.learner is not None else None
+            return set(table.ids()) if isinstance(table, EmbeddingTable) else set()
+
     def forget_user(self, user_id: str) -> None:
         """Erasure: the viewer's row leaves the learner now and every later checkpoint."""
         self.forget_users([user_id])
@@ -521,6 +550,7 @@ class OnlineTrainer:
         with self._lock:
             for user_id in user_ids:
                 self._erased.add(user_id)
+                self._verified.discard(user_id)
                 if self.learner is not None:
                     self.learner.forget_user(user_id)
             self._full_checkpoint = True

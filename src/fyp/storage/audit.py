@@ -535,6 +535,25 @@ class SqlAuditLog:
         with self.db.read() as conn:
             return int(conn.execute(select(func.count()).select_from(audit)).scalar_one())
 
+    def find_recent(self, action: str, key: str, value: str, since: float) -> int | None:
+        """The newest entry of ``action`` whose detail has ``key == value``, looking back to the
+        entries written at ``since`` (newest first, a page at a time: a recent one costs little)."""
+        cursor: int | None = None
+        with self.db.read() as conn:
+            while True:
+                query = select(audit.c.seq, audit.c.ts, audit.c.action, audit.c.detail)
+                if cursor is not None:
+                    query = query.where(audit.c.seq < cursor)
+                rows = conn.execute(query.order_by(audit.c.seq.desc()).limit(1_000)).all()
+                if not rows:
+                    return None
+                for row in rows:
+                    if row.ts < since:
+                        return None
+                    if row.action == action and json.loads(row.detail).get(key) == value:
+                        return int(row.seq)
+                cursor = int(rows[-1].seq)
+
     def close(self) -> None:
         self.db.close()
 

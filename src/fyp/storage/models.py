@@ -53,9 +53,16 @@ class ModelStore:
         self._prune(history)
 
     def _write_atomically(self, name: str, text: str) -> None:
-        staging = self.root / f".{name}.tmp"
-        staging.write_text(text)
-        staging.replace(self.root / name)
+        # A staging file of its own per writer: concurrent erasures (threads or processes) each
+        # write the mark, and with one shared staging name one's rename took the other's file.
+        fd, staging = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            Path(staging).replace(self.root / name)
+        except BaseException:
+            Path(staging).unlink(missing_ok=True)
+            raise
 
     def _history(self) -> list[str]:
         try:
@@ -71,7 +78,8 @@ class ModelStore:
         training time, so the erased user's rows leave the stored model at the next training.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        self._write_atomically(_ERASED, repr(float(now)))
+        # Never move the mark back (erasures of several processes may write it out of order).
+        self._write_atomically(_ERASED, repr(max(float(now), self.last_erasure())))
         # The online checkpoint holds the erased viewer's row: drop it; a running trainer
         # (which forgets the viewer in memory) writes a fresh one without them.
         shutil.rmtree(self.root / _ONLINE, ignore_errors=True)
@@ -93,9 +101,10 @@ class ModelStore:
         root = self.root / _ONLINE / _PUBLISHED
         root.mkdir(parents=True, exist_ok=True)
         _write_snapshot_dir(root, version, meta, arrays)
-        pointer = root / f".{_CURRENT}.tmp"
-        pointer.write_text(version)
-        pointer.replace(root / _CURRENT)
+        fd, pointer = tempfile.mkstemp(prefix=f".{_CURRENT}.", suffix=".tmp", dir=root)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(version)
+        Path(pointer).replace(root / _CURRENT)
         kept = sorted(
             (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
             key=lambda p: p.stat().st_mtime,

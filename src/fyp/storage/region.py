@@ -19,6 +19,7 @@ import json
 import math
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -38,6 +39,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     and_,
     bindparam,
     func,
@@ -46,7 +48,7 @@ from sqlalchemy import (
     text,
 )
 
-from fyp.errors import CiphertextInvalid, KeyUnavailable
+from fyp.errors import CiphertextInvalid, Conflict, KeyUnavailable, NotFound
 from fyp.signals import (
     Folded,
     FoldPolicy,
@@ -72,6 +74,7 @@ from fyp.storage.roles import (
     Interest,
     ItemRecord,
     ItemStatsRecord,
+    PendingErasure,
     ServedItem,
     UpsertResult,
     UserControls,
@@ -87,13 +90,14 @@ from fyp.storage.sql import (
     one_of,
     upsert,
 )
-from fyp.types import POSITIVE_EVENT_TYPES, Event, User, epoch
+from fyp.types import POSITIVE_EVENT_TYPES, Event, User, epoch, from_epoch
 
-REGION_SCHEMA_VERSION: Final = 3
+REGION_SCHEMA_VERSION: Final = 4
 """2: ``user_controls`` (users' own settings: personalization, filters, interest resets).
 3: encryption at rest: ``user_keys`` (wrapped per-user data keys), ``region_keks`` (the KEK
 versions the region's data keys are wrapped by), sealed attributes, event payloads, served reasons
-and filters. An older database is upgraded in place (its plaintext rows encrypted) at open."""
+and filters. An older database is upgraded in place (its plaintext rows encrypted) at open.
+4: ``pending_erasures`` (an erasure between its two transactions, see ``begin_erasure``)."""
 STATS_CACHE_TTL_S: Final = 120.0
 _STATS_CACHE_MAX: Final = 500_000
 
@@ -230,6 +234,24 @@ region_keks = Table(
     Column("retired_at", Float),
 )
 
+# An erasure between the transaction that orders it (``begin_erasure``: from then on no write about
+# the user is accepted) and the one that deletes the user's rows (``finish_erasure``, which deletes
+# this row too). ``rows`` counts what the deletion will remove: nothing can be added in between.
+# The audit entry of the erasure is written in between, ahead of the deletion; ``audit_claim``
+# names the one process that writes it (the one that ordered the erasure, unless its claim went
+# stale: it died, and another process finishes the erasure).
+pending_erasures = Table(
+    "pending_erasures",
+    metadata,
+    Column("user_id", String(128), primary_key=True),
+    Column("erasure_id", String(32), nullable=False, unique=True),
+    Column("requested_at", Float, nullable=False),
+    Column("rows", Text, nullable=False),  # JSON object: table -> rows about the user
+    Column("audit_claim", String(64)),
+    Column("claimed_at", Float),
+    sqlite_with_rowid=False,
+)
+
 # Every table holding rows about one person, keyed by ``user_id``: what export reads and erasure
 # deletes. A new per-user table must be added here (tests check that erasure leaves no row behind).
 PERSONAL_TABLES: Final = (
@@ -245,7 +267,8 @@ PERSONAL_TABLES: Final = (
 )
 
 ERASED_TABLES: Final = ("user_keys", *PERSONAL_TABLES)
-"""What erasure deletes, the data key first: any copy of the user's sealed rows is unreadable."""
+"""What erasure deletes, the data key first: any copy of the user's sealed rows is unreadable
+(and then the ``pending_erasures`` row that ordered it)."""
 
 _RECENT_SCAN_MAX: Final = 5_000
 """Newest events of a user looked through for their recent positives (they are sealed, so the
@@ -331,6 +354,15 @@ def _stats_record(values: Sequence[Any]) -> ItemStatsRecord:
 
 _NO_STATS: Final = ItemStatsRecord()
 """Cached marker for "this item has no stats row yet"."""
+
+
+def _pending(row: Any) -> PendingErasure:
+    return PendingErasure(
+        erasure_id=row.erasure_id,
+        user_id=row.user_id,
+        requested_at=float(row.requested_at),
+        rows={str(k): int(v) for k, v in json.loads(row.rows).items()},
+    )
 
 
 def _reset_at(conn: Connection, user_id: str) -> float:
@@ -618,7 +650,7 @@ class SqlRegionStore:
         stored = self._stored_keys(conn, [user_id]).get(user_id)
         if stored is None:
             raise CiphertextInvalid(
-                f"region {self.region!r}: {what} of a user without a data key (erased?)"
+                f"region {self.region!r}: {what}: its user has no data key (erased?)"
             )
         fresh = self._unwrap(user_id, *stored)
         self._deks.put(user_id, fresh)
@@ -1010,10 +1042,18 @@ class SqlRegionStore:
     # ---- Users ----------------------------------------------------------------------------------
 
     def upsert_users(self, batch: Sequence[User], now: float) -> UpsertResult:
+        """Create or update users, all or none. A user being erased cannot be written until the
+        erasure finishes (``Conflict``); afterwards the id is free to be created again."""
         latest = {u.user_id: u for u in batch}
-        ids = list(latest)
+        ids = sorted(latest)
         with self.db.write() as conn:
-            existing = self._existing(conn, users.c.user_id, ids)
+            existing = self._lock_users(conn, ids, exclusive=True)
+            erasing = self._being_erased(conn, sorted(existing))
+            if erasing:
+                raise Conflict(
+                    f"user(s) {sorted(erasing)[:5]} are being erased; create them again once "
+                    "their erasure has finished"
+                )
             keys = self._write_keys(conn, ids, now)
             sealed = {
                 u.user_id: keys[u.user_id].seal(
@@ -1023,29 +1063,75 @@ class SqlRegionStore:
             }
             new_rows = [
                 {
-                    "user_id": u.user_id,
-                    "attributes": sealed[u.user_id],
+                    "user_id": user_id,
+                    "attributes": sealed[user_id],
                     "created_at": now,
                     "updated_at": now,
                 }
-                for u in latest.values()
-                if u.user_id not in existing
+                for user_id in ids
+                if user_id not in existing
             ]
+            created: set[str] = set()
             if new_rows:
-                conn.execute(users.insert(), new_rows)
-            for u in latest.values():
-                if u.user_id in existing:
+                # Another process may create the same id meanwhile (PostgreSQL): the row it
+                # wrote is then updated below instead of failing the batch.
+                created = set(
+                    conn.execute(
+                        insert_ignore(self.db, users).returning(users.c.user_id), new_rows
+                    ).scalars()
+                )
+            for user_id in ids:
+                if user_id not in created:
                     conn.execute(
                         users.update()
-                        .where(users.c.user_id == u.user_id)
-                        .values(attributes=sealed[u.user_id], updated_at=now)
+                        .where(users.c.user_id == user_id)
+                        .values(attributes=sealed[user_id], updated_at=now)
                     )
-        return UpsertResult(created=len(new_rows), updated=len(existing))
+        return UpsertResult(created=len(created), updated=len(ids) - len(created))
+
+    def _lock_users(
+        self, conn: Connection, user_ids: Sequence[str], *, exclusive: bool
+    ) -> set[str]:
+        """Those of ``user_ids`` that have a ``users`` row, locked until the caller's write
+        transaction ends (SQLite: the transaction holds the database's one write lock already;
+        PostgreSQL: row locks, shared for writes about a user, exclusive to change the row)."""
+        found: set[str] = set()
+        for part in chunked(sorted(set(user_ids))):
+            query = select(users.c.user_id).where(one_of(self.db, users.c.user_id, part))
+            if self.db.dialect == "postgresql":
+                query = query.order_by(users.c.user_id).with_for_update(read=not exclusive)
+            found.update(conn.execute(query).scalars())
+        return found
+
+    def _being_erased(self, conn: Connection, user_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for part in chunked(list(user_ids)):
+            found.update(
+                conn.execute(
+                    select(pending_erasures.c.user_id).where(
+                        one_of(self.db, pending_erasures.c.user_id, part)
+                    )
+                ).scalars()
+            )
+        return found
+
+    def _live_users(self, conn: Connection, user_ids: Iterable[str]) -> set[str]:
+        """Those of ``user_ids`` that exist and are not being erased, as of the caller's write
+        transaction and until it commits: what orders every write about a user against their
+        erasure (a write that commits after ``begin_erasure`` is refused; one that committed
+        before it is deleted with the rest).
+
+        On PostgreSQL the users' rows are share-locked first: an erasure holding one (in
+        ``begin_erasure``) makes this wait until it commits, and the pending check that follows
+        is a new statement, so under READ COMMITTED it sees that commit.
+        """
+        present = self._lock_users(conn, list(user_ids), exclusive=False)
+        return present - self._being_erased(conn, sorted(present)) if present else present
 
     def get_user(self, user_id: str) -> UserRecord | None:
         with self.db.read() as conn:
             row = conn.execute(select(users).where(users.c.user_id == user_id)).first()
-            if row is None:
+            if row is None or self._being_erased(conn, [user_id]):
                 return None
             attributes = self._attributes(conn, self._read_keys(conn, [user_id]), row)
         return UserRecord(
@@ -1062,8 +1148,10 @@ class SqlRegionStore:
         )
 
     def has_users(self, user_ids: Sequence[str]) -> set[str]:
+        """Those of ``user_ids`` that exist; a user being erased no longer does."""
         with self.db.read() as conn:
-            return self._existing(conn, users.c.user_id, list(user_ids))
+            present = self._existing(conn, users.c.user_id, list(user_ids))
+            return present - self._being_erased(conn, sorted(present)) if present else present
 
     def user_ids(self) -> list[str]:
         """Every user id of the region (to check that nothing leaving it carries one)."""
@@ -1081,18 +1169,29 @@ class SqlRegionStore:
     ) -> AppendResult:
         unique: dict[str, Event] = {}
         duplicates: list[str] = []
+        conflicts: list[str] = []
         for ev in batch:
-            if ev.event_id in unique:
-                duplicates.append(ev.event_id)
-            else:
-                unique[ev.event_id] = ev
+            first = unique.setdefault(ev.event_id, ev)
+            if first is not ev:
+                (duplicates if first == ev else conflicts).append(ev.event_id)
         if not unique:
             return AppendResult(accepted=[], duplicates=duplicates)
         written: list[dict[str, Any]] = []
+        refused: list[str] = []
         with self.db.write(durable=True) as conn:
-            stored = self._existing(conn, events.c.event_id, list(unique))
-            fresh = [ev for ev in unique.values() if ev.event_id not in stored]
-            duplicates.extend(ev.event_id for ev in unique.values() if ev.event_id in stored)
+            stored = self._stored_events(conn, list(unique))
+            fresh: list[Event] = []
+            for ev in unique.values():
+                before = stored.get(ev.event_id)
+                if before is None:
+                    fresh.append(ev)
+                elif before == ev:
+                    duplicates.append(ev.event_id)
+                else:
+                    conflicts.append(ev.event_id)
+            live = self._live_users(conn, {ev.user_id for ev in fresh}) if fresh else set()
+            refused = [ev.event_id for ev in fresh if ev.user_id not in live]
+            fresh = [ev for ev in fresh if ev.user_id in live]
             if fresh:
                 keys = self._write_keys(conn, [ev.user_id for ev in fresh], now)
                 self.db.executemany(
@@ -1111,7 +1210,37 @@ class SqlRegionStore:
                 )
                 written = self._apply(conn, fold(fresh, items, self.policy), now)
         self._cache_stats(written)
-        return AppendResult(accepted=[ev.event_id for ev in fresh], duplicates=duplicates)
+        return AppendResult(
+            accepted=[ev.event_id for ev in fresh],
+            duplicates=duplicates,
+            conflicts=conflicts,
+            unknown_users=refused,
+        )
+
+    def _stored_events(self, conn: Connection, event_ids: list[str]) -> dict[str, Event]:
+        """Events already stored under these ids, decrypted, to tell a repeat from a conflict."""
+        rows: list[Any] = []
+        for part in chunked(event_ids):
+            rows.extend(
+                conn.execute(
+                    select(*_EVENT_COLUMNS).where(one_of(self.db, events.c.event_id, part))
+                ).all()
+            )
+        if not rows:
+            return {}
+        keys = self._read_keys(conn, {row.user_id for row in rows})
+        return {
+            record.event_id: Event(
+                event_id=record.event_id,
+                user_id=record.user_id,
+                item_id=record.item_id,
+                type=record.type,  # type: ignore[arg-type]
+                ts=from_epoch(record.ts),
+                watch_ms=record.watch_ms,
+                request_id=record.request_id,
+            )
+            for record in self._events(conn, keys, rows)
+        }
 
     def recent_for_user(self, user_id: str, limit: int) -> list[EventRecord]:
         """The user's latest events, newest first; none from before a reset of their interests."""
@@ -1248,6 +1377,7 @@ class SqlRegionStore:
         if not served:
             return
         with self.db.write() as conn:
+            self._require_live(conn, user_id)
             key = self._write_keys(conn, [user_id], now)[user_id]
             conn.execute(
                 feed_log.insert(),
@@ -1299,7 +1429,7 @@ class SqlRegionStore:
         tables = metadata.tables
         with self.db.read() as conn:
             profile = conn.execute(select(users).where(users.c.user_id == user_id)).first()
-            if profile is None:
+            if profile is None or self._being_erased(conn, [user_id]):
                 return None
             keys = self._read_keys(conn, [user_id])
             out: dict[str, Any] = {}
@@ -1344,17 +1474,124 @@ class SqlRegionStore:
             out["personalized"] = bool(out["personalized"])
         return out
 
-    def erase_user(self, user_id: str) -> dict[str, int]:
-        """Delete the user's data key, then every row about them, in one durable transaction."""
+    # ---- erasure, in two transactions -----------------------------------------------------------
+
+    def begin_erasure(
+        self, user_id: str, now: float, claim: str | None = None
+    ) -> PendingErasure | None:
+        """Order the user's erasure (see :class:`fyp.storage.roles.UserRights`).
+
+        The user's row is locked exclusively, so on PostgreSQL this waits for every write about
+        them in flight (each holds a shared lock on it) and every later one waits for this commit
+        and then sees the pending mark (``_live_users``). The counts are therefore final: no row
+        about the user can be added before ``finish_erasure`` deletes them. ``claim`` takes the
+        writing of the erasure's audit entry at once (see ``claim_erasure_audit``).
+        """
+        with self.db.write(durable=True) as conn:
+            if not self._lock_users(conn, [user_id], exclusive=True):
+                return None
+            if self._being_erased(conn, [user_id]):
+                return None
+            tables = metadata.tables
+            # One statement, one round trip: a count per table as a scalar subquery each.
+            counts = conn.execute(
+                select(
+                    *(
+                        select(func.count())
+                        .select_from(tables[name])
+                        .where(tables[name].c.user_id == user_id)
+                        .scalar_subquery()
+                        .label(name)
+                        for name in ERASED_TABLES
+                    )
+                )
+            ).one()
+            rows = {name: int(value) for name, value in zip(ERASED_TABLES, counts, strict=True)}
+            pending = PendingErasure(uuid.uuid4().hex, user_id, now, rows)
+            conn.execute(
+                pending_erasures.insert(),
+                [
+                    {
+                        "user_id": user_id,
+                        "erasure_id": pending.erasure_id,
+                        "requested_at": now,
+                        "rows": json.dumps(rows),
+                        "audit_claim": claim,
+                        "claimed_at": now if claim is not None else None,
+                    }
+                ],
+            )
+        return pending
+
+    def claim_erasure_audit(self, erasure_id: str, token: str, now: float, stale_s: float) -> bool:
+        with self.db.write() as conn:
+            claimed = conn.execute(
+                pending_erasures.update()
+                .where(
+                    pending_erasures.c.erasure_id == erasure_id,
+                    (pending_erasures.c.audit_claim.is_(None))
+                    | (pending_erasures.c.audit_claim == token)
+                    | (pending_erasures.c.claimed_at < now - stale_s),
+                )
+                .values(audit_claim=token, claimed_at=now)
+            )
+            return bool(claimed.rowcount)
+
+    def pending_erasure(self, erasure_id: str) -> PendingErasure | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(pending_erasures).where(pending_erasures.c.erasure_id == erasure_id)
+            ).first()
+        return None if row is None else _pending(row)
+
+    def pending_erasures(self) -> list[PendingErasure]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(pending_erasures).order_by(pending_erasures.c.requested_at)
+            ).all()
+        return [_pending(row) for row in rows]
+
+    def oldest_pending_erasure(self) -> float | None:
+        """When the oldest unfinished erasure was ordered (``None``: there is none). A time, no
+        id: the gate lets a process ask this without opening the region."""
+        with self.db.read() as conn:
+            value = conn.execute(select(func.min(pending_erasures.c.requested_at))).scalar()
+        return None if value is None else float(value)
+
+    def finish_erasure(self, erasure_id: str) -> dict[str, int] | None:
+        """Delete the user's data key first, then every row about them, then the pending mark,
+        in one durable transaction."""
         tables = metadata.tables
         counts: dict[str, int] = {}
         with self.db.write(durable=True) as conn:
+            user_id = conn.execute(
+                select(pending_erasures.c.user_id).where(
+                    pending_erasures.c.erasure_id == erasure_id
+                )
+            ).scalar()
+            if user_id is None:
+                return None
             for name in ERASED_TABLES:
                 table = tables[name]
                 result = conn.execute(table.delete().where(table.c.user_id == user_id))
                 counts[name] = int(result.rowcount or 0)
+            conn.execute(
+                pending_erasures.delete().where(pending_erasures.c.erasure_id == erasure_id)
+            )
         self._deks.evict([user_id])
         return counts
+
+    def erase_user(self, user_id: str) -> dict[str, int]:
+        pending = self.begin_erasure(user_id, time.time())
+        if pending is None:
+            return dict.fromkeys(ERASED_TABLES, 0)
+        return self.finish_erasure(pending.erasure_id) or dict.fromkeys(ERASED_TABLES, 0)
+
+    def _require_live(self, conn: Connection, user_id: str) -> None:
+        """Refuse a write about a user who does not exist or is being erased (inside the write
+        transaction, so it is ordered against the erasure; see ``_live_users``)."""
+        if not self._live_users(conn, [user_id]):
+            raise NotFound(f"no user {user_id!r} in region {self.region!r}")
 
     def controls(self, user_id: str) -> UserControls:
         with self.db.read() as conn:
@@ -1363,6 +1600,7 @@ class SqlRegionStore:
     def put_controls(self, user_id: str, controls: UserControls, now: float) -> UserControls:
         """Store the user's controls (their interest reset instant is kept as it was)."""
         with self.db.write() as conn:
+            self._require_live(conn, user_id)
             previous = self._controls(conn, user_id)
             stored = replace(controls, interests_reset_at=previous.interests_reset_at)
             self._write_controls(conn, user_id, stored, now)
@@ -1377,6 +1615,7 @@ class SqlRegionStore:
     def reset_interests(self, user_id: str, now: float, tag: str | None = None) -> int:
         """Forget one inferred interest tag, or all of them (and what recent events implied)."""
         with self.db.write() as conn:
+            self._require_live(conn, user_id)
             if tag is not None:
                 query = affinity.delete().where(
                     affinity.c.user_id == user_id, affinity.c.key == f"t:{tag}"

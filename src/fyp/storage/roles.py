@@ -70,6 +70,23 @@ class EventRecord:
 class AppendResult:
     accepted: list[str]
     duplicates: list[str]
+    """Already stored with the same content (or repeated in the batch): nothing changed."""
+    conflicts: list[str] = field(default_factory=list)
+    """Already stored with different content: refused (an ``event_id`` names one event)."""
+    unknown_users: list[str] = field(default_factory=list)
+    """Refused: their user does not exist, or is being erased, when the batch commits."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingErasure:
+    """An erasure that is ordered but not finished: no write about the user is accepted any more,
+    and their rows are deleted next (see ``UserRights.begin_erasure``)."""
+
+    erasure_id: str
+    user_id: str
+    requested_at: float
+    rows: dict[str, int]
+    """Rows about the user per table when the erasure was ordered: exactly what it deletes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +213,34 @@ class UserRights(Protocol):
     """Everything a user may ask about or do to the data held about them, in their region."""
 
     def export_user(self, user_id: str) -> dict[str, Any] | None: ...
+    def begin_erasure(
+        self, user_id: str, now: float, claim: str | None = None
+    ) -> PendingErasure | None:
+        """Order the user's erasure, durably: from this commit on every write about them is
+        refused, and writes that committed before it are counted in ``rows`` and deleted with
+        the rest. ``None`` when the user does not exist or is already being erased. ``claim``
+        takes the writing of its audit entry at once (see ``claim_erasure_audit``)."""
+        ...
+
+    def claim_erasure_audit(self, erasure_id: str, token: str, now: float, stale_s: float) -> bool:
+        """Take (or renew, with the same ``token``) the writing of the erasure's audit entry:
+        one writer at a time; a claim older than ``stale_s`` is taken over, its holder presumed
+        dead (who then looks for the entry that holder may have written)."""
+        ...
+
+    def pending_erasure(self, erasure_id: str) -> PendingErasure | None: ...
+    def pending_erasures(self) -> list[PendingErasure]:
+        """Erasures ordered and not finished (a process died between the two steps)."""
+        ...
+
+    def finish_erasure(self, erasure_id: str) -> dict[str, int] | None:
+        """Delete the user's data key, every row about them and the pending mark, in one durable
+        transaction; ``None`` if another process finished it already."""
+        ...
+
     def erase_user(self, user_id: str) -> dict[str, int]:
-        """Delete every row about the user, in one transaction; returns rows deleted by table."""
+        """Order and finish an erasure at once, without an audit entry (tools and tests; the
+        right itself is :meth:`fyp.governance.rights.UserRightsService.erase`)."""
         ...
 
     def controls(self, user_id: str) -> UserControls: ...
