@@ -201,7 +201,30 @@ class Engine:
     # ---- catalog --------------------------------------------------------------------------------
 
     def put_items(self, items: Sequence[Item]) -> UpsertResult:
+        """Create or update catalog items; a batch with an item dated outside the ingest window
+        (``config.ingest``) is refused whole, before anything is written."""
+        self._refuse_items_out_of_window(items)
         return self.catalog.upsert_items(items)
+
+    def _refuse_items_out_of_window(self, items: Sequence[Item]) -> None:
+        now = self.clock()
+        refused = [
+            (index, item.item_id, problem)
+            for index, item in enumerate(items)
+            # An omitted created_at is stamped on receipt (or keeps the stored time).
+            if "created_at" in item.model_fields_set
+            and (problem := self.config.ingest.refusal("created_at", item.created_at, now))
+        ]
+        if refused:
+            _, item_id, problem = refused[0]
+            raise InvalidInput(
+                f"item {item_id!r}: {problem}"
+                + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""),
+                errors=[
+                    {"field": f"items.{i}.created_at", "detail": p.partition(": ")[2]}
+                    for i, _, p in refused
+                ],
+            )
 
     def get_item(self, item_id: str) -> ItemRecord:
         record = self.catalog.get_item(item_id)
@@ -269,7 +292,9 @@ class Engine:
         accepted event is on disk.
         """
         result = IngestResult(errors=list(errors))
-        present = [(i, e) for i, e in enumerate(events) if e is not None]
+        present = self._within_window(
+            [(i, e) for i, e in enumerate(events) if e is not None], result.errors
+        )
         homes = self.gate.locate_many([e.user_id for _, e in present])
         items = self.catalog.get_items(list({e.item_id for _, e in present}))
         by_region: dict[str, list[Event]] = defaultdict(list)
@@ -300,6 +325,20 @@ class Engine:
                     log.exception("region %s: events not joined for online training", region)
         result.errors.sort()
         return result
+
+    def _within_window(
+        self, present: list[tuple[int, Event]], errors: list[tuple[int, str]]
+    ) -> list[tuple[int, Event]]:
+        """The events whose time is inside the ingest window; the others go to ``errors``."""
+        now = self.clock()
+        kept = []
+        for index, event in present:
+            problem = self.config.ingest.refusal("ts", event.ts, now)
+            if problem is None:
+                kept.append((index, event))
+            else:
+                errors.append((index, problem))
+        return kept
 
     # ---- feed -----------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fyp.storage.roles import MAX_BLOCKED_TAGS, MAX_KEYWORD_FILTERS
 from fyp.types import MAX_BATCH, Item, User
@@ -120,9 +120,33 @@ class HealthOut(BaseModel):
 
 
 class ControlsIn(_Body):
-    personalized: bool = True
-    keyword_filters: list[str] = Field(default_factory=list, max_length=MAX_KEYWORD_FILTERS)
-    blocked_tags: list[str] = Field(default_factory=list, max_length=MAX_BLOCKED_TAGS)
+    """The whole controls document (``PUT``): every field is required, because what is stored
+    is replaced, and a field left out must not silently clear the user's filters. ``PATCH``
+    (:class:`ControlsPatchIn`) changes single fields. Strict: ``"no"`` or ``0`` is not ``false``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    personalized: bool
+    keyword_filters: list[str] = Field(max_length=MAX_KEYWORD_FILTERS)
+    blocked_tags: list[str] = Field(max_length=MAX_BLOCKED_TAGS)
+
+
+class ControlsPatchIn(_Body):
+    """Some of the controls (``PATCH``): the fields given replace the stored ones, the others
+    keep their values. ``null`` is refused rather than read as "clear": send ``[]`` for that."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    personalized: bool | None = None
+    keyword_filters: list[str] | None = Field(default=None, max_length=MAX_KEYWORD_FILTERS)
+    blocked_tags: list[str] | None = Field(default=None, max_length=MAX_BLOCKED_TAGS)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null; leave the field out to keep its stored value")
+        return value
 
 
 class ControlsOut(BaseModel):

@@ -17,6 +17,7 @@ signed tree head, so the requester can check the erasure was recorded.
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -28,6 +29,8 @@ from fyp.governance.policy import Principal, Purpose
 from fyp.storage.roles import MAX_BLOCKED_TAGS, MAX_KEYWORD_FILTERS, Interest, UserControls
 
 MAX_FILTER_LENGTH = 100
+_PATCH_LOCK = threading.Lock()
+"""Held across the read and the write of a controls patch."""
 ErasureHook = Callable[[str, str], None]
 """Called with ``(region, user_id)`` after a user's rows are erased."""
 ExportHook = Callable[[str, str], dict[str, Any]]
@@ -167,6 +170,37 @@ class UserRightsService:
         self._require_user(handle, user_id)
         controls = UserControls(personalized, tuple(keywords), tuple(dict.fromkeys(tags)))
         return handle.rights.put_controls(user_id, controls, self._clock())
+
+    def patch_controls(
+        self,
+        user_id: str,
+        personalized: bool | None = None,
+        keyword_filters: Sequence[str] | None = None,
+        blocked_tags: Sequence[str] | None = None,
+    ) -> UserControls:
+        """Change only the controls given (``None`` keeps the stored value), with the limits of
+        :meth:`put_controls`. The read and the write run under one lock, so two patches made
+        through this process at once cannot undo each other."""
+        keywords = (
+            None
+            if keyword_filters is None
+            else _clean(keyword_filters, MAX_KEYWORD_FILTERS, "keyword_filters")
+        )
+        tags = (
+            None
+            if blocked_tags is None
+            else [t.lstrip("#") for t in _clean(blocked_tags, MAX_BLOCKED_TAGS, "blocked_tags")]
+        )
+        handle = self._open(user_id, "manage_controls")
+        self._require_user(handle, user_id)
+        with _PATCH_LOCK:
+            stored = handle.rights.controls(user_id)
+            merged = UserControls(
+                stored.personalized if personalized is None else personalized,
+                stored.keyword_filters if keywords is None else tuple(keywords),
+                stored.blocked_tags if tags is None else tuple(dict.fromkeys(tags)),
+            )
+            return handle.rights.put_controls(user_id, merged, self._clock())
 
     def interests(self, user_id: str) -> list[Interest]:
         handle = self._open(user_id, "manage_controls")
