@@ -288,8 +288,9 @@ class Engine:
         """Store valid events in their users' home regions; report the others by index.
 
         ``events`` may hold ``None`` at indexes that already failed validation (listed in
-        ``errors``). Each region's batch is one durable transaction: when this returns, every
-        accepted event is on disk.
+        ``errors``). An event dated outside the ingest window (``config.ingest``, measured
+        against this engine's clock) is reported too. Each region's batch is one durable
+        transaction: when this returns, every accepted event is on disk.
         """
         result = IngestResult(errors=list(errors))
         present = self._within_window(
