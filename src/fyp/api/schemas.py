@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
+from fyp.governance.rights import MAX_FILTER_LENGTH
 from fyp.storage.roles import MAX_BLOCKED_TAGS, MAX_KEYWORD_FILTERS
 from fyp.types import MAX_BATCH, Item, User
 
@@ -119,6 +121,11 @@ class HealthOut(BaseModel):
     """Regions that failed an integrity check, with the reason."""
 
 
+FilterEntry = Annotated[str, StringConstraints(max_length=MAX_FILTER_LENGTH)]
+KeywordFilters = Annotated[list[FilterEntry], Field(max_length=MAX_KEYWORD_FILTERS)]
+BlockedTags = Annotated[list[FilterEntry], Field(max_length=MAX_BLOCKED_TAGS)]
+
+
 class ControlsIn(_Body):
     """The whole controls document (``PUT``): every field is required, because what is stored
     is replaced, and a field left out must not silently clear the user's filters. ``PATCH``
@@ -127,8 +134,8 @@ class ControlsIn(_Body):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     personalized: bool
-    keyword_filters: list[str] = Field(max_length=MAX_KEYWORD_FILTERS)
-    blocked_tags: list[str] = Field(max_length=MAX_BLOCKED_TAGS)
+    keyword_filters: KeywordFilters
+    blocked_tags: BlockedTags
 
 
 class ControlsPatchIn(_Body):
@@ -137,9 +144,11 @@ class ControlsPatchIn(_Body):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    personalized: bool | None = None
-    keyword_filters: list[str] | None = Field(default=None, max_length=MAX_KEYWORD_FILTERS)
-    blocked_tags: list[str] | None = Field(default=None, max_length=MAX_BLOCKED_TAGS)
+    # Absent means "keep"; ``SkipJsonSchema`` keeps null out of the published schema, and the
+    # validator below out of what is accepted.
+    personalized: bool | SkipJsonSchema[None] = None
+    keyword_filters: KeywordFilters | SkipJsonSchema[None] = None
+    blocked_tags: BlockedTags | SkipJsonSchema[None] = None
 
     @field_validator("*", mode="before")
     @classmethod
