@@ -26,11 +26,23 @@ log = logging.getLogger("fyp")
 
 
 def _is_loopback_host(host: str) -> bool:
-    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+    """True when ``host`` can only be this machine: a loopback address or ``localhost``. Any
+    other name is not, whatever it starts with (``127.evil.example`` resolves wherever its
+    owner points it)."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower() == "localhost"
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def _serve(config: FypConfig, background_training: bool = True, workers: int = 1) -> None:
     import uvicorn
+
+    from fyp.api.http_protocol import ProblemHttpToolsProtocol
 
     host, port = config.server.host, config.server.port
     if config.server.api_key is None and not _is_loopback_host(host):
@@ -60,6 +72,7 @@ def _serve(config: FypConfig, background_training: bool = True, workers: int = 1
             workers=workers,
             log_level="warning",
             access_log=False,
+            http=ProblemHttpToolsProtocol,
         )
         return
     from fyp.api.app import create_app
@@ -77,7 +90,14 @@ def _serve(config: FypConfig, background_training: bool = True, workers: int = 1
         f"fyp: serving {config.data_dir} on http://{host}:{port} (API docs at /docs)",
         file=sys.stderr,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http=ProblemHttpToolsProtocol,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -17,13 +17,14 @@ import hashlib
 import json
 import os
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from fyp.errors import ConfigError
-from fyp.types import RegionName
+from fyp.types import RegionName, Timestamp
 
 DEFAULT_DATA_DIR: Final = Path("fyp-data")
 CONFIG_FILE_NAME: Final = "fyp.toml"
@@ -489,6 +490,40 @@ class OnlineConfig(_Section):
         return self
 
 
+class IngestConfig(_Section):
+    """The time window every stored time must fall in: an event's ``ts`` and an item's
+    ``created_at``, however they arrive (``POST /v1/events``, ``PUT /v1/items``, ``fyp import``).
+
+    Trending, freshness and affinity all decay from "now", so a time far in the future keeps
+    its full weight for as long as it stays ahead: one like dated 9999 would top trending for
+    everyone and pin the viewer's affinity. Times are compared with the server's clock (the
+    engine's ``clock``); a simulation whose history runs ahead of the wall clock builds its
+    engine with the simulation's clock, or raises ``max_future_skew_s`` for the import."""
+
+    max_future_skew_s: float = Field(default=300.0, ge=0, allow_inf_nan=False)
+    """How far ahead of the server's clock a time may be (a client whose clock runs fast)."""
+    min_event_time: Timestamp = datetime(1990, 1, 1, tzinfo=UTC)
+    """The earliest time accepted. Imported histories reach back to the 1990s (MovieLens 100k
+    is 1997-98); an earlier time is nearly always a zero or a wrong unit."""
+
+    def refusal(self, field: str, when: datetime, now: float) -> str | None:
+        """Why the time ``when`` (of ``field``) is refused at server time ``now``, or ``None``
+        when it is inside the window."""
+        if when < self.min_event_time:
+            return (
+                f"{field}: {when.isoformat()} is before {self.min_event_time.isoformat()}, the "
+                "earliest time accepted (ingest.min_event_time)"
+            )
+        ahead = when.timestamp() - now
+        if ahead > self.max_future_skew_s:
+            return (
+                f"{field}: {when.isoformat()} is {ahead:,.0f} s ahead of the server clock "
+                f"({datetime.fromtimestamp(now, UTC).isoformat()}); at most "
+                f"{self.max_future_skew_s:g} s is allowed (ingest.max_future_skew_s)"
+            )
+        return None
+
+
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
@@ -512,6 +547,7 @@ class FypConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     ranker: RankerConfig = RankerConfig()
     server: ServerConfig = ServerConfig()
+    ingest: IngestConfig = IngestConfig()
     online: OnlineConfig = OnlineConfig()
     sync_interval_s: float = Field(default=2.0, gt=0)
     """How often a serving process picks up catalog changes and models made by other processes."""

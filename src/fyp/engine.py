@@ -269,7 +269,30 @@ class Engine:
     # ---- catalog --------------------------------------------------------------------------------
 
     def put_items(self, items: Sequence[Item]) -> UpsertResult:
+        """Create or update catalog items; a batch with an item dated outside the ingest window
+        (``config.ingest``) is refused whole, before anything is written."""
+        self._refuse_items_out_of_window(items)
         return self.catalog.upsert_items(items)
+
+    def _refuse_items_out_of_window(self, items: Sequence[Item]) -> None:
+        now = self.clock()
+        refused = [
+            (index, item.item_id, problem)
+            for index, item in enumerate(items)
+            # An omitted created_at is stamped on receipt (or keeps the stored time).
+            if "created_at" in item.model_fields_set
+            and (problem := self.config.ingest.refusal("created_at", item.created_at, now))
+        ]
+        if refused:
+            _, item_id, problem = refused[0]
+            raise InvalidInput(
+                f"item {item_id!r}: {problem}"
+                + (f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""),
+                errors=[
+                    {"field": f"items.{i}.created_at", "detail": p.partition(": ")[2]}
+                    for i, _, p in refused
+                ],
+            )
 
     def get_item(self, item_id: str) -> ItemRecord:
         record = self.catalog.get_item(item_id)
@@ -339,24 +362,26 @@ class Engine:
         """Store valid events in their users' home regions; report the others by index.
 
         ``events`` may hold ``None`` at indexes that already failed validation (listed in
-        ``errors``). Each region's batch is one durable transaction: when this returns, every
-        accepted event is on disk.
+        ``errors``). An event dated outside the ingest window (``config.ingest``, measured
+        against this engine's clock) is reported too. Each region's batch is one durable
+        transaction: when this returns, every accepted event is on disk.
         """
         result = IngestResult(errors=list(errors))
         # An event id names one event: a repeat in the batch is a duplicate if it says the same,
         # a conflict if it does not (the store tells the same of ids stored before).
         first_index: dict[str, int] = {}
-        present: list[tuple[int, Event]] = []
+        unique: list[tuple[int, Event]] = []
         for index, event in enumerate(events):
             if event is None:
                 continue
             earlier = first_index.setdefault(event.event_id, index)
             if earlier == index:
-                present.append((index, event))
+                unique.append((index, event))
             elif events[earlier] == event:
                 result.duplicates += 1
             else:
                 result.errors.append((index, _conflict(event.event_id)))
+        present = self._within_window(unique, result.errors)
         homes = self.gate.locate_many([e.user_id for _, e in present])
         items = self.catalog.get_items(list({e.item_id for _, e in present}))
         by_region: dict[str, list[Event]] = defaultdict(list)
@@ -397,6 +422,20 @@ class Engine:
                         result.errors.append((index, refused[event.event_id]))
         result.errors.sort()
         return result
+
+    def _within_window(
+        self, present: list[tuple[int, Event]], errors: list[tuple[int, str]]
+    ) -> list[tuple[int, Event]]:
+        """The events whose time is inside the ingest window; the others go to ``errors``."""
+        now = self.clock()
+        kept = []
+        for index, event in present:
+            problem = self.config.ingest.refusal("ts", event.ts, now)
+            if problem is None:
+                kept.append((index, event))
+            else:
+                errors.append((index, problem))
+        return kept
 
     # ---- feed -----------------------------------------------------------------------------------
 

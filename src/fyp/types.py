@@ -65,6 +65,9 @@ Tag = Annotated[str, AfterValidator(_normalize_tag)]
 """A tag, normalized: leading ``#`` removed, lowercase, no spaces, at most 64 characters."""
 
 
+_OUT_OF_RANGE: Final = "a timestamp must fall between the years 1 and 9999 in UTC"
+
+
 def _as_utc(value: object) -> object:
     """Accept epoch seconds, ISO 8601 strings and datetimes; naive values are UTC."""
     if isinstance(value, bool):
@@ -72,14 +75,23 @@ def _as_utc(value: object) -> object:
     if isinstance(value, int | float):
         if not math.isfinite(value):
             raise ValueError("a timestamp must be finite")
-        return datetime.fromtimestamp(value, tz=UTC)
+        try:
+            return datetime.fromtimestamp(value, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            # The platform's time_t or datetime's year range refused it (1e17, 1e20): the
+            # caller's mistake, reported like any other invalid value rather than a crash.
+            raise ValueError(_OUT_OF_RANGE) from None
     return value
 
 
 def _require_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # "9999-12-31T23:00:00-05:00" parses, but its UTC instant is in the year 10000.
+        raise ValueError(_OUT_OF_RANGE) from None
 
 
 Timestamp = Annotated[
@@ -200,4 +212,7 @@ _ID_RE: Final = re.compile(_ID_PATTERN)
 
 def is_valid_id(value: str) -> bool:
     """True when ``value`` is a well-formed id (for path parameters that bypass the models)."""
-    return 0 < len(value) <= MAX_ID_LEN and _ID_RE.match(value) is not None
+    # fullmatch, not match: Python's ``$`` also matches before a trailing newline, so
+    # ``match`` took "us1\n" for "us1". (The models' patterns run on pydantic's Rust engine,
+    # where ``$`` is the end of the text.)
+    return 0 < len(value) <= MAX_ID_LEN and _ID_RE.fullmatch(value) is not None

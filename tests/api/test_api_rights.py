@@ -140,8 +140,8 @@ def test_personalization_off_takes_effect_on_the_next_request(client: TestClient
     personal = client.get("/v1/users/alice/feed?n=10&trace=true").json()
     sources = {s["component"] for s in personal["trace"]["steps"] if s["stage"] == "sources"}
     assert "interest_tags" in sources
-    put = client.put("/v1/users/alice/controls", json={"personalized": False})
-    assert put.status_code == 200 and put.json()["personalized"] is False
+    off = client.patch("/v1/users/alice/controls", json={"personalized": False})
+    assert off.status_code == 200 and off.json()["personalized"] is False
     plain = client.get("/v1/users/alice/feed?n=10&trace=true").json()
     steps = plain["trace"]["steps"]
     found = {s["component"] for s in steps if s["stage"] == "sources"} - {"hydrate_candidates"}
@@ -150,7 +150,7 @@ def test_personalization_off_takes_effect_on_the_next_request(client: TestClient
     assert _codes(plain) <= {"followed_creator", "trending_in_region"}
     first = plain["items"][0]
     assert [r["code"] for r in first["reasons"]] == ["followed_creator"]
-    client.put("/v1/users/alice/controls", json={"personalized": True})
+    client.patch("/v1/users/alice/controls", json={"personalized": True})
     again = client.get("/v1/users/alice/feed?n=10&trace=true").json()
     assert "interest_tags" in {s["component"] for s in again["trace"]["steps"]}
 
@@ -173,15 +173,16 @@ def test_keyword_filters_and_blocked_tags_apply_to_the_next_page(client: TestCli
 
 
 def test_filters_beyond_the_limits_are_refused(client: TestClient) -> None:
-    too_many = {"keyword_filters": [f"w{i}" for i in range(501)]}
+    whole = {"personalized": True, "keyword_filters": [], "blocked_tags": []}
+    too_many = whole | {"keyword_filters": [f"w{i}" for i in range(501)]}
     response = client.put("/v1/users/alice/controls", json=too_many)
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
-    too_long = client.put("/v1/users/alice/controls", json={"blocked_tags": ["x" * 101]})
+    too_long = client.put("/v1/users/alice/controls", json=whole | {"blocked_tags": ["x" * 101]})
     assert too_long.status_code == 422
-    unknown = client.put("/v1/users/alice/controls", json={"personalised": False})
+    unknown = client.put("/v1/users/alice/controls", json=whole | {"personalised": False})
     assert unknown.status_code == 422
-    assert client.put("/v1/users/ghost/controls", json={}).status_code == 404
+    assert client.put("/v1/users/ghost/controls", json=whole).status_code == 404
 
 
 def test_interests_can_be_viewed_and_deleted(client: TestClient) -> None:

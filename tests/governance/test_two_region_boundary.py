@@ -89,6 +89,7 @@ USER_ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/v1/users/{user_id}/controls"): {
         "json": {"personalized": False, "keyword_filters": ["x"], "blocked_tags": []}
     },
+    ("PATCH", "/v1/users/{user_id}/controls"): {"json": {"blocked_tags": ["y"]}},
     ("GET", "/v1/users/{user_id}/interests"): {},
     ("DELETE", "/v1/users/{user_id}/interests"): {},
 }

@@ -28,6 +28,7 @@ from fyp.api import problems
 from fyp.api.schemas import (
     ControlsIn,
     ControlsOut,
+    ControlsPatchIn,
     EventErrorOut,
     EventsIn,
     EventsOut,
@@ -51,7 +52,7 @@ from fyp.api.schemas import (
 from fyp.engine import Engine
 from fyp.errors import AccessDenied, InvalidInput, Unauthenticated
 from fyp.governance.transparency import report as transparency_report
-from fyp.types import MAX_FEED_N, Event, is_valid_id
+from fyp.types import MAX_FEED_N, MAX_ID_LEN, Event, RegionName, Tag, is_valid_id
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -114,6 +115,11 @@ def _item_out(record: Any) -> ItemOut:
 
 
 def _check_id(kind: str, value: str) -> None:
+    if len(value) > MAX_ID_LEN:
+        # Not echoed: a problem document must not grow with what the client sent.
+        raise InvalidInput(
+            f"a {kind} id has at most {MAX_ID_LEN} characters, got {len(value)} characters"
+        )
     if not is_valid_id(value):
         raise InvalidInput(f"{value!r} is not a valid {kind} id")
 
@@ -290,9 +296,19 @@ def create_app(
 
     @v1.put("/users/{user_id}/controls", tags=["rights"])
     def put_controls(user_id: str, body: ControlsIn) -> ControlsOut:
-        """Personalization on or off and the user's own filters; the next feed follows them."""
+        """Replace the user's controls (the whole document: personalization on or off, keyword
+        filters, blocked tags); the next feed follows them."""
         _check_id("user", user_id)
         stored = engine.rights.put_controls(
+            user_id, body.personalized, body.keyword_filters, body.blocked_tags
+        )
+        return _controls_out(user_id, stored)
+
+    @v1.patch("/users/{user_id}/controls", tags=["rights"])
+    def patch_controls(user_id: str, body: ControlsPatchIn) -> ControlsOut:
+        """Change only the controls given; the others keep their stored values."""
+        _check_id("user", user_id)
+        stored = engine.rights.patch_controls(
             user_id, body.personalized, body.keyword_filters, body.blocked_tags
         )
         return _controls_out(user_id, stored)
@@ -310,7 +326,7 @@ def create_app(
     @v1.delete("/users/{user_id}/interests", tags=["rights"])
     def delete_interests(
         user_id: str,
-        tag: Annotated[str | None, Query(description="forget one tag (default: reset all)")] = None,
+        tag: Annotated[Tag | None, Query(description="forget one tag (default: reset all)")] = None,
     ) -> InterestsDeletedOut:
         _check_id("user", user_id)
         removed = engine.rights.delete_interests(user_id, tag)
@@ -327,8 +343,13 @@ def create_app(
         )
 
     @v1.post("/train", tags=["models"])
-    def train(region: Annotated[str | None, Query()] = None) -> TrainOut:
-        reports = engine.train([region] if region else None)
+    def train(
+        region: Annotated[
+            RegionName | None, Query(description="one configured region (default: every one)")
+        ] = None,
+    ) -> TrainOut:
+        # ``?region=`` is an invalid name (422), never "every region".
+        reports = engine.train([region] if region is not None else None)
         return TrainOut(reports=[TrainReportOut(**dataclasses.asdict(r)) for r in reports])
 
     app.include_router(v1)

@@ -20,6 +20,7 @@ from fyp.errors import PROBLEM_TYPE_PREFIX, FypError
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+MAX_INSTANCE_LEN = 512
 
 _HTTP_SLUGS = {
     400: ("bad-request", "Bad request"),
@@ -41,7 +42,9 @@ def problem(
         "status": status,
         "detail": detail,
     }
-    if instance:
+    if instance and len(instance) <= MAX_INSTANCE_LEN:
+        # A longer path is left out rather than echoed: the answer to a hostile request stays
+        # small whatever it sent (ids are at most 128 characters, so real paths fit).
         body["instance"] = instance
     body.update(extra)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
+from fyp.governance.rights import MAX_FILTER_LENGTH
 from fyp.storage.roles import MAX_BLOCKED_TAGS, MAX_KEYWORD_FILTERS
 from fyp.types import MAX_BATCH, Item, User
 
@@ -119,10 +121,41 @@ class HealthOut(BaseModel):
     """Regions that failed an integrity check, with the reason."""
 
 
+FilterEntry = Annotated[str, StringConstraints(max_length=MAX_FILTER_LENGTH)]
+KeywordFilters = Annotated[list[FilterEntry], Field(max_length=MAX_KEYWORD_FILTERS)]
+BlockedTags = Annotated[list[FilterEntry], Field(max_length=MAX_BLOCKED_TAGS)]
+
+
 class ControlsIn(_Body):
-    personalized: bool = True
-    keyword_filters: list[str] = Field(default_factory=list, max_length=MAX_KEYWORD_FILTERS)
-    blocked_tags: list[str] = Field(default_factory=list, max_length=MAX_BLOCKED_TAGS)
+    """The whole controls document (``PUT``): every field is required, because what is stored
+    is replaced, and a field left out must not silently clear the user's filters. ``PATCH``
+    (:class:`ControlsPatchIn`) changes single fields. Strict: ``"no"`` or ``0`` is not ``false``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    personalized: bool
+    keyword_filters: KeywordFilters
+    blocked_tags: BlockedTags
+
+
+class ControlsPatchIn(_Body):
+    """Some of the controls (``PATCH``): the fields given replace the stored ones, the others
+    keep their values. ``null`` is refused rather than read as "clear": send ``[]`` for that."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    # Absent means "keep"; ``SkipJsonSchema`` keeps null out of the published schema, and the
+    # validator below out of what is accepted.
+    personalized: bool | SkipJsonSchema[None] = None
+    keyword_filters: KeywordFilters | SkipJsonSchema[None] = None
+    blocked_tags: BlockedTags | SkipJsonSchema[None] = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("must not be null; leave the field out to keep its stored value")
+        return value
 
 
 class ControlsOut(BaseModel):

@@ -66,6 +66,7 @@ _ROLE_METHODS: Final[Mapping[str, frozenset[str]]] = {
             "erase_user",
             "controls",
             "put_controls",
+            "patch_controls",
             "interests",
             "reset_interests",
         }

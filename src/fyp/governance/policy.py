@@ -107,6 +107,7 @@ PURPOSE_OPERATIONS: Final[Mapping[str, frozenset[str]]] = {
             "users.get_user",
             "rights.controls",
             "rights.put_controls",
+            "rights.patch_controls",
             "rights.interests",
             "rights.reset_interests",
         }

@@ -270,6 +270,35 @@ class UserRightsService:
         controls = UserControls(personalized, tuple(keywords), tuple(dict.fromkeys(tags)))
         return handle.rights.put_controls(user_id, controls, self._clock())
 
+    def patch_controls(
+        self,
+        user_id: str,
+        personalized: bool | None = None,
+        keyword_filters: Sequence[str] | None = None,
+        blocked_tags: Sequence[str] | None = None,
+    ) -> UserControls:
+        """Change only the controls given (``None`` keeps the stored value), with the limits of
+        :meth:`put_controls`. The store merges and writes in one transaction, so concurrent
+        patches (in any process) apply one after the other instead of undoing each other."""
+        keywords = (
+            None
+            if keyword_filters is None
+            else _clean(keyword_filters, MAX_KEYWORD_FILTERS, "keyword_filters")
+        )
+        tags = (
+            None
+            if blocked_tags is None
+            else [t.lstrip("#") for t in _clean(blocked_tags, MAX_BLOCKED_TAGS, "blocked_tags")]
+        )
+        handle = self._open(user_id, "manage_controls")
+        return handle.rights.patch_controls(
+            user_id,
+            self._clock(),
+            personalized=personalized,
+            keyword_filters=None if keywords is None else tuple(keywords),
+            blocked_tags=None if tags is None else tuple(dict.fromkeys(tags)),
+        )
+
     def interests(self, user_id: str) -> list[Interest]:
         handle = self._open(user_id, "manage_controls")
         self._require_user(handle, user_id)

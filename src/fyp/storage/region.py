@@ -1606,6 +1606,34 @@ class SqlRegionStore:
             self._write_controls(conn, user_id, stored, now)
         return stored
 
+    def patch_controls(
+        self,
+        user_id: str,
+        now: float,
+        personalized: bool | None = None,
+        keyword_filters: Sequence[str] | None = None,
+        blocked_tags: Sequence[str] | None = None,
+    ) -> UserControls:
+        """Change only the controls given (``None`` keeps the stored value). The user's row is
+        locked exclusively for the read and the write, so concurrent patches (in any process)
+        apply one after the other instead of undoing each other."""
+        with self.db.write() as conn:
+            if not self._lock_users(conn, [user_id], exclusive=True) or self._being_erased(
+                conn, [user_id]
+            ):
+                raise NotFound(f"no user {user_id!r} in region {self.region!r}")
+            stored = self._controls(conn, user_id)
+            merged = replace(
+                stored,
+                personalized=stored.personalized if personalized is None else personalized,
+                keyword_filters=(
+                    stored.keyword_filters if keyword_filters is None else tuple(keyword_filters)
+                ),
+                blocked_tags=stored.blocked_tags if blocked_tags is None else tuple(blocked_tags),
+            )
+            self._write_controls(conn, user_id, merged, now)
+        return merged
+
     def interests(self, user_id: str, now: float) -> list[Interest]:
         state = self.hydrate(user_id, now)
         found = [Interest("tag", k, w) for k, w in state.tag_affinity.items()]

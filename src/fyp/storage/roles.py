@@ -245,6 +245,17 @@ class UserRights(Protocol):
 
     def controls(self, user_id: str) -> UserControls: ...
     def put_controls(self, user_id: str, controls: UserControls, now: float) -> UserControls: ...
+    def patch_controls(
+        self,
+        user_id: str,
+        now: float,
+        personalized: bool | None = None,
+        keyword_filters: Sequence[str] | None = None,
+        blocked_tags: Sequence[str] | None = None,
+    ) -> UserControls:
+        """Change only the controls given, atomically (a read-merge-write in one transaction)."""
+        ...
+
     def interests(self, user_id: str, now: float) -> list[Interest]: ...
     def reset_interests(self, user_id: str, now: float, tag: str | None = None) -> int: ...
 
