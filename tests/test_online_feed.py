@@ -20,9 +20,11 @@ from fastapi.testclient import TestClient
 from fyp.api.app import create_app
 from fyp.config import load_config
 from fyp.engine import Engine
+from fyp.errors import NotFound
 from fyp.models.ranker_data import NUMERIC_FEATURES
 from fyp.pipeline.contracts import FeedResult
 from fyp.sim.world import World, WorldConfig, build_world
+from fyp.storage.sql import rows_naming
 from fyp.types import Event, Item
 
 pytestmark = pytest.mark.slow
@@ -414,3 +416,76 @@ def test_a_process_that_does_not_train_logs_only_where_a_trainer_can_read(
             *(f"{prefix}:{kind}:{r}" for kind in ("raw", "examples") for r in ("us", "eu"))
         )
         client.close()
+
+
+def test_erasures_racing_feeds_and_online_learning_leave_nothing_in_any_model(
+    engine: Engine, world: World
+) -> None:
+    """Viewers erased (in parallel) while their feeds are served and watched and the online
+    trainers learn in the background, as in `fyp serve`: afterwards no learner, checkpoint,
+    published ranker, served ranker, joiner or table holds anything about them."""
+    region = "eu"
+    viewers = [u.user_id for u in world.users if u.region == region][:24]
+    erased, kept = viewers[:12], viewers[12:]
+    items: dict[str, Item] = {i.item_id: i for i in world.items}
+    for k, user in enumerate(viewers[:8]):
+        watch(engine, world, engine.feed(user, 5), seed=k)
+    engine.learn_now([region])
+    engine._start_trainers()
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def viewer(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not stop.is_set():
+                user = viewers[int(rng.integers(len(viewers)))]
+                try:
+                    page = engine.feed(user, 4)
+                except NotFound:
+                    continue
+                events = []
+                for served in page.items:
+                    events += world.viewers[user].react(
+                        items[served.item_id], engine.clock(), rng, request_id=page.request_id
+                    )
+                engine.ingest(events)  # rows of an erased viewer are refused, not raised
+        except BaseException as exc:
+            failures.append(exc)
+
+    def eraser(part: list[str]) -> None:
+        try:
+            for user in part:
+                engine.rights.erase(user)
+        except BaseException as exc:
+            failures.append(exc)
+
+    viewers_threads = [threading.Thread(target=viewer, args=(s,)) for s in range(3)]
+    erasers = [threading.Thread(target=eraser, args=(erased[k::3],)) for k in range(3)]
+    try:
+        for thread in viewers_threads + erasers:
+            thread.start()
+        for thread in erasers:
+            thread.join()
+        stop.set()
+        for thread in viewers_threads:
+            thread.join()
+    finally:
+        stop.set()
+        engine.stop_background()
+    assert not failures, failures
+    engine.learn_now([region])
+    trainer = engine.trainers[region]
+    assert trainer.checkpoint()
+    assert not set(erased) & trainer.viewer_ids()
+    assert set(kept) & trainer.viewer_ids(), "the learner kept learning about the others"
+    assert not set(erased) & engine._joins[region].joiner.users()
+    served = engine.slots[region].current
+    assert served is not None and served.ranker is not None
+    assert not set(erased) & {u for u, _ in served.ranker.vocabs.users.live()}
+    models_dir = engine.config.models_dir(region)
+    for path in models_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert not [u for u in erased if u.encode() in data], path
+    assert not +rows_naming(engine.config.region_url(region), erased)

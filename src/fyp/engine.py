@@ -498,7 +498,7 @@ class Engine:
     def train(self, regions: Sequence[str] | None = None) -> list[TrainReport]:
         """Retrain the learned sources of ``regions`` (default: all) and serve the new models."""
         reports = []
-        for region in regions or self.config.served_regions:
+        for region in self.config.served_regions if regions is None else regions:
             if region not in self.config.region_names:
                 raise InvalidInput(f"unknown region {region!r}")
             handle = self.gate.open(region, self.service(region), "train")

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import String, column, create_engine, inspect, select, table
 
 from fyp.config import FypConfig, load_config
 from fyp.engine import Engine
 from fyp.errors import FypError, NotFound
 from fyp.governance.policy import Principal
 from fyp.governance.rights import subject_hash
+from fyp.storage.sql import rows_naming
 from fyp.types import Event, Item, User, from_epoch
 
 NOW = 1_700_000_000.0
@@ -175,32 +175,11 @@ def _race(engines: list[Engine], cohort: list[str], seed: int) -> Round:
     return record
 
 
-def _traces(url: str, user_ids: set[str]) -> Counter[tuple[str, str]]:
-    """Rows naming any of ``user_ids``, by (table, column), over every text column of every table
-    of the database at ``url`` (whatever the tables are called)."""
-    found: Counter[tuple[str, str]] = Counter()
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            inspector = inspect(conn)
-            for name in inspector.get_table_names():
-                for col in inspector.get_columns(name):
-                    if not isinstance(col["type"], String):
-                        continue
-                    target = column(col["name"])
-                    query = select(target).select_from(table(name, target))
-                    for _ in conn.execute(query.where(target.in_(sorted(user_ids)))):
-                        found[(name, col["name"])] += 1
-    finally:
-        engine.dispose()
-    return found
-
-
 def _check_round(engines: list[Engine], region_url: str, cohort: list[str], record: Round) -> None:
     assert not record.erase_errors, record.erase_errors[:5]
     assert set(record.receipts) == set(cohort), "every erasure answered with a receipt"
     erased = set(cohort)
-    leftovers = _traces(region_url, erased)
+    leftovers = rows_naming(region_url, erased)
     assert not +leftovers, f"rows of erased users remain: {dict(leftovers)}"
     for user_id, (arrived, _) in record.receipts.items():
         late = [

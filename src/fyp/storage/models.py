@@ -8,6 +8,7 @@ one, even if the writer dies mid-way. Arrays are stored with ``numpy.savez`` and
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ _HISTORY: Final = "HISTORY"
 """Saved versions, one per line, in save order: pruning follows it, not file timestamps."""
 _KEEP: Final = 3
 _ERASED: Final = "LAST_ERASURE"
+_ERASED_LOCK: Final = ".LAST_ERASURE.lock"
 _ONLINE: Final = "online"
 _PUBLISHED: Final = "published"
 
@@ -78,11 +80,14 @@ class ModelStore:
         training time, so the erased user's rows leave the stored model at the next training.
         """
         self.root.mkdir(parents=True, exist_ok=True)
-        # Never move the mark back (erasures of several processes may write it out of order).
-        self._write_atomically(_ERASED, repr(max(float(now), self.last_erasure())))
-        # The online checkpoint holds the erased viewer's row: drop it; a running trainer
-        # (which forgets the viewer in memory) writes a fresh one without them.
-        shutil.rmtree(self.root / _ONLINE, ignore_errors=True)
+        # One marker at a time, across threads and processes (an exclusive lock on a file
+        # beside it), so the mark never moves back when erasures finish out of order.
+        with (self.root / _ERASED_LOCK).open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._write_atomically(_ERASED, repr(max(float(now), self.last_erasure())))
+            # The online checkpoint holds the erased viewer's row: drop it; a running trainer
+            # (which forgets the viewer in memory) writes a fresh one without them.
+            shutil.rmtree(self.root / _ONLINE, ignore_errors=True)
 
     def online_dir(self) -> Path:
         """Where the online trainer keeps its checkpoints (they hold viewer rows: personal)."""

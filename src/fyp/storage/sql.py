@@ -13,7 +13,8 @@ import contextlib
 import functools
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,14 @@ from sqlalchemy import (
     String,
     Table,
     any_,
+    column,
     create_engine,
     event,
     func,
     inspect,
     literal,
     select,
+    table,
 )
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
@@ -39,6 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import ColumnClause
 
 from fyp.errors import BackendUnavailable, ConfigError, SchemaMismatch
 
@@ -313,3 +317,31 @@ def one_of(db: Database, column: Any, values: Sequence[str]) -> ColumnElement[bo
 
 def rows_by(rows: Sequence[Mapping[str, Any]], key: str) -> dict[Any, Mapping[str, Any]]:
     return {row[key]: row for row in rows}
+
+
+def rows_naming(url: str, values: Iterable[str]) -> Counter[tuple[str, str]]:
+    """Rows whose text equals one of ``values``, counted by (table, column), over every text
+    column of every table of the database at ``url``, whatever the tables are called: how a test
+    or an operator shows that an erased user's id is nowhere in a region's database."""
+    wanted = sorted(set(values))
+    found: Counter[tuple[str, str]] = Counter()
+    if not wanted:
+        return found
+    engine = create_sql_engine(url)
+    try:
+        with engine.connect() as conn:
+            inspector = inspect(conn)
+            for name in inspector.get_table_names():
+                for described in inspector.get_columns(name):
+                    if not isinstance(described["type"], String):
+                        continue
+                    target: ColumnClause[Any] = column(described["name"])
+                    source = table(name, target)
+                    for part in chunked(wanted):
+                        query = select(func.count()).select_from(source).where(target.in_(part))
+                        hits = int(conn.execute(query).scalar_one())
+                        if hits:
+                            found[(name, described["name"])] += hits
+    finally:
+        engine.dispose()
+    return found
