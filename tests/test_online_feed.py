@@ -489,3 +489,28 @@ def test_erasures_racing_feeds_and_online_learning_leave_nothing_in_any_model(
             data = path.read_bytes()
             assert not [u for u in erased if u.encode() in data], path
     assert not +rows_naming(engine.config.region_url(region), erased)
+
+
+def test_a_user_erased_while_the_model_trains_leaves_it_at_once_and_it_is_retrained(
+    engine: Engine, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    region = "eu"
+    user = _region_user(world, region, 2)
+    import fyp.engine as engine_module
+
+    train = engine_module.train_region
+
+    def train_then_erase(*args: object, **kwargs: object) -> object:
+        report = train(*args, **kwargs)  # type: ignore[arg-type]
+        engine.rights.erase(user)  # erased after the events were read, before the model serves
+        return report
+
+    monkeypatch.setattr(engine_module, "train_region", train_then_erase)
+    [report] = engine.train([region])
+    assert report.version is not None
+    served = engine.slots[region].current
+    assert served is not None and served.ranker is not None
+    assert served.version == report.version
+    assert user not in {u for u, _ in served.ranker.vocabs.users.live()}
+    engine.retrainer.trained_at[region] = float(served.meta["data_as_of"])
+    assert engine.retrainer.due(region), "the stored snapshot still holds them: retrain"
