@@ -520,6 +520,10 @@ class FypConfig(_Section):
     read from the data directory. Default: the built-in policy. Env ``FYP_POLICY_FILE``."""
     audit_sign_interval_s: float = Field(default=10.0, gt=0)
     """How often a serving process signs each region's audit tree head (when the log grew)."""
+    audit_full_check: bool = True
+    """Check every region's audit log in full (every entry and tree node) in the background
+    after a server starts, quarantining a region that fails; the O(log n) startup check runs
+    regardless. See ``fyp.governance.audit_watch``."""
     serving_region: str | None = None
     """The region this deployment runs in. Unset (the embedded default), one process acts for
     every region as that region's own service. Set, the process is that region's service only:
