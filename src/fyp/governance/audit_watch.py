@@ -48,6 +48,11 @@ class AuditLogCheck:
         self._thread = threading.Thread(target=self.run, name="fyp-audit-check", daemon=True)
         self._thread.start()
 
+    def wait(self, timeout_s: float | None = None) -> None:
+        """Wait until the check has finished (for tools and tests that want its verdict)."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
