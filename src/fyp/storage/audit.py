@@ -126,15 +126,15 @@ AuditEntry = tuple[str, str, str, str, Mapping[str, Any], float]
 """(principal, purpose, action, decision, detail, timestamp)."""
 
 
+# ``json.dumps`` with options builds an encoder per call; the full check encodes every entry.
+_ENTRY_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def entry_bytes(
     seq: int, ts: float, principal: str, purpose: str, action: str, decision: str, detail: str
 ) -> bytes:
     """The canonical bytes of an entry: what its leaf hash covers (``detail`` as stored)."""
-    return json.dumps(
-        [seq, ts, principal, purpose, action, decision, detail],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
+    return _ENTRY_ENCODER.encode([seq, ts, principal, purpose, action, decision, detail]).encode()
 
 
 @dataclass(frozen=True)
@@ -609,20 +609,28 @@ def snapshot(db: Database) -> Iterator[Connection]:
 
 def hash_value(value: Any) -> bytes | None:
     """A stored hash as 32 bytes, or ``None`` when the column holds anything else."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        raw = bytes(value)
-        return raw if len(raw) == merkle.HASH_SIZE else None
-    return None
+    if type(value) is not bytes:
+        if not isinstance(value, bytearray | memoryview):
+            return None
+        value = bytes(value)
+    return value if len(value) == merkle.HASH_SIZE else None
 
 
-def row_leaf(row: Any) -> bytes | None:
-    """The leaf hash of an entry row as stored, or ``None`` when the row is malformed."""
-    if not isinstance(row.seq, int) or not isinstance(row.ts, int | float):
+def row_leaf(row: Sequence[Any]) -> bytes | None:
+    """The leaf hash of an entry row as stored (its columns in table order), or ``None`` when
+    the row is malformed."""
+    seq, ts, principal, purpose, action, decision, detail = row
+    if (
+        type(seq) is not int
+        or type(ts) not in (float, int)
+        or type(principal) is not str
+        or type(purpose) is not str
+        or type(action) is not str
+        or type(decision) is not str
+        or type(detail) is not str
+    ):
         return None
-    texts = (row.principal, row.purpose, row.action, row.decision, row.detail)
-    if not all(isinstance(t, str) for t in texts):
-        return None
-    return merkle.leaf_hash(entry_bytes(row.seq, row.ts, *texts))
+    return merkle.leaf_hash(entry_bytes(seq, ts, principal, purpose, action, decision, detail))
 
 
 def stored_head(region: str, row: Any) -> TreeHead | None:
@@ -651,7 +659,7 @@ def _reason(exc: BaseException) -> str:
 def _row_leaf(row: Any) -> bytes:
     leaf = row_leaf(row)
     if leaf is None:
-        raise merkle.ProofError(f"audit entry #{row.seq!r} is malformed")
+        raise merkle.ProofError(f"audit entry #{row[0]!r} is malformed")
     return leaf
 
 

@@ -16,12 +16,13 @@ entry affected.
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, Select, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from fyp.governance import merkle
@@ -90,34 +91,51 @@ def _entries_text(first: int, last: int) -> str:
     return f"#{first}" if first == last else f"#{first}-#{last}"
 
 
+_cursor_names = itertools.count()
+
+
+def _stream(conn: Connection, query: Select[Any]) -> Generator[tuple[Any, ...], None, None]:
+    """The rows of ``query`` as plain tuples, fetched in batches through the driver's own
+    cursor: SQLAlchemy's row objects cost more than the check itself on millions of rows.
+    PostgreSQL gets a server-side cursor, so the rows are not all sent at once."""
+    sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+    raw: Any = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        cursor = raw.cursor(name=f"fyp_audit_check_{next(_cursor_names)}")
+    else:
+        cursor = raw.cursor()
+    try:
+        cursor.execute(sql)
+        while rows := cursor.fetchmany(_STREAM_BATCH):
+            yield from rows
+    finally:
+        cursor.close()
+
+
 class _Level:
     """The stored nodes of one tree level, read in index order as the rebuild reaches them."""
 
     def __init__(self, conn: Connection, level: int) -> None:
-        query = (
-            select(audit_nodes.c.idx, audit_nodes.c.hash)
-            .where(audit_nodes.c.level == level)
-            .order_by(audit_nodes.c.idx)
-        )
-        self._rows = iter(conn.execution_options(yield_per=_STREAM_BATCH).execute(query))
-        self._next: Any = next(self._rows, None)
+        nodes = audit_nodes.c
+        query = select(nodes.idx, nodes.hash).where(nodes.level == level).order_by(nodes.idx)
+        self._rows = _stream(conn, query)
+        self.close = self._rows.close
+        self._next: tuple[Any, ...] | None = next(self._rows, None)
 
     def take(self, idx: int) -> object:
         """The stored hash of node ``idx`` (``None`` if malformed), or ``_MISSING``.
 
         Rows before ``idx`` are passed over: they belong to entries already reported removed.
         """
-        while self._next is not None and (
-            not isinstance(self._next.idx, int) or self._next.idx < idx
-        ):
-            if not isinstance(self._next.idx, int):
+        found = self._next
+        while found is not None and (type(found[0]) is not int or found[0] < idx):
+            if type(found[0]) is not int:
                 return _MISSING  # non-numeric indexes sort last; the extra-node check names them
-            self._next = next(self._rows, None)
-        if self._next is None or self._next.idx != idx:
+            found = self._next = next(self._rows, None)
+        if found is None or found[0] != idx:
             return _MISSING
-        found = hash_value(self._next.hash)
         self._next = next(self._rows, None)
-        return found
+        return hash_value(found[1])
 
 
 class _Check:
@@ -134,6 +152,7 @@ class _Check:
         self.verifier = verifier
         self.stop = stop
         self.levels: dict[int, _Level] = {}
+        self.closing: list[Callable[[], None]] = []
         self.edge: list[tuple[int, bytes, bool]] = []
         """(level, hash, tainted) of the complete subtrees over the leaves so far, largest
         first; tainted: a problem inside the subtree is already reported."""
@@ -259,16 +278,16 @@ class _Check:
     def run(self) -> None:
         report = self.report
         self.check_heads_at(0)
-        query = select(audit).order_by(audit.c.seq)
-        rows = self.conn.execution_options(yield_per=_STREAM_BATCH).execute(query)
+        rows = _stream(self.conn, select(*audit.c).order_by(audit.c.seq))
+        self.closing.append(rows.close)
         last_seq = 0
-        leaves = _Level(self.conn, 0)
+        leaves = self.levels[0] = _Level(self.conn, 0)
         for count, row in enumerate(rows, 1):
             if self.stop is not None and count % _STOP_EVERY == 0 and self.stop.is_set():
                 report.interrupted = True
                 return
-            seq = row.seq
-            if not isinstance(seq, int) or seq < 1:
+            seq = row[0]
+            if type(seq) is not int or seq < 1:
                 report.fail(f"an entry has a malformed number ({seq!r})", last_seq + 1)
                 self.aligned = False
                 continue
@@ -296,7 +315,8 @@ class _Check:
             elif stored != leaf:
                 report.fail(f"entry #{seq} was altered after it was written", seq)
             self.add_leaf(leaf, tainted=stored != leaf)
-            self.check_heads_at(self.size)
+            if self.next_head < len(self.heads) and self.heads[self.next_head][0] <= self.size:
+                self.check_heads_at(self.size)
         report.entries = self.size
         report.root = self.root().hex()
         while self.next_head < len(self.heads):  # heads past the end: truncation
@@ -375,7 +395,13 @@ def verify_log(
     report = VerifyReport(region, 0)
     try:
         with snapshot(db) as conn:
-            _Check(conn, report, verifier, witnessed, stop).run()
+            check = _Check(conn, report, verifier, witnessed, stop)
+            try:
+                check.run()
+            finally:
+                # Server-side cursors must close inside the transaction that opened them.
+                for close in [*check.closing, *(level.close for level in check.levels.values())]:
+                    close()
     except SQLAlchemyError as exc:
         # A table dropped or unreadable is damage like any other: reported, never raised.
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
