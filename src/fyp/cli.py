@@ -20,6 +20,7 @@ from fyp.config import BACKGROUND_TRAINING_ENV, DEFAULT_DATA_DIR, FypConfig, loa
 from fyp.errors import ConfigError, FypError
 
 if TYPE_CHECKING:
+    from fyp.governance.keys import Verifier
     from fyp.sim.world import WorldConfig
 
 DEMO_DATA_DIR = Path("fyp-demo-data")
@@ -417,7 +418,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.action == "verify":
         return _audit_verify(args, config, regions, pinned)
     if args.action == "witness":
-        return _audit_witness(args, config, regions, pinned)
+        return _audit_witness(args, config, pinned)
     if args.action in ("key", "head"):
         from fyp.governance.witness import open_read_only
 
@@ -437,7 +438,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(
-    args: argparse.Namespace, config: FypConfig, regions: list[str], pinned: Any
+    args: argparse.Namespace, config: FypConfig, regions: list[str], pinned: Verifier | None
 ) -> int:
     from fyp.governance.witness import read_heads, verify_region
 
@@ -483,9 +484,7 @@ def _audit_verify(
     return 3 if failed else 0
 
 
-def _audit_witness(
-    args: argparse.Namespace, config: FypConfig, regions: list[str], pinned: Any
-) -> int:
+def _audit_witness(args: argparse.Namespace, config: FypConfig, pinned: Verifier | None) -> int:
     from fyp.governance import witness
 
     if pinned is None or args.heads is None or args.region is None:

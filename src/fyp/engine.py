@@ -30,7 +30,7 @@ from fyp.errors import (
     NotFound,
     RegionQuarantined,
 )
-from fyp.governance.audit_watch import AuditLogCheck
+from fyp.governance.audit_watch import AuditLogCheck, check_at_start
 from fyp.governance.gate import Gate
 from fyp.governance.keys import Signer
 from fyp.governance.policy import DeclarativePolicy, Principal, RegionalPolicies
@@ -135,12 +135,10 @@ class Engine:
         for name, policy_problem in policies.broken.items():
             self.gate.quarantine(name, f"access policy failed to load: {policy_problem}")
         for name, audit_log in audit_logs.items():
-            # An append that finds the log damaged later stops the region the same way.
+            # An append that finds the log damaged stops the region as a failed check does.
             audit_log.on_damaged = functools.partial(self._audit_log_damaged, name)
-            problem = audit_log.quick_check()
-            if problem is not None:
-                self.gate.quarantine(name, f"audit log check failed: {problem}")
-        self.audit_check = AuditLogCheck(self.gate, config.region_names)
+        witnessed = check_at_start(self.gate, audit_logs, config.resolved_audit_witness_file())
+        self.audit_check = AuditLogCheck(self.gate, config.region_names, witnessed)
         for name, store in stores.items():
             if store.key_problem is not None and name not in self.gate.quarantined:
                 self.gate.quarantine(name, f"encryption key check failed: {store.key_problem}")

@@ -14,7 +14,9 @@ from fyp.api.app import create_app
 from fyp.config import load_config
 from fyp.engine import Engine
 from fyp.errors import RegionQuarantined
+from fyp.governance.keys import Verifier
 from fyp.governance.policy import Principal
+from fyp.governance.witness import LocalHeadSource, witness
 
 LOCAL = ("127.0.0.1", 40000)
 
@@ -269,3 +271,54 @@ def test_damage_found_by_an_append_while_serving_quarantines_the_region(busy_dir
         assert "audit log damaged" in health["quarantined"]["us"]
         assert client.get("/v1/users/ana").status_code == 503
         assert client.get("/v1/users/eli").status_code == 200
+
+
+def _witness_us(data_dir: Path, heads: Path) -> int:
+    """A witness keeps the us log's current head; returns its size."""
+    config = load_config(data_dir)
+    source = LocalHeadSource(config)
+    verifier = Verifier.from_key_file(config.audit_key_path("us"))
+    try:
+        outcome = witness(source, "us", verifier, heads)
+    finally:
+        source.close()
+    assert outcome.ok and outcome.head is not None
+    return outcome.head.size
+
+
+def test_a_witness_file_lets_the_start_catch_a_truncation_with_its_heads(
+    busy_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    heads = tmp_path_factory.mktemp("witness") / "heads.jsonl"
+    size = _witness_us(busy_dir, heads)
+    keep = size - 6
+    _us_log(
+        busy_dir,
+        f"DELETE FROM audit WHERE seq > {keep}",
+        f"DELETE FROM audit_nodes WHERE (idx + 1) * (1 << level) > {keep}",
+        f"UPDATE audit_state SET size = {keep}",
+        "DELETE FROM audit_heads",
+    )
+    # Nothing in the log remembers the removed entries: without the witness it starts clean...
+    health, us, _ = _serve_after_the_checks(busy_dir)
+    assert us == 200 and health["audit_check"]["us"] == "verified"
+    # ...with the witness's file (where the deployment cannot write it), it does not.
+    (busy_dir / "fyp.toml").write_text(f'audit_witness_file = "{heads}"\n')
+    health, us, eu = _serve_after_the_checks(busy_dir)
+    assert (us, eu) == (503, 200)
+    reason = health["quarantined"]["us"]
+    assert f"the latest witnessed tree head covers {size} entries" in reason, reason
+
+
+def test_a_witness_file_that_is_not_heads_stops_every_region(
+    busy_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    heads = tmp_path_factory.mktemp("witness") / "heads.jsonl"
+    heads.write_text("not json\n")
+    (busy_dir / "fyp.toml").write_text(f'audit_witness_file = "{heads}"\n')
+    engine = Engine(load_config(busy_dir))
+    try:
+        assert set(engine.gate.quarantined) == {"us", "eu"}
+        assert "audit witness file cannot be used" in engine.gate.quarantined["eu"]
+    finally:
+        engine.close()

@@ -1,4 +1,4 @@
-"""The full check of each region's audit log, run once in the background after a server starts.
+"""The checks of each region's audit log when an engine starts, and the full one after.
 
 At startup every region gets ``SqlAuditLog.quick_check``: O(log n) lookups that catch a log which
 cannot take its next append, removed tail entries and a latest signed head that no longer holds,
@@ -8,16 +8,24 @@ tens of seconds (docs/BENCHMARKS.md), too long to hold a server's start. So a se
 serving after the quick check and runs the full one here, one region after another, in one
 daemon thread; a region that fails it is quarantined (HTTP 503 ``region-quarantined`` from then
 on), and ``/healthz`` reports each region's state meanwhile (``audit_check``).
+
+With ``audit_witness_file`` set (a witness's HEADS file, which this deployment reads but cannot
+write), both checks also hold each log to the heads the witness kept: a log truncated or
+rewritten together with its own signed heads then fails at start too.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Final, Literal
 
+from fyp.errors import ConfigError
 from fyp.governance.gate import Gate
+from fyp.governance.witness import read_heads
+from fyp.storage.audit import SqlAuditLog, TreeHead
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +36,45 @@ CheckState = Literal["pending", "running", "verified", "failed", "skipped", "sto
 _JOIN_TIMEOUT_S: Final = 30.0
 
 
+def check_at_start(
+    gate: Gate, logs: Mapping[str, SqlAuditLog], witness_file: Path | None
+) -> dict[str, list[TreeHead]]:
+    """Run each region's start-up check, against the latest witnessed head too when there is a
+    witness file; quarantine the regions that fail. Returns the witnessed heads per region."""
+    witnessed: dict[str, list[TreeHead]] = {name: [] for name in logs}
+    unusable: str | None = None
+    if witness_file is not None and witness_file.exists():
+        try:
+            for head in read_heads(witness_file):
+                witnessed.setdefault(head.region, []).append(head)
+        except ConfigError as exc:
+            # Every region's check depends on it: none is vouched for until it is fixed.
+            unusable = f"the audit witness file cannot be used: {exc.detail}"
+    elif witness_file is not None:
+        log.warning("audit witness file %s does not exist yet: no witnessed heads", witness_file)
+    for name, audit_log in logs.items():
+        if unusable is not None:
+            gate.quarantine(name, unusable)
+            continue
+        latest = max(witnessed[name], key=lambda head: head.size, default=None)
+        problem = audit_log.quick_check(witnessed=latest)
+        if problem is not None:
+            gate.quarantine(name, f"audit log check failed: {problem}")
+    return witnessed
+
+
 class AuditLogCheck:
     """Runs ``verify`` on each region's audit log once and quarantines a region that fails."""
 
-    def __init__(self, gate: Gate, regions: Sequence[str]) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        regions: Sequence[str],
+        witnessed: Mapping[str, Sequence[TreeHead]] | None = None,
+    ) -> None:
         self._gate = gate
         self._regions = list(regions)
+        self._witnessed = dict(witnessed or {})
         self._state: dict[str, CheckState] = dict.fromkeys(self._regions, "pending")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -68,7 +109,9 @@ class AuditLogCheck:
                 continue
             self._state[region] = "running"
             try:
-                report = self._gate.audit_log(region).verify(stop=self._stop)
+                report = self._gate.audit_log(region).verify(
+                    witnessed=self._witnessed.get(region, ()), stop=self._stop
+                )
             except Exception:  # the check must never take the server down; it says so instead
                 log.exception("the full audit log check of region %s could not run", region)
                 self._state[region] = "error"

@@ -469,7 +469,9 @@ class SqlAuditLog:
 
     # ---- verification ---------------------------------------------------------------------------
 
-    def quick_check(self, verifier: Verifier | None = None) -> str | None:
+    def quick_check(
+        self, verifier: Verifier | None = None, witnessed: TreeHead | None = None
+    ) -> str | None:
         """The startup check: O(log n) lookups plus a count. Returns the problem, or ``None``.
 
         Checks that the log can take its next append and that its latest signed head still
@@ -477,24 +479,30 @@ class SqlAuditLog:
         the stored tree has no node past the last entry (the trace of removed tail entries) and
         every node the current root and the next append need, the last entry still has its leaf
         hash, and the latest signed head verifies under the region's key and matches the stored
-        tree. An entry edited in the middle of the log is beyond it; ``verify`` finds that.
+        tree. ``witnessed``, the latest head a witness kept outside the log, is checked the same
+        way, so a log truncated or rewritten together with its own heads fails too. An entry
+        edited in the middle of the log is beyond this check; ``verify`` finds that.
         """
         if self.problem is not None:
             return self.problem
         verifier = verifier or self.verifier
         try:
             with snapshot(self.db) as conn:
-                return self._quick_check(conn, verifier)
+                return self._quick_check(conn, verifier, witnessed)
         except (SQLAlchemyError, merkle.ProofError) as exc:
             return f"the log could not be read: {_reason(exc)}"
 
-    def _quick_check(self, conn: Connection, verifier: Verifier) -> str | None:
+    def _quick_check(
+        self, conn: Connection, verifier: Verifier, witnessed: TreeHead | None
+    ) -> str | None:
         size = conn.execute(select(audit_state.c.size).where(audit_state.c.id == 1)).scalar()
         if not isinstance(size, int) or size < 0:
             return f"the append counter is missing or malformed ({size!r})"
-        count, low, high = conn.execute(
-            select(func.count(), func.min(audit.c.seq), func.max(audit.c.seq))
-        ).one()
+        # Three queries, not one: SQLite counts a table without reading its rows, and finds the
+        # ends through the key, but only when each is asked alone.
+        count = conn.execute(select(func.count()).select_from(audit)).scalar()
+        low = conn.execute(select(func.min(audit.c.seq))).scalar()
+        high = conn.execute(select(func.max(audit.c.seq))).scalar()
         if count != size or (size and (low != 1 or high != size)):
             return (
                 f"the log holds {count} entries numbered #{low} to #{high}, and its counter says "
@@ -525,24 +533,32 @@ class SqlAuditLog:
         row = conn.execute(
             select(audit_heads).order_by(audit_heads.c.tree_size.desc()).limit(1)
         ).first()
-        if row is None:
-            return None
-        head = stored_head(self.region, row)
-        if head is None:
-            return f"the latest signed tree head (size {row.tree_size!r}) is malformed"
-        if head.key_id != verifier.key_id or not verifier.valid(head.message(), head.signature):
-            return (
-                f"the latest signed tree head (size {head.size}) does not verify under the "
-                f"region's key {verifier.key_id}: the key file was replaced or the head forged"
-            )
-        if head.size > size:
-            return (
-                f"a signed head covers {head.size} entries, but the log holds {size}: entries "
-                "were removed"
-            )
-        root = merkle.empty_root() if head.size == 0 else subtree(0, head.size)
-        if root != head.root:
-            return f"the stored tree no longer produces the signed root of size {head.size}"
+        heads: list[tuple[str, TreeHead]] = []
+        if row is not None:
+            head = stored_head(self.region, row)
+            if head is None:
+                return f"the latest signed tree head (size {row.tree_size!r}) is malformed"
+            heads.append(("latest signed", head))
+        if witnessed is not None:
+            heads.append(("latest witnessed", witnessed))
+        for kind, head in heads:
+            if (
+                head.region != self.region
+                or head.key_id != verifier.key_id
+                or not verifier.valid(head.message(), head.signature)
+            ):
+                return (
+                    f"the {kind} tree head (size {head.size}) does not verify under the "
+                    f"region's key {verifier.key_id}: the key file was replaced or the head forged"
+                )
+            if head.size > size:
+                return (
+                    f"the {kind} tree head covers {head.size} entries, but the log holds {size}: "
+                    "entries were removed"
+                )
+            root = merkle.empty_root() if head.size == 0 else subtree(0, head.size)
+            if root != head.root:
+                return f"the stored tree no longer produces the {kind} root of size {head.size}"
         return None
 
     def verify(

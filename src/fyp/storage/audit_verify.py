@@ -402,8 +402,9 @@ def verify_log(
                 # Server-side cursors must close inside the transaction that opened them.
                 for close in [*check.closing, *(level.close for level in check.levels.values())]:
                     close()
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, db.engine.dialect.loaded_dbapi.Error) as exc:
         # A table dropped or unreadable is damage like any other: reported, never raised.
+        # (The rows are read through the driver's cursor, so its errors come unwrapped.)
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         report.fail(f"the audit log could not be read: {reason}", None)
     return report
