@@ -221,6 +221,12 @@ def section(r: dict[str, Any], command: str) -> str:
                 f"{base['peak_rss_mib'] - base['rss_before_mib']:,.0f} MiB",
             ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Peak memory includes the database file's pages that SQLite maps into memory (up to "
+        "256 MiB, `mmap_size`), which a count or a full read touches; beyond them the full "
+        "check keeps one hash per tree level.",
+    ]
     full = r["full"]["seconds"]
     s = r["serving"]
     lines += [
