@@ -407,12 +407,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from fyp.governance.keys import Verifier
 
     config = load_config(args.data_dir)
+    pinned = Verifier.from_hex(args.public_key) if args.public_key else None
+    if args.action == "witness" and args.url:
+        # A witness on another host polls regions its own configuration need not know.
+        return _audit_witness(args, config, pinned)
     regions = config.region_names
     if args.region is not None and args.region not in regions:
         raise FypError(f"no region named {args.region!r}; configured: {regions}")
     if args.region:
         regions = [args.region]
-    pinned = Verifier.from_hex(args.public_key) if args.public_key else None
     # These only read: a verifier must not write to the log it checks (nor start an engine,
     # whose start records opens), and must work on a log too damaged to append to.
     if args.action == "verify":

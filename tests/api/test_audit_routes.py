@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from fyp.api.app import create_app
+from fyp.cli import main
 from fyp.config import load_config
 from fyp.engine import Engine
 from fyp.governance import merkle
@@ -129,3 +130,43 @@ def test_a_witness_polling_over_http_keeps_heads_and_refuses_a_rewrite(
         outcome = witness(source, "us", pinned, heads)
         assert not outcome.ok and "not an extension" in (outcome.problem or "")
         assert len(read_heads(heads)) == 2
+
+
+def test_the_witness_command_polls_a_server(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    heads = tmp_path_factory.mktemp("witness") / "heads.jsonl"
+    elsewhere = tmp_path_factory.mktemp("witness-host")  # the witness's host has no fyp data
+    engine = Engine(load_config(tmp_path))
+    key = engine.gate.audit_log("eu").verifier.hex()
+    with TestClient(create_app(engine, background_training=False), client=LOCAL) as client:
+
+        class Polling(HttpHeadSource):
+            def close(self) -> None:  # the test's client outlives the command
+                pass
+
+        def connect(base_url: str, api_key: str | None, timeout_s: float = 30.0) -> Polling:
+            assert (base_url, api_key) == ("https://fyp.example", "k3y")
+            return Polling(client)
+
+        monkeypatch.setattr(HttpHeadSource, "connect", staticmethod(connect))
+
+        def witness_eu(pinned: str) -> int:
+            argv = ["audit", "witness", "--url", "https://fyp.example", "--api-key", "k3y"]
+            argv += ["--region", "eu", "--public-key", pinned, "--heads", str(heads)]
+            return main([*argv, "--data-dir", str(elsewhere)])
+
+        _grow(client, 2)
+        assert witness_eu(key) == 0
+        _grow(client, 2)
+        assert witness_eu(key) == 0
+        assert "consistent with size" in capsys.readouterr().out
+        assert [h.region for h in read_heads(heads)] == ["eu", "eu"]
+        _grow(client, 2)
+        assert witness_eu(engine.gate.audit_log("us").verifier.hex()) == 3
+        assert "not signed by the pinned key" in capsys.readouterr().out
+        assert len(read_heads(heads)) == 2
+    assert not list(elsewhere.iterdir())  # nothing was made on the witness's host
