@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fyp import __version__
-from fyp.config import BACKGROUND_TRAINING_ENV, FypConfig, load_config
-from fyp.errors import FypError
+from fyp.config import BACKGROUND_TRAINING_ENV, DEFAULT_DATA_DIR, FypConfig, load_config
+from fyp.errors import ConfigError, FypError
 
 if TYPE_CHECKING:
+    from fyp.governance.keys import Verifier
     from fyp.sim.world import WorldConfig
 
 DEMO_DATA_DIR = Path("fyp-demo-data")
@@ -39,6 +43,43 @@ def _is_loopback_host(host: str) -> bool:
     return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+def _check_data_dir(path: Path) -> None:
+    """Make sure ``path`` is a directory fyp can create and write, or say in one line why not."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"the data directory {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # Creating a file is the only test of writability that holds for every user and
+        # filesystem (os.access says yes to root on a read-only mount).
+        with tempfile.TemporaryFile(dir=path, prefix=".fyp-write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot use {path} as the data directory: {exc.strerror or exc}"
+        ) from exc
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the server's socket now, so a taken port fails before anything is loaded or
+    announced; uvicorn then serves on this very socket (no window for another process)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As uvicorn does: a restart may bind while the last run's connections linger.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        hint = (
+            ": another process is listening there; stop it or choose another --port"
+            if exc.errno == errno.EADDRINUSE
+            else ""
+        )
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from exc
+    sock.set_inheritable(True)  # worker processes serve on it too
+    return sock
+
+
 def _serve(config: FypConfig, background_training: bool = True, workers: int = 1) -> None:
     import uvicorn
 
@@ -50,54 +91,64 @@ def _serve(config: FypConfig, background_training: bool = True, workers: int = 1
             f"refusing to listen on {host}: without an API key fyp serves loopback only; "
             "set FYP_API_KEY to accept remote clients"
         )
-    if config.server.api_key is None:
-        print("fyp: no FYP_API_KEY set, so serving loopback clients only", file=sys.stderr)
-    if workers > 1:
-        # Each worker process builds its own engine from the environment (fyp.api.asgi).
-        os.environ["FYP_DATA_DIR"] = str(config.data_dir)
-        if config.serving_region:
-            os.environ["FYP_SERVING_REGION"] = config.serving_region
-        os.environ[BACKGROUND_TRAINING_ENV] = "1" if background_training else "0"
+    _check_data_dir(config.data_dir)
+    sock = _listen(host, port)
+    with sock:
+        if config.server.api_key is None:
+            print("fyp: no FYP_API_KEY set, so serving loopback clients only", file=sys.stderr)
+        if workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            # Each worker process builds its own engine from the environment (fyp.api.asgi).
+            os.environ["FYP_DATA_DIR"] = str(config.data_dir)
+            if config.serving_region:
+                os.environ["FYP_SERVING_REGION"] = config.serving_region
+            os.environ[BACKGROUND_TRAINING_ENV] = "1" if background_training else "0"
+            print(
+                f"fyp: serving {config.data_dir} on http://{host}:{port} with {workers} workers "
+                "(API docs at /docs)",
+                file=sys.stderr,
+            )
+            # The supervising process only starts workers: it does not load an engine itself.
+            server_config = uvicorn.Config(
+                "fyp.api.asgi:app_from_env",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level="warning",
+                access_log=False,
+                http=ProblemHttpToolsProtocol,
+            )
+            Multiprocess(server_config, sockets=[sock]).run()
+            return
+        from fyp.api.app import create_app
+        from fyp.engine import Engine
+
+        engine = Engine(config)
+        started = time.perf_counter()
+        warmed = engine.warm()
         print(
-            f"fyp: serving {config.data_dir} on http://{host}:{port} with {workers} workers "
-            "(API docs at /docs)",
+            f"fyp: loaded {warmed:,} catalog items into memory in "
+            f"{time.perf_counter() - started:.1f}s",
             file=sys.stderr,
         )
-        # The supervising process only starts workers: it does not load an engine itself.
-        uvicorn.run(
-            "fyp.api.asgi:app_from_env",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-            access_log=False,
-            http=ProblemHttpToolsProtocol,
+        app = create_app(engine, background_training=background_training)
+        print(
+            f"fyp: serving {config.data_dir} on http://{host}:{port} (API docs at /docs)",
+            file=sys.stderr,
         )
-        return
-    from fyp.api.app import create_app
-    from fyp.engine import Engine
-
-    engine = Engine(config)
-    started = time.perf_counter()
-    warmed = engine.warm()
-    print(
-        f"fyp: loaded {warmed:,} catalog items into memory in {time.perf_counter() - started:.1f}s",
-        file=sys.stderr,
-    )
-    app = create_app(engine, background_training=background_training)
-    print(
-        f"fyp: serving {config.data_dir} on http://{host}:{port} (API docs at /docs)",
-        file=sys.stderr,
-    )
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        access_log=False,
-        http=ProblemHttpToolsProtocol,
-    )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                access_log=False,
+                http=ProblemHttpToolsProtocol,
+            )
+        )
+        server.run(sockets=[sock])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -221,6 +272,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fyp.sim.world import build_world, write_world
 
     data_dir = Path(args.data_dir)
+    _check_data_dir(data_dir)
     marker = data_dir / _DEMO_MARKER
     config = load_config(data_dir, server=_server_overrides(args))
     if args.fresh or not marker.exists():
@@ -372,27 +424,128 @@ def _audit_regions(engine: Any, region: str | None) -> list[str]:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Operator and auditor access to each region's tamper-evident audit log."""
+    from fyp.governance.keys import Verifier
+
+    config = load_config(args.data_dir)
+    pinned = Verifier.from_hex(args.public_key) if args.public_key else None
+    if args.action == "witness" and args.url:
+        # A witness on another host polls regions its own configuration need not know.
+        return _audit_witness(args, config, pinned)
+    regions = config.region_names
+    if args.region is not None and args.region not in regions:
+        raise FypError(f"no region named {args.region!r}; configured: {regions}")
+    if args.region:
+        regions = [args.region]
+    # These only read: a verifier must not write to the log it checks (nor start an engine,
+    # whose start records opens), and must work on a log too damaged to append to.
+    if args.action == "verify":
+        return _audit_verify(args, config, regions, pinned)
+    if args.action == "witness":
+        return _audit_witness(args, config, pinned)
+    if args.action in ("key", "head"):
+        from fyp.governance.witness import open_read_only
+
+        for region in regions:
+            if args.action == "key":
+                verifier = Verifier.from_key_file(config.audit_key_path(region))
+                print(f"{region}\t{verifier.key_id}\t{verifier.hex()}")
+                continue
+            log_ = open_read_only(config, region)
+            try:
+                head = log_.head()
+            finally:
+                log_.close()
+            print(json.dumps(head.to_json() if head else {"region": region, "tree_size": 0}))
+        return 0
+    return _audit_through_gate(args, config, regions)
+
+
+def _audit_verify(
+    args: argparse.Namespace, config: FypConfig, regions: list[str], pinned: Verifier | None
+) -> int:
+    from fyp.governance.witness import read_heads, verify_region
+
+    witnessed = read_heads(Path(args.against)) if args.against else []
+    auditor = None if args.no_record else (os.environ.get("USER") or "cli")
+    failed = False
+    for region in regions:
+        started = time.perf_counter()
+        outcome = verify_region(
+            config,
+            region,
+            pinned,
+            [h for h in witnessed if h.region == region],
+            record_as=auditor,
+        )
+        report = outcome.report
+        seconds = time.perf_counter() - started
+        if report.ok:
+            against = (
+                f", {report.witnessed_checked} witnessed heads from {args.against}"
+                if args.against
+                else ""
+            )
+            recorded = (
+                f"; this check recorded as entry #{outcome.recorded_seq}"
+                if outcome.recorded_seq
+                else ""
+            )
+            print(
+                f"{region}: ok, {report.entries:,} entries, {report.heads_checked} signed "
+                f"heads{against}, root {report.root[:16]}… ({seconds:.1f}s){recorded}"
+            )
+            if args.against and not report.witnessed_checked:
+                print(f"  note: {args.against} holds no head of region {region}")
+            continue
+        failed = True
+        where = f" (first bad entry #{report.first_bad_seq})" if report.first_bad_seq else ""
+        print(f"{region}: FAILED{where}")
+        for problem in report.problems:
+            print(f"  - {problem}")
+        if report.unlisted:
+            print(f"  - … and {report.unlisted:,} more")
+    return 3 if failed else 0
+
+
+def _audit_witness(args: argparse.Namespace, config: FypConfig, pinned: Verifier | None) -> int:
+    from fyp.governance import witness
+
+    if pinned is None or args.heads is None or args.region is None:
+        raise FypError(
+            "fyp audit witness needs --region, --public-key (the region's key, pinned: see "
+            "fyp audit key) and --heads (the file of heads this witness keeps)"
+        )
+    source: witness.HttpHeadSource | witness.LocalHeadSource
+    if args.url:
+        api_key = args.api_key or os.environ.get("FYP_API_KEY")
+        source = witness.HttpHeadSource.connect(args.url, api_key)
+    else:
+        source = witness.LocalHeadSource(config)
+    try:
+        outcome = witness.witness(source, args.region, pinned, Path(args.heads))
+    finally:
+        source.close()
+    if outcome.problem is not None:
+        print(f"{args.region}: FAILED: {outcome.problem}")
+        return 3
+    assert outcome.head is not None
+    since = f" (consistent with size {outcome.previous.size})" if outcome.previous else ""
+    verb = "kept" if outcome.appended else "unchanged at"
+    print(f"{args.region}: {verb} head of size {outcome.head.size}{since} in {args.heads}")
+    return 0
+
+
+def _audit_through_gate(args: argparse.Namespace, config: FypConfig, regions: list[str]) -> int:
+    """tail, sign and proof: through an engine, so each access is a gated, recorded one."""
     from fyp.engine import Engine
     from fyp.governance import merkle
-    from fyp.governance.keys import Verifier
     from fyp.governance.policy import Principal
 
-    engine = Engine(load_config(args.data_dir))
+    engine = Engine(config)
     try:
-        regions = _audit_regions(engine, args.region)
-        if args.action == "key":
-            for region in regions:
-                verifier = engine.gate.audit_log(region).verifier
-                print(f"{region}\t{verifier.key_id}\t{verifier.hex()}")
-            return 0
         if args.action == "sign":
             for region in regions:
                 print(json.dumps(engine.gate.sign_audit_head(region).to_json()))
-            return 0
-        if args.action == "head":
-            for region in regions:
-                head = engine.gate.audit_log(region).head()
-                print(json.dumps(head.to_json() if head else {"region": region, "tree_size": 0}))
             return 0
         if args.action == "proof":
             if args.region is None or args.seq is None:
@@ -414,40 +567,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
             }
             print(json.dumps(proof, indent=2))
             return 0
-        principal_of = Principal.auditor
-        if args.action == "tail":
-            for region in regions:
-                handle = engine.gate.open(region, principal_of(region), "audit")
-                for r in handle.audit.tail(args.n):
-                    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.ts))
-                    detail = json.dumps(r.detail, sort_keys=True)
-                    print(
-                        f"{region}\t#{r.seq}\t{stamp}\t{r.decision}\t{r.principal}\t"
-                        f"{r.purpose}\t{r.action}\t{detail}"
-                    )
-            return 0
-        # verify
-        pinned = Verifier.from_hex(args.public_key) if args.public_key else None
-        failed = False
-        for region in regions:
-            started = time.perf_counter()
-            handle = engine.gate.open(region, principal_of(region), "audit")
-            report = handle.audit.verify(pinned)
-            seconds = time.perf_counter() - started
-            if report.ok:
+        for region in regions:  # tail
+            handle = engine.gate.open(region, Principal.auditor(region), "audit")
+            for r in handle.audit.tail(args.n):
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.ts))
+                detail = json.dumps(r.detail, sort_keys=True)
                 print(
-                    f"{region}: ok, {report.entries:,} entries, {report.heads_checked} signed "
-                    f"heads, root {report.root[:16]}… ({seconds:.1f}s)"
+                    f"{region}\t#{r.seq}\t{stamp}\t{r.decision}\t{r.principal}\t"
+                    f"{r.purpose}\t{r.action}\t{detail}"
                 )
-            else:
-                failed = True
-                where = (
-                    f" (first bad entry #{report.first_bad_seq})" if report.first_bad_seq else ""
-                )
-                print(f"{region}: FAILED{where}")
-                for problem in report.problems:
-                    print(f"  - {problem}")
-        return 3 if failed else 0
+        return 0
     finally:
         engine.close()
 
@@ -622,11 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def data_dir_arg(p: argparse.ArgumentParser, default: str | None = None) -> None:
-        p.add_argument(
-            "--data-dir",
-            default=default,
-            help="data directory (default: $FYP_DATA_DIR or ./fyp-data)",
-        )
+        # Without a default of its own, the command reads load_config's: $FYP_DATA_DIR, else
+        # ./fyp-data; with one (the demo), that default is used and $FYP_DATA_DIR is not read.
+        where = f"./{default}" if default else f"$FYP_DATA_DIR or ./{DEFAULT_DATA_DIR}"
+        p.add_argument("--data-dir", default=default, help=f"data directory (default: {where})")
 
     def server_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--host", default="127.0.0.1", help="interface to listen on")
@@ -712,16 +840,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="verify, read and prove entries of the regions' audit logs")
     p.add_argument(
         "action",
-        choices=["verify", "tail", "head", "sign", "proof", "key"],
-        help="verify the whole log; print the last entries; print the latest signed tree head; "
-        "sign the current head; print an inclusion proof; print the signing public key",
+        choices=["verify", "witness", "tail", "head", "sign", "proof", "key"],
+        help="verify the whole log (reads only; exit 3 naming the first bad entry); witness: "
+        "keep the latest signed head in a file of your own after checking it; print the last "
+        "entries; print the latest signed tree head; sign the current head; print an inclusion "
+        "proof; print the signing public key",
     )
     p.add_argument("--region", default=None, help="one region (default: all)")
     p.add_argument("-n", type=int, default=20, help="entries for tail")
     p.add_argument("--seq", type=int, default=None, help="entry for proof")
     p.add_argument("--size", type=int, default=None, help="tree size for proof (default: latest)")
     p.add_argument(
-        "--public-key", default=None, help="verify heads with this pinned key (hex), not the file"
+        "--public-key",
+        default=None,
+        help="check heads with this pinned key (hex), not the key file; witness: required",
+    )
+    p.add_argument(
+        "--against",
+        default=None,
+        metavar="HEADS",
+        help="verify: also check the log against every head in this witness file",
+    )
+    p.add_argument(
+        "--no-record",
+        action="store_true",
+        help="verify: do not record the verification in the log afterwards (read only)",
+    )
+    p.add_argument(
+        "--heads",
+        default=None,
+        metavar="HEADS",
+        help="witness: the file of heads this witness keeps (JSON lines, appended)",
+    )
+    p.add_argument(
+        "--url",
+        default=None,
+        help="witness: a server's base URL to poll (default: read the data directory's files)",
+    )
+    p.add_argument(
+        "--api-key", default=None, help="witness: the server's API key (default: $FYP_API_KEY)"
     )
     data_dir_arg(p)
     p.set_defaults(func=cmd_audit)

@@ -556,6 +556,15 @@ class FypConfig(_Section):
     read from the data directory. Default: the built-in policy. Env ``FYP_POLICY_FILE``."""
     audit_sign_interval_s: float = Field(default=10.0, gt=0)
     """How often a serving process signs each region's audit tree head (when the log grew)."""
+    audit_full_check: bool = True
+    """Check every region's audit log in full (every entry and tree node) in the background
+    after a server starts, quarantining a region that fails; the O(log n) startup check runs
+    regardless. See ``fyp.governance.audit_watch``."""
+    audit_witness_file: Path | None = None
+    """A witness's HEADS file (``fyp audit witness``), kept where this deployment can read it
+    but not write it: at start each region's log must still hold the latest head kept there
+    for it, and the full check after start checks it against every one. A relative path is
+    read from the data directory; a file not there yet means no heads yet."""
     serving_region: str | None = None
     """The region this deployment runs in. Unset (the embedded default), one process acts for
     every region as that region's own service. Set, the process is that region's service only:
@@ -605,6 +614,12 @@ class FypConfig(_Section):
     def resolved_policy_file(self, region: str | None = None) -> Path | None:
         """The shared policy file, or with ``region`` that region's own (None: not set)."""
         path = self.policy_file if region is None else self.region(region).policy_file
+        if path is None:
+            return None
+        return path if path.is_absolute() else self.data_dir / path
+
+    def resolved_audit_witness_file(self) -> Path | None:
+        path = self.audit_witness_file
         if path is None:
             return None
         return path if path.is_absolute() else self.data_dir / path

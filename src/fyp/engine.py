@@ -22,7 +22,15 @@ from typing import TextIO
 from threadpoolctl import threadpool_limits
 
 from fyp.config import FypConfig
-from fyp.errors import AccessDenied, ConfigError, Conflict, InvalidInput, NotFound
+from fyp.errors import (
+    AccessDenied,
+    ConfigError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    RegionQuarantined,
+)
+from fyp.governance.audit_watch import AuditLogCheck, check_at_start
 from fyp.governance.gate import Gate, RegionHandle
 from fyp.governance.keys import Signer
 from fyp.governance.policy import DeclarativePolicy, Principal, RegionalPolicies
@@ -138,9 +146,10 @@ class Engine:
         for name, policy_problem in policies.broken.items():
             self.gate.quarantine(name, f"access policy failed to load: {policy_problem}")
         for name, audit_log in audit_logs.items():
-            problem = audit_log.quick_check()
-            if problem is not None:
-                self.gate.quarantine(name, f"audit log check failed: {problem}")
+            # An append that finds the log damaged stops the region as a failed check does.
+            audit_log.on_damaged = functools.partial(self._audit_log_damaged, name)
+        witnessed = check_at_start(self.gate, audit_logs, config.resolved_audit_witness_file())
+        self.audit_check = AuditLogCheck(self.gate, config.region_names, witnessed)
         for name, store in stores.items():
             if store.key_problem is not None and name not in self.gate.quarantined:
                 self.gate.quarantine(name, f"encryption key check failed: {store.key_problem}")
@@ -199,6 +208,9 @@ class Engine:
                     # The region's policy does not let this process serve its models; its
                     # feeds are refused the same way, and everything else starts.
                     log.warning("region %s: model not loaded: %s", region, exc)
+                except RegionQuarantined as exc:  # its log failed when the open was recorded
+                    log.warning("region %s: model not loaded: %s", region, exc)
+
         self._erasures_seen = {region: self.gate.last_erasure(region) for region in self.slots}
         """Per region, the erasure mark this process's memory has caught up with."""
         self.resume_erasures()
@@ -253,9 +265,12 @@ class Engine:
                 continue
             try:
                 done += len(self.rights.resume_erasures(region, older_than_s))
-            except AccessDenied as exc:
+            except (AccessDenied, RegionQuarantined) as exc:
                 log.warning("region %s: pending erasures not resumed: %s", region, exc)
         return done
+
+    def _audit_log_damaged(self, region: str, reason: str) -> None:
+        self.gate.quarantine(region, f"audit log damaged: {reason}")
 
     def service(self, region: str) -> Principal:
         """The principal this process acts as when it opens ``region``.
@@ -853,7 +868,10 @@ class Engine:
                 log.warning("region %s: not synced: %s", region, exc)
 
     def start_background(self, train: bool) -> None:
-        """Start the sync loop and, if ``train``, the retrainer (one process per data directory)."""
+        """Start the sync loop, the full audit log check, and, if ``train``, the retrainer (one
+        process per data directory)."""
+        if self.config.audit_full_check:
+            self.audit_check.start()
         if self._sync_thread is None:
             self._sync_stop.clear()
             self._sync_thread = threading.Thread(
@@ -902,6 +920,7 @@ class Engine:
                 self._trainer_threads.append(thread)
 
     def stop_background(self) -> None:
+        self.audit_check.stop()
         self._trainer_stop.set()
         for thread in self._trainer_threads:
             thread.join(timeout=30)

@@ -76,6 +76,20 @@ class RegionQuarantined(FypError):
     title = "Region unavailable"
 
 
+class AuditLogDamaged(RegionQuarantined):
+    """A region's audit log cannot take another entry (its counter, entries or tree were altered
+    or damaged): nothing more is done in that region, since it could not be recorded."""
+
+
+class WitnessRefused(FypError):
+    """A witness's source (a server's audit endpoints, or the log's files) gave no usable tree
+    head or proof; the witness kept nothing."""
+
+    slug = "witness-refused"
+    status = 502
+    title = "No usable tree head"
+
+
 class KeyUnavailable(FypError):
     """A region's key-encryption key is missing, unreadable, corrupt or not the one its data
     needs: the region serves no personal data until the key file is restored."""

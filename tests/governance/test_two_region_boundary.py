@@ -108,6 +108,8 @@ NOT_PERSONAL = {
     ("PUT", "/v1/items"): "the global catalog",
     ("GET", "/v1/items/{item_id}"): "the global catalog",
     ("GET", "/v1/transparency"): "the live configuration",
+    ("GET", "/v1/audit/{region}/head"): "a signed tree head: a size and hashes",
+    ("GET", "/v1/audit/{region}/consistency"): "a consistency proof: sizes and hashes",
 }
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from fyp.config import FypConfig
 from fyp.engine import fold_policy
+from fyp.errors import AuditLogDamaged
 from fyp.governance import merkle
 from fyp.signals import trend_now
 from fyp.storage.audit import SqlAuditLog
@@ -444,6 +446,31 @@ class TestRegionStoreConformance:
         ]
         assert [r.principal for r in log.tail(1)] == ["op"]
         log.close()
+
+    def test_a_damaged_audit_log_is_named_refused_and_never_raises(
+        self, db_url: Callable[[str], str], now: float
+    ) -> None:
+        log = SqlAuditLog(db_url("audit-us"), "us")
+        for i in range(23):
+            log.append("svc", "route", "open", "allow", {"i": i}, now + i)
+        log.sign_head(now)
+        checks = [log]
+        if log.db.url not in ("sqlite://", "memory://"):  # a second opener sees the same data
+            checks.append(SqlAuditLog(log.db.url, "us", read_only=True))
+        assert all(check.verify(log.verifier).ok for check in checks)
+        # The tampering of issue 14: the last entry gone and the counter set back.
+        with log.db.engine.begin() as conn:
+            conn.execute(text("DELETE FROM audit WHERE seq = 23"))
+            conn.execute(text("UPDATE audit_state SET size = 22"))
+        for check in checks:
+            report = check.verify(log.verifier)
+            assert report.first_bad_seq == 23 and not report.ok
+        assert "past the last entry" in (log.quick_check() or "")
+        with pytest.raises(AuditLogDamaged):
+            log.append("svc", "route", "open", "allow", {}, now + 99)
+        assert log.count() == 22
+        for check in checks:
+            check.close()
 
     def test_audit_tree_heads_and_proofs(self, db_url: Callable[[str], str], now: float) -> None:
         log = SqlAuditLog(db_url("audit-us"), "us")

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 import fyp
 from fyp.api import problems
+from fyp.api.audit_routes import audit_router
 from fyp.api.schemas import (
     ControlsIn,
     ControlsOut,
@@ -180,6 +181,7 @@ def create_app(
             regions=engine.config.region_names,
             model_versions=engine.model_versions(),
             quarantined=quarantined,
+            audit_check=engine.audit_check.status(),
         )
 
     @v1.get("/regions", tags=["regions"])
@@ -353,6 +355,7 @@ def create_app(
         return TrainOut(reports=[TrainReportOut(**dataclasses.asdict(r)) for r in reports])
 
     app.include_router(v1)
+    app.include_router(audit_router(engine), prefix="/v1", dependencies=[Depends(authorize)])
 
     page = resources.files("fyp.web").joinpath("static/index.html").read_text(encoding="utf-8")
     page = page.replace("__FYP_CONFIG__", json.dumps({"requires_key": api_key is not None}))

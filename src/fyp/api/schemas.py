@@ -119,6 +119,10 @@ class HealthOut(BaseModel):
     model_versions: dict[str, str]
     quarantined: dict[str, str] = Field(default_factory=dict)
     """Regions that failed an integrity check, with the reason."""
+    audit_check: dict[str, str] = Field(default_factory=dict)
+    """Each region's full audit log check after start: ``pending``, ``running``, ``verified``,
+    ``failed`` (then quarantined), ``skipped`` (already quarantined), ``stopped`` or ``error``.
+    Until it says ``verified``, only the O(log n) startup check has passed."""
 
 
 FilterEntry = Annotated[str, StringConstraints(max_length=MAX_FILTER_LENGTH)]

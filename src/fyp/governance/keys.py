@@ -54,6 +54,17 @@ class Verifier:
         except ValueError as exc:
             raise ConfigError(f"not an Ed25519 public key in hex: {exc}") from exc
 
+    @classmethod
+    def from_key_file(cls, path: Path) -> Verifier:
+        """The public half of the signing key at ``path``, read without creating anything."""
+        try:
+            seed = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the signing key {path}: {exc.strerror}") from exc
+        if len(seed) != 32:
+            raise ConfigError(f"{path} is not an Ed25519 key (expected 32 bytes)")
+        return Signer(Ed25519PrivateKey.from_private_bytes(seed)).verifier
+
     @property
     def key_id(self) -> str:
         return key_id(self.public)

@@ -8,10 +8,11 @@ Tamper evidence (RFC 9162 shape, see :mod:`fyp.governance.merkle`): entry ``seq`
 ``seq - 1`` of a Merkle tree. Each append stores the entry's leaf hash and the roots of the
 complete subtrees it closes (``audit_nodes``; one more row per append on average), so tree heads
 and proofs cost O(log n) lookups. ``sign_head`` signs the current (size, root) with the region's
-Ed25519 key and keeps it in ``audit_heads``; monitors keep copies. ``verify`` recomputes everything
-from the entries themselves and names the first entry that was altered, removed or reordered, and
-any signed head the log no longer matches (which is how a rewrite of the hashes, or a truncation,
-shows).
+Ed25519 key and keeps it in ``audit_heads``; monitors keep copies (``fyp.governance.witness``).
+``verify`` (:mod:`fyp.storage.audit_verify`) recomputes everything from the entries themselves and
+names the first entry that was altered, removed or duplicated, and any signed or witnessed head
+the log no longer matches (which is how a rewrite of the hashes, or a truncation, shows);
+``quick_check`` is the cheap check at startup. Neither writes.
 
 Appends are serialised by a one-row counter (``UPDATE … RETURNING``), which also makes ``seq``
 gap-free on PostgreSQL, where identity sequences may skip numbers.
@@ -19,10 +20,12 @@ gap-free on PostgreSQL, where identity sequences may skip numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy import (
     BigInteger,
@@ -41,17 +44,22 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
-from fyp.errors import SchemaMismatch
+from fyp.errors import AuditLogDamaged, FypError, SchemaMismatch
 from fyp.governance import merkle
 from fyp.governance.keys import Signer, Verifier, tree_head_message
 from fyp.storage.roles import AuditRecord
 from fyp.storage.sql import Database, insert_ignore, meta_table
 
+if TYPE_CHECKING:
+    from fyp.storage.audit_verify import VerifyReport
+
 AUDIT_SCHEMA_VERSION: Final = 2
 """2: the Merkle tree (``audit_nodes``), signed heads (``audit_heads``) and the append counter."""
 
-_VERIFY_BATCH: Final = 20_000
+_BATCH: Final = 20_000
 
 metadata = MetaData()
 meta_table(metadata)
@@ -118,15 +126,15 @@ AuditEntry = tuple[str, str, str, str, Mapping[str, Any], float]
 """(principal, purpose, action, decision, detail, timestamp)."""
 
 
+# ``json.dumps`` with options builds an encoder per call; the full check encodes every entry.
+_ENTRY_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def entry_bytes(
     seq: int, ts: float, principal: str, purpose: str, action: str, decision: str, detail: str
 ) -> bytes:
     """The canonical bytes of an entry: what its leaf hash covers (``detail`` as stored)."""
-    return json.dumps(
-        [seq, ts, principal, purpose, action, decision, detail],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    ).encode()
+    return _ENTRY_ENCODER.encode([seq, ts, principal, purpose, action, decision, detail]).encode()
 
 
 @dataclass(frozen=True)
@@ -165,27 +173,6 @@ class TreeHead:
         )
 
 
-@dataclass
-class VerifyReport:
-    """What ``verify`` found. ``ok`` only when every check passed."""
-
-    region: str
-    entries: int
-    heads_checked: int = 0
-    root: str = ""
-    problems: list[str] = field(default_factory=list)
-    first_bad_seq: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def fail(self, problem: str, seq: int | None = None) -> None:
-        self.problems.append(problem)
-        if seq is not None and (self.first_bad_seq is None or seq < self.first_bad_seq):
-            self.first_bad_seq = seq
-
-
 def _closed_subtrees(index: int) -> list[tuple[int, int]]:
     """Left siblings needed to close the complete subtrees that leaf ``index`` finishes."""
     siblings: list[tuple[int, int]] = []
@@ -200,15 +187,53 @@ def _closed_subtrees(index: int) -> list[tuple[int, int]]:
 class SqlAuditLog:
     """:class:`fyp.storage.roles.AuditLog` over SQL, with a Merkle tree and signed heads."""
 
-    def __init__(self, url: str, region: str = "default", signer: Signer | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        region: str = "default",
+        signer: Signer | None = None,
+        *,
+        read_only: bool = False,
+    ) -> None:
+        """Open the log at ``url``.
+
+        ``read_only`` opens it for checking only: no table is created or upgraded, nothing is
+        written, and without a ``signer`` nothing can be signed (verify with a pinned key).
+        A log that cannot be brought to a state it can append to (its counter lost and its tree
+        not rebuildable) still opens: :attr:`problem` says why, and ``quick_check`` reports it.
+        """
         self.region = region
-        self.signer = signer if signer is not None else Signer.generate()
-        self.db = Database(url, metadata, kind="audit", version=AUDIT_SCHEMA_VERSION)
-        self._init_state()
+        self.read_only = read_only
+        self._signer = signer if signer is not None or read_only else Signer.generate()
+        self.problem: str | None = None
+        """Why this log cannot take appends (found at open or at a failed append), or ``None``."""
+        self.on_damaged: Callable[[str], None] | None = None
+        """Called with the reason when an append finds the log damaged (the engine quarantines
+        the region)."""
+        self.db = Database(
+            url, metadata, kind="audit", version=AUDIT_SCHEMA_VERSION, prepare=not read_only
+        )
+        if not read_only:
+            try:
+                self._init_state()
+            except (FypError, SQLAlchemyError, self._dbapi.DatabaseError) as exc:
+                self.problem = f"the log could not be opened for appending: {_reason(exc)}"
+
+    @property
+    def signer(self) -> Signer:
+        if self._signer is None:
+            raise SchemaMismatch(f"the audit log of region {self.region!r} is open read-only")
+        return self._signer
 
     @property
     def verifier(self) -> Verifier:
         return self.signer.verifier
+
+    @property
+    def _dbapi(self) -> Any:
+        # Bulk inserts go through the driver's own cursor (Database.executemany), so its
+        # errors arrive unwrapped by SQLAlchemy.
+        return self.db.engine.dialect.loaded_dbapi
 
     # ---- appending ------------------------------------------------------------------------------
 
@@ -227,6 +252,25 @@ class SqlAuditLog:
         """Append entries in one transaction, in order; returns their ``seq`` numbers."""
         if not entries:
             return []
+        if self.problem is not None:
+            raise AuditLogDamaged(
+                f"the audit log of region {self.region!r} is damaged: {self.problem}"
+            )
+        try:
+            return self._append(entries)
+        except (SchemaMismatch, IntegrityError, self._dbapi.IntegrityError) as exc:
+            # Only a damaged log makes a gap-free append fail this way: the counter points at an
+            # entry or tree node that already exists, or a node the append needs is gone.
+            # Nothing was written (one transaction), and nothing more can be recorded until the
+            # log is repaired, so the region stops rather than act unrecorded.
+            self.problem = f"an append failed: {_reason(exc)}; run `fyp audit verify`"
+            if self.on_damaged is not None:
+                self.on_damaged(self.problem)
+            raise AuditLogDamaged(
+                f"the audit log of region {self.region!r} is damaged: {self.problem}"
+            ) from exc
+
+    def _append(self, entries: Sequence[AuditEntry]) -> list[int]:
         with self.db.write() as conn:
             last = int(conn.execute(_GROW, {"n": len(entries)}).scalar_one())
             first = last - len(entries) + 1
@@ -329,9 +373,11 @@ class SqlAuditLog:
                         audit_nodes.c.level == key[0], audit_nodes.c.idx == key[1]
                     )
                 ).scalar()
-                if found is None:
-                    raise merkle.ProofError(f"tree node {key} is missing from the audit log")
-                cache[key] = bytes(found)
+                value = hash_value(found)
+                if value is None:
+                    state = "missing from" if found is None else "malformed in"
+                    raise merkle.ProofError(f"tree node {key} is {state} the audit log")
+                cache[key] = value
             return cache[key]
 
         return merkle.subtree_from(complete)
@@ -423,106 +469,120 @@ class SqlAuditLog:
 
     # ---- verification ---------------------------------------------------------------------------
 
-    def quick_check(self, verifier: Verifier | None = None) -> str | None:
-        """A startup check in O(log n): the latest signed head verifies under the region's key
-        and still matches the stored tree, and no entry past it is missing. Returns the problem,
-        or ``None``. (``verify`` is the full check, from every entry.)"""
+    def quick_check(
+        self, verifier: Verifier | None = None, witnessed: TreeHead | None = None
+    ) -> str | None:
+        """The startup check: O(log n) lookups plus a count. Returns the problem, or ``None``.
+
+        Checks that the log can take its next append and that its latest signed head still
+        holds: the counter matches the entries (numbered 1..size, none missing, none extra),
+        the stored tree has no node past the last entry (the trace of removed tail entries) and
+        every node the current root and the next append need, the last entry still has its leaf
+        hash, and the latest signed head verifies under the region's key and matches the stored
+        tree. ``witnessed``, the latest head a witness kept outside the log, is checked the same
+        way, so a log truncated or rewritten together with its own heads fails too. An entry
+        edited in the middle of the log is beyond this check; ``verify`` finds that.
+        """
+        if self.problem is not None:
+            return self.problem
         verifier = verifier or self.verifier
-        head = self.head()
-        if head is None:
-            return None
-        if head.key_id != verifier.key_id or not verifier.valid(head.message(), head.signature):
+        try:
+            with snapshot(self.db) as conn:
+                return self._quick_check(conn, verifier, witnessed)
+        except (SQLAlchemyError, merkle.ProofError) as exc:
+            return f"the log could not be read: {_reason(exc)}"
+
+    def _quick_check(
+        self, conn: Connection, verifier: Verifier, witnessed: TreeHead | None
+    ) -> str | None:
+        size = conn.execute(select(audit_state.c.size).where(audit_state.c.id == 1)).scalar()
+        if not isinstance(size, int) or size < 0:
+            return f"the append counter is missing or malformed ({size!r})"
+        # Three queries, not one: SQLite counts a table without reading its rows, and finds the
+        # ends through the key, but only when each is asked alone.
+        count = conn.execute(select(func.count()).select_from(audit)).scalar()
+        low = conn.execute(select(func.min(audit.c.seq))).scalar()
+        high = conn.execute(select(func.max(audit.c.seq))).scalar()
+        if count != size or (size and (low != 1 or high != size)):
             return (
-                f"the latest signed tree head (size {head.size}) does not verify under the "
-                f"region's key {verifier.key_id}: the key file was replaced or the head forged"
+                f"the log holds {count} entries numbered #{low} to #{high}, and its counter says "
+                f"{size}: entries were removed, added or renumbered"
             )
-        with self.db.read() as conn:
-            size = self._size(conn)
-            count = int(conn.execute(select(func.count()).select_from(audit)).scalar_one())
-            if size < head.size or count != size:
+        nodes = audit_nodes.c
+        for level in range(size.bit_length() + 1):
+            beyond = conn.execute(
+                select(nodes.idx).where(nodes.level == level, nodes.idx >= size >> level).limit(1)
+            ).scalar()
+            if beyond is not None:
                 return (
-                    f"the log holds {count} entries and counts {size}, but a signed head covers "
-                    f"{head.size}: entries were removed"
+                    f"the stored tree holds node ({level}, {beyond}) past the last entry "
+                    f"#{size}: entries after it were removed"
                 )
-            try:
-                root = self._subtree(conn)(0, head.size)
-            except merkle.ProofError as exc:
-                return f"the stored tree is incomplete: {exc}"
-        if root != head.root:
-            return f"the stored tree no longer produces the signed root of size {head.size}"
+        above = conn.execute(
+            select(nodes.level).where(nodes.level > size.bit_length()).limit(1)
+        ).scalar()
+        if above is not None:
+            return f"the stored tree holds a node at level {above}, above any of {size} entries"
+        subtree = self._subtree(conn)  # raises ProofError naming a missing node
+        if size:
+            last = conn.execute(select(audit).where(audit.c.seq == size)).one()
+            stored = hash_value(conn.execute(_NODE, {"level": 0, "idx": size - 1}).scalar())
+            if stored is None or row_leaf(last) != stored:
+                return f"the last entry #{size} no longer matches its stored leaf hash"
+            subtree(0, size)
+        row = conn.execute(
+            select(audit_heads).order_by(audit_heads.c.tree_size.desc()).limit(1)
+        ).first()
+        heads: list[tuple[str, TreeHead]] = []
+        if row is not None:
+            head = stored_head(self.region, row)
+            if head is None:
+                return f"the latest signed tree head (size {row.tree_size!r}) is malformed"
+            heads.append(("latest signed", head))
+        if witnessed is not None:
+            heads.append(("latest witnessed", witnessed))
+        for kind, head in heads:
+            if (
+                head.region != self.region
+                or head.key_id != verifier.key_id
+                or not verifier.valid(head.message(), head.signature)
+            ):
+                return (
+                    f"the {kind} tree head (size {head.size}) does not verify under the "
+                    f"region's key {verifier.key_id}: the key file was replaced or the head forged"
+                )
+            if head.size > size:
+                return (
+                    f"the {kind} tree head covers {head.size} entries, but the log holds {size}: "
+                    "entries were removed"
+                )
+            root = merkle.empty_root() if head.size == 0 else subtree(0, head.size)
+            if root != head.root:
+                return f"the stored tree no longer produces the {kind} root of size {head.size}"
         return None
 
-    def verify(self, verifier: Verifier | None = None) -> VerifyReport:
+    def verify(
+        self,
+        verifier: Verifier | None = None,
+        witnessed: Sequence[TreeHead] = (),
+        stop: threading.Event | None = None,
+    ) -> VerifyReport:
         """Recompute the whole tree from the entries and check it against everything stored.
 
-        Finds: an entry edited in place (its leaf differs from the stored one), entries removed or
-        reordered (``seq`` not 1, 2, 3, …), a stored subtree root that disagrees, a signed head
-        whose signature fails or whose root the entries no longer produce (the trace of rewritten
-        hashes), and a head covering more entries than remain (truncation).
+        Finds: an entry edited in place (its leaf differs from the stored one), entries removed,
+        duplicated or malformed, a stored tree node that is missing, extra (the trace of removed
+        tail entries) or disagrees with the entries, an append counter that does not match, and
+        a signed head whose signature fails, whose root the entries no longer produce (the trace
+        of rewritten hashes) or that covers more entries than remain (truncation). ``witnessed``
+        heads, kept outside the log by a witness, are checked the same way: they catch a
+        truncation or rewrite that also removed the log's own heads. Reads one snapshot, never
+        writes, never raises on a damaged log; ``stop`` interrupts it (the report says so).
         """
-        verifier = verifier or self.verifier
-        with self.db.read() as conn:
-            stored_leaves = {
-                row.idx: bytes(row.hash)
-                for row in conn.execute(
-                    select(audit_nodes.c.idx, audit_nodes.c.hash).where(audit_nodes.c.level == 0)
-                )
-            }
-            leaves: list[bytes] = []
-            report = VerifyReport(self.region, 0)
-            expected = 1
-            for batch in _batches(conn.execute(select(audit).order_by(audit.c.seq))):
-                for row in batch:
-                    if row.seq != expected:
-                        what = "removed" if row.seq > expected else "duplicated or reordered"
-                        report.fail(
-                            f"entry #{expected} is {what} (found #{row.seq} in its place)", expected
-                        )
-                        expected = row.seq
-                    leaf = _row_leaf(row)
-                    if stored_leaves.get(row.seq - 1, leaf) != leaf:
-                        report.fail(f"entry #{row.seq} was altered after it was written", row.seq)
-                    leaves.append(leaf)
-                    expected += 1
-            report.entries = len(leaves)
-            counted = self._size(conn)
-            heads = conn.execute(select(audit_heads).order_by(audit_heads.c.tree_size)).all()
-        if counted != len(leaves):
-            report.fail(
-                f"the append counter says {counted} entries, {len(leaves)} are present",
-                min(counted, len(leaves)) + 1,
-            )
-        levels = _levels(leaves)
-        subtree = merkle.subtree_from(lambda s, e: levels[(e - s).bit_length() - 1][s // (e - s)])
-        report.root = (merkle.root_from_leaves(leaves) if leaves else merkle.empty_root()).hex()
-        previous_good = 0
-        for row in heads:
-            head = self._head(row)
-            report.heads_checked += 1
-            if head.key_id != verifier.key_id or not verifier.valid(head.message(), head.signature):
-                report.fail(f"tree head of size {head.size} has an invalid signature")
-                continue
-            if head.size > len(leaves):
-                report.fail(
-                    f"log truncated: a signed tree head covers {head.size} entries, "
-                    f"only {len(leaves)} remain",
-                    len(leaves) + 1,
-                )
-                continue
-            root = merkle.empty_root() if head.size == 0 else subtree(0, head.size)
-            known = report.first_bad_seq
-            if root != head.root and known is not None and previous_good < known <= head.size:
-                report.fail(f"the entries no longer produce the signed root of size {head.size}")
-            elif root != head.root:
-                report.fail(
-                    f"the entries no longer produce the signed root of size {head.size}: an entry "
-                    f"between #{previous_good + 1} and #{head.size} was altered, removed or "
-                    "reordered and the hashes rewritten",
-                    previous_good + 1,
-                )
-            else:
-                previous_good = head.size
-        return report
+        from fyp.storage.audit_verify import verify_log
+
+        if verifier is None and self._signer is not None:
+            verifier = self._signer.verifier
+        return verify_log(self.db, self.region, verifier, witnessed, stop)
 
     # ---- reading --------------------------------------------------------------------------------
 
@@ -558,12 +618,84 @@ class SqlAuditLog:
         self.db.close()
 
 
+@contextlib.contextmanager
+def snapshot(db: Database) -> Iterator[Connection]:
+    """A read-only connection that sees one committed state of the database throughout.
+
+    SQLite connections here run without an implicit transaction (each statement its own
+    snapshot), so a deferred ``BEGIN`` pins the first read's state until the end; PostgreSQL
+    gets a repeatable-read, read-only transaction.
+    """
+    with db.engine.connect() as conn:
+        if db.dialect == "postgresql":
+            conn = conn.execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        with conn.begin() as transaction:
+            # (An in-memory database is one connection shared by every thread: a transaction
+            # opened here would swallow the writers' own, so it reads as they write.)
+            if db.dialect == "sqlite" and not isinstance(db.engine.pool, StaticPool):
+                conn.exec_driver_sql("BEGIN")
+            try:
+                yield conn
+            finally:
+                transaction.rollback()  # nothing was written; end the snapshot
+
+
+def hash_value(value: Any) -> bytes | None:
+    """A stored hash as 32 bytes, or ``None`` when the column holds anything else."""
+    if type(value) is not bytes:
+        if not isinstance(value, bytearray | memoryview):
+            return None
+        value = bytes(value)
+    return value if len(value) == merkle.HASH_SIZE else None
+
+
+def row_leaf(row: Sequence[Any]) -> bytes | None:
+    """The leaf hash of an entry row as stored (its columns in table order), or ``None`` when
+    the row is malformed."""
+    seq, ts, principal, purpose, action, decision, detail = row
+    if (
+        type(seq) is not int
+        or type(ts) not in (float, int)
+        or type(principal) is not str
+        or type(purpose) is not str
+        or type(action) is not str
+        or type(decision) is not str
+        or type(detail) is not str
+    ):
+        return None
+    return merkle.leaf_hash(entry_bytes(seq, ts, principal, purpose, action, decision, detail))
+
+
+def stored_head(region: str, row: Any) -> TreeHead | None:
+    """A row of ``audit_heads`` as a :class:`TreeHead`, or ``None`` when it is malformed."""
+    root, signature = hash_value(row.root), row.signature
+    if (
+        root is None
+        or not isinstance(row.tree_size, int)
+        or row.tree_size < 0
+        or not isinstance(row.timestamp_ms, int)
+        or not 0 <= row.timestamp_ms < 2**64
+        or not isinstance(row.key_id, str)
+        or not isinstance(signature, bytes | bytearray | memoryview)
+    ):
+        return None
+    return TreeHead(region, row.tree_size, row.timestamp_ms, root, row.key_id, bytes(signature))
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one line (a driver error without SQLAlchemy's wrapping and SQL)."""
+    if isinstance(exc, FypError):
+        return exc.detail
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
 def _row_leaf(row: Any) -> bytes:
-    return merkle.leaf_hash(
-        entry_bytes(
-            row.seq, row.ts, row.principal, row.purpose, row.action, row.decision, row.detail
-        )
-    )
+    leaf = row_leaf(row)
+    if leaf is None:
+        raise merkle.ProofError(f"audit entry #{row[0]!r} is malformed")
+    return leaf
 
 
 def _record(row: Any) -> AuditRecord:
@@ -579,16 +711,5 @@ def _record(row: Any) -> AuditRecord:
 
 
 def _batches(result: Any) -> Iterator[Sequence[Any]]:
-    while batch := result.fetchmany(_VERIFY_BATCH):
+    while batch := result.fetchmany(_BATCH):
         yield batch
-
-
-def _levels(leaves: list[bytes]) -> list[list[bytes]]:
-    """Every complete subtree root, level by level (level 0 = the leaves)."""
-    levels = [leaves]
-    while len(levels[-1]) > 1:
-        below = levels[-1]
-        levels.append(
-            [merkle.node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)]
-        )
-    return levels

@@ -15,7 +15,7 @@ from fyp.types import Event, Item, User
 
 if TYPE_CHECKING:
     from fyp.governance.keys import Verifier
-    from fyp.storage.audit import VerifyReport
+    from fyp.storage.audit_verify import VerifyReport
     from fyp.storage.envelope import KekStatus, RotationReport
 
 
