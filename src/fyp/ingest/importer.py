@@ -164,7 +164,7 @@ _FIELDS: Final[dict[Kind, dict[str, _Shape]]] = {
 
 _MODELS: Final[dict[Kind, type[BaseModel]]] = {"items": Item, "users": User, "events": Event}
 _ID_FIELD: Final[dict[Kind, str]] = {"items": "item_id", "users": "user_id", "events": "event_id"}
-_TIMESTAMP_FIELD: Final[dict[Kind, str]] = {"items": "created_at", "users": "", "events": "ts"}
+_TIMESTAMP_FIELD: Final[dict[Kind, str]] = {"items": "created_at", "events": "ts"}
 
 
 class _BadValueError(Exception):
@@ -518,7 +518,7 @@ class _Importer:
         except (OverflowError, OSError) as exc:
             # A time that datetime cannot hold (epoch 1e20, year 1 at +01:00) escapes pydantic as
             # OverflowError or OSError rather than a ValidationError; only timestamps can.
-            problems.setdefault(_TIMESTAMP_FIELD[self.kind], f"out of range ({exc})")
+            problems.setdefault(_TIMESTAMP_FIELD.get(self.kind, ""), f"out of range ({exc})")
         else:
             if isinstance(model, User) and model.region not in self.regions:
                 configured = ", ".join(sorted(self.regions))

@@ -247,8 +247,8 @@ class RecordReader:
     def _csv(self, stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
         # utf-8-sig drops the byte-order mark spreadsheet programs put in front of the header.
         # Bytes that are not UTF-8 decode to lone surrogates (surrogateescape) instead of stopping
-        # the whole file: they can only be ASCII-free bytes, so lines and quotes stay intact and
-        # the row holding them is reported on its own.
+        # the whole file: only bytes >= 0x80 can be undecodable, so commas, quotes and line breaks
+        # stay intact and the row holding them is reported on its own.
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         rows = csv.reader(text)
         line = 1  # where the next record starts: the reader has consumed line_num lines so far
