@@ -107,7 +107,7 @@ def test_fyp_import_keeps_1990s_history_and_reports_rows_outside_the_window(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Through the command line, on the wall clock: a MovieLens-100k-aged history lands, a row
-    dated 9999, one dated 1969 and one an hour ahead are reported by record number."""
+    dated 9999, one dated 1969 and one an hour ahead are reported by line."""
     data = tmp_path / "data"
     item_times = ["1995-01-01T00:00:00Z", "9999-01-01T00:00:00Z", "1996-01-01T00:00:00Z"]
     items = _write_csv(
@@ -138,10 +138,11 @@ def test_fyp_import_keeps_1990s_history_and_reports_rows_outside_the_window(
     assert main(["import", "users", str(users), *common]) == 0
     assert main(["import", "events", str(events), *common]) == 2
     err = capsys.readouterr().err
-    assert "record 2: item 'm2': created_at: 9999-01-01" in err
-    assert "record 2: ts: 9999-12-31" in err and "ahead of the server clock" in err
-    assert "record 4: ts: 1969-07-20" in err and "ingest.min_event_time" in err
-    assert "record 5: ts: " in err
+    # CSV rows are named by their line in the file (the header is line 1).
+    assert "line 3: item 'm2': created_at: 9999-01-01" in err
+    assert "line 3: ts: 9999-12-31" in err and "ahead of the server clock" in err
+    assert "line 5: ts: 1969-07-20" in err and "ingest.min_event_time" in err
+    assert "line 6: ts: " in err
     engine = Engine(load_config(data))
     try:
         assert engine.catalog.get_item("m2") is None

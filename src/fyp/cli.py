@@ -21,6 +21,7 @@ from fyp.errors import ConfigError, FypError
 
 if TYPE_CHECKING:
     from fyp.governance.keys import Verifier
+    from fyp.ingest.importer import ImportReport
     from fyp.sim.world import WorldConfig
 
 DEMO_DATA_DIR = Path("fyp-demo-data")
@@ -166,7 +167,7 @@ def _server_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from fyp.engine import Engine
-    from fyp.ingest.importer import import_file
+    from fyp.ingest.importer import ImportReport, import_file
 
     engine = Engine(load_config(args.data_dir))
     try:
@@ -178,22 +179,34 @@ def cmd_import(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
+    except FypError as exc:
+        # A file that broke part-way: what was read before it is stored, and its errors count.
+        partial = exc.extra.get("report")
+        if isinstance(partial, ImportReport):
+            _print_import_report(args.kind, partial)
+        raise
     finally:
         engine.close()
+    _print_import_report(args.kind, report)
+    return 2 if report.error_count else 0
+
+
+def _print_import_report(kind: str, report: ImportReport) -> None:
     for error in report.errors:
         print(f"error: {error}", file=sys.stderr)
     if report.error_count > len(report.errors):
         print(f"... and {report.error_count - len(report.errors)} more errors", file=sys.stderr)
+    if report.error_count:
+        print(f"({report.numbering})", file=sys.stderr)
     rate = report.records / report.seconds if report.seconds > 0 else 0.0
-    if args.kind == "events":
+    if kind == "events":
         summary = f"{report.accepted} accepted, {report.duplicates} duplicates"
     else:
         summary = f"{report.created} created, {report.updated} updated"
     print(
-        f"{args.kind}: {report.records} records, {summary}, {report.error_count} errors "
+        f"{kind}: {report.records} records, {summary}, {report.error_count} errors "
         f"in {report.seconds:.1f}s ({rate:,.0f} records/s)"
     )
-    return 2 if report.error_count else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -50,6 +50,13 @@ RegionName = Annotated[str, StringConstraints(pattern=_REGION_PATTERN)]
 """A region name such as ``us`` or ``eu-west``: lowercase, at most 32 characters."""
 
 
+def _no_nul(text: str) -> str:
+    # PostgreSQL text cannot hold U+0000 (SQLite can): refused here, the same on every backend.
+    if "\x00" in text:
+        raise ValueError("cannot contain the NUL character (U+0000)")
+    return text
+
+
 def _normalize_tag(tag: str) -> str:
     cleaned = tag.strip().lstrip("#").strip().lower()
     if not cleaned:
@@ -58,7 +65,7 @@ def _normalize_tag(tag: str) -> str:
         raise ValueError(f"a tag has at most {MAX_TAG_LEN} characters")
     if any(ch.isspace() or ch == "," for ch in cleaned):
         raise ValueError("a tag cannot contain spaces or commas")
-    return cleaned
+    return _no_nul(cleaned)
 
 
 Tag = Annotated[str, AfterValidator(_normalize_tag)]
@@ -115,7 +122,10 @@ ContentVector = Annotated[
 ]
 
 AttributeValue = (
-    Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE_LEN)] | bool | int | float
+    Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_VALUE_LEN)]
+    | bool
+    | int
+    | Annotated[float, Field(allow_inf_nan=False)]  # NaN has no JSON form: it came back as null
 )
 
 AttributeKey = Annotated[
@@ -172,7 +182,9 @@ class Item(_Strict):
     """When the item was published. Omitted: when the catalog first received it (an update that
     omits it keeps the stored time)."""
     duration_s: Annotated[float, Field(gt=0, le=MAX_DURATION_S, allow_inf_nan=False)]
-    caption: Annotated[str, StringConstraints(max_length=MAX_CAPTION_LEN)] = ""
+    caption: Annotated[
+        str, StringConstraints(max_length=MAX_CAPTION_LEN), AfterValidator(_no_nul)
+    ] = ""
     tags: Annotated[list[Tag], Field(max_length=MAX_TAGS)] = Field(default_factory=list)
     language: Annotated[str, StringConstraints(pattern=_LANGUAGE_PATTERN)] | None = None
     regions: Annotated[list[RegionName], Field(max_length=MAX_ITEM_REGIONS)] = Field(

@@ -6,7 +6,7 @@ import csv
 import datetime as dt
 import gzip
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -274,14 +274,14 @@ def test_bad_csv_rows_are_reported_and_valid_rows_land(engine: Engine, tmp_path:
     assert report.records == 9
     assert report.created == 3
     assert report.errors == [
-        "record 2, field 'duration_s': must be greater than 0",
-        "record 3, field 'colour': unknown field; expected item_id, creator_id, created_at, "
+        "line 3, field 'duration_s': must be greater than 0",
+        "line 4, field 'colour': unknown field; expected item_id, creator_id, created_at, "
         "duration_s, caption, tags, language, regions, vector",
-        "record 5, field 'created_at': must be a valid datetime or date, invalid character in year",
-        "record 6, field 'item_id': is required",
-        "record 7, field 'duration_s': 'ten' is not a number",
-        "record 8, field 'duration_s': must be greater than 0",
-        "record 8, field 'tags': at index 1: a tag cannot contain spaces or commas",
+        "line 6, field 'created_at': must be a valid datetime or date, invalid character in year",
+        "line 7, field 'item_id': is required",
+        "line 8, field 'duration_s': 'ten' is not a number",
+        "line 9, field 'duration_s': must be greater than 0",
+        "line 9, field 'tags': at index 1: a tag cannot contain spaces or commas",
     ]
     assert report.error_count == 7
     for item_id in ("ok1", "ok2", "ok3"):
@@ -302,7 +302,7 @@ def test_tags_as_pipe_text_and_as_json_array(engine: Engine, tmp_path: Path) -> 
     report = import_file(engine, "items", write_csv(tmp_path / "items.csv", rows))
     assert engine.get_item("pipe").tags == engine.get_item("json").tags == ("a", "b")
     assert report.error_count == 1
-    assert report.errors[0].startswith("record 3, field 'tags': '[\"a\",' is not valid JSON")
+    assert report.errors[0].startswith("line 4, field 'tags': '[\"a\",' is not valid JSON")
     # JSON Lines takes both forms too.
     jsonl = write_jsonl(
         tmp_path / "items.jsonl",
@@ -325,9 +325,9 @@ def test_numbers_and_vectors_from_text(engine: Engine, tmp_path: Path) -> None:
     assert report.created == 2
     assert engine.get_item("a").duration_s == 10.0
     assert report.errors == [
-        "record 3, field 'vector': at index 1: 'two' is not a number",
-        "record 4, field 'duration_s': must be a finite number",
-        "record 5, field 'created_at': a timestamp must be finite",
+        "line 4, field 'vector': at index 1: 'two' is not a number",
+        "line 5, field 'duration_s': must be a finite number",
+        "line 6, field 'created_at': a timestamp must be finite",
     ]
 
 
@@ -342,9 +342,9 @@ def test_watch_ms_must_be_a_whole_number(engine: Engine, tmp_path: Path) -> None
     ]
     report = import_file(engine, "events", write_csv(tmp_path / "events.csv", rows))
     assert report.accepted == 1
-    assert report.errors[0] == "record 2, field 'watch_ms': '1500.5' is not a whole number"
-    assert report.errors[1] == "record 3, field 'watch_ms': must be greater than or equal to 0"
-    assert report.errors[2].startswith("record 4, field 'type': must be 'impression', 'play'")
+    assert report.errors[0] == "line 3, field 'watch_ms': '1500.5' is not a whole number"
+    assert report.errors[1] == "line 4, field 'watch_ms': must be greater than or equal to 0"
+    assert report.errors[2].startswith("line 5, field 'type': must be 'impression', 'play'")
 
 
 def test_events_for_unknown_users_and_items(engine: Engine, tmp_path: Path) -> None:
@@ -356,14 +356,14 @@ def test_events_for_unknown_users_and_items(engine: Engine, tmp_path: Path) -> N
         )
     ]
     rows.insert(2, {"event_id": "bad", "user_id": "u1", "item_id": "i1", "type": "like"})
-    # Small batches: engine errors must map back to record numbers across batches.
+    # Small batches: engine errors must map back to line numbers across batches.
     report = import_file(engine, "events", write_jsonl(tmp_path / "e.jsonl", rows), batch_size=2)
     assert report.records == 6
     assert report.accepted == 3
     assert report.errors == [
-        "record 2: unknown user 'ghost'; create it first",
-        "record 3, field 'ts': is required",
-        "record 5: unknown item 'nothing'; add it to the catalog first",
+        "line 2: unknown user 'ghost'; create it first",
+        "line 3, field 'ts': is required",
+        "line 5: unknown item 'nothing'; add it to the catalog first",
     ]
 
 
@@ -387,7 +387,8 @@ def test_jsonl_line_that_is_not_an_object(engine: Engine, tmp_path: Path) -> Non
     report = import_file(engine, "users", path)
     assert report.records == 3
     assert report.created == 2
-    assert report.errors == ["record 2: line 3 holds a JSON list, not an object"]
+    # Named by its line: the blank line 2 counts as a line, though not as a record.
+    assert report.errors == ["line 3: holds a JSON array, not an object"]
 
 
 def test_native_values_are_not_coerced(engine: Engine, tmp_path: Path) -> None:
@@ -396,7 +397,7 @@ def test_native_values_are_not_coerced(engine: Engine, tmp_path: Path) -> None:
         [{"item_id": "x", "creator_id": "c", "created_at": 1.7e9, "duration_s": "12"}],
     )
     report = import_file(engine, "items", path)
-    assert report.errors == ["record 1, field 'duration_s': must be a valid number"]
+    assert report.errors == ["line 1, field 'duration_s': must be a valid number"]
 
 
 # ---- users --------------------------------------------------------------------------------------
@@ -417,10 +418,10 @@ def test_users_csv_with_attribute_columns(engine: Engine, tmp_path: Path) -> Non
     assert engine.get_user("u3").attributes == {"country": "FR", "age": 40}
     assert report.created == 3
     assert report.errors == [
-        "record 4, field 'attr.country': attribute 'country' is also given in 'attributes'",
-        "record 5, field 'attr.Plan!': attribute name 'Plan!' must match pattern "
+        "line 5, field 'attr.country': attribute 'country' is also given in 'attributes'",
+        "line 6, field 'attr.Plan!': attribute name 'Plan!' must match pattern "
         "'^[a-z_][a-z0-9_]*$'",
-        "record 6, field 'attributes': '[1]' is not a JSON object",
+        "line 7, field 'attributes': '[1]' is not a JSON object",
     ]
 
 
@@ -432,7 +433,7 @@ def test_user_whose_region_conflicts_is_isolated(engine: Engine, tmp_path: Path)
     assert report.records == 13
     assert (report.created, report.updated) == (12, 0)
     assert report.error_count == 1
-    assert report.errors[0].startswith("record 8: users ['anna'] already live in another region")
+    assert report.errors[0].startswith("line 9: users ['anna'] already live in another region")
     assert all(engine.get_user(f"u{n}").region == "eu" for n in range(12))
     anna = engine.get_user("anna")
     assert (anna.region, anna.attributes) == ("us", {"v": 1})  # untouched
@@ -446,7 +447,7 @@ def test_user_listed_twice_with_different_regions(engine: Engine, tmp_path: Path
     ]
     report = import_file(engine, "users", write_csv(tmp_path / "users.csv", rows))
     assert report.created == 2
-    assert [e.split(":")[0] for e in report.errors] == ["record 3"]
+    assert [e.split(":")[0] for e in report.errors] == ["line 4"]
     assert engine.get_user("bo").region == "us"
 
 
@@ -454,7 +455,7 @@ def test_unknown_region_names_the_field(engine: Engine, tmp_path: Path) -> None:
     rows = [{"user_id": "u1", "region": "mars"}, {"user_id": "u2", "region": "eu"}]
     report = import_file(engine, "users", write_csv(tmp_path / "users.csv", rows))
     assert report.created == 1
-    assert report.errors == ["record 1, field 'region': unknown region 'mars'; configured: eu, us"]
+    assert report.errors == ["line 2, field 'region': unknown region 'mars'; configured: eu, us"]
 
 
 # ---- limits, progress and misuse ----------------------------------------------------------------
@@ -467,8 +468,8 @@ def test_error_list_is_capped_but_counted(engine: Engine, tmp_path: Path) -> Non
     report = import_file(engine, "users", write_jsonl(tmp_path / "users.jsonl", rows))
     assert report.error_count == MAX_ERRORS + 250
     assert len(report.errors) == MAX_ERRORS
-    assert report.errors[0].startswith("record 1, field 'user_id': must have at least 1 character")
-    assert report.errors[-1].startswith(f"record {MAX_ERRORS}, ")
+    assert report.errors[0].startswith("line 1, field 'user_id': must have at least 1 character")
+    assert report.errors[-1].startswith(f"line {MAX_ERRORS}, ")
     assert report.created == 1
 
 
@@ -512,17 +513,197 @@ def test_misuse_raises_invalid_input(
 
 
 def test_file_broken_part_way_keeps_what_was_read(engine: Engine, tmp_path: Path) -> None:
-    path = tmp_path / "users.csv"
-    good = "".join(f"u{n},eu\n" for n in range(3000)).encode()  # more than one decoded chunk
-    path.write_bytes(b"user_id,region\n" + good + b"\xff\xfe,us\n")
-    with pytest.raises(InvalidInput, match="not UTF-8") as caught:
+    path = tmp_path / "users.csv.gz"
+    text = "user_id,region\n" + "".join(f"u{n},eu\n" for n in range(4000))
+    whole = gzip.compress(text.encode())
+    path.write_bytes(whole[: len(whole) // 2])  # a download cut off half-way
+    with pytest.raises(InvalidInput, match=r"cannot read beyond line \d+") as caught:
         import_file(engine, "users", path, batch_size=500)
     partial = caught.value.extra["report"]
-    assert partial.records > 1000
-    assert partial.created == partial.records
+    assert 1000 < partial.records < 4000
+    assert partial.created == partial.records  # every record read before the break is stored
     assert engine.get_user(f"u{partial.records - 1}").region == "eu"
+    with pytest.raises(NotFound):
+        engine.get_user(f"u{partial.records}")
+    # Once the whole file is there, the same import completes it, each user stored once.
+    path.write_bytes(whole)
+    again = import_file(engine, "users", path, batch_size=500)
+    assert (again.created, again.updated, again.error_count) == (
+        4000 - partial.records,
+        partial.records,
+        0,
+    )
+
+
+def test_bytes_that_are_not_utf8_spoil_only_their_row(engine: Engine, tmp_path: Path) -> None:
+    # Regression: one bad byte used to stop the whole CSV import with a file error.
+    path = tmp_path / "users.csv"
+    good = "".join(f"u{n},eu\n" for n in range(3000)).encode()  # more than one decoded chunk
+    path.write_bytes(b"user_id,region\n" + good + b"caf\xe9,us\n" + b"u-last,us\n")
+    report = import_file(engine, "users", path, batch_size=500)
+    assert report.errors == ["line 3002: holds bytes that are not UTF-8 text"]
+    assert (report.records, report.created) == (3002, 3001)
+    assert engine.get_user("u-last").region == "us"
 
 
 def test_field_table_matches_the_models() -> None:
     for kind, model in _MODELS.items():
         assert set(_FIELDS[kind]) == set(model.model_fields), kind
+
+
+# ---- regressions found by the fuzz pass (tests/ingest/test_import_fuzz.py) -----------------------
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_times_beyond_what_datetime_holds_are_record_errors(
+    engine: Engine, tmp_path: Path, fmt: str
+) -> None:
+    # Regression: each of these raised OverflowError or OSError out of the import, a traceback
+    # that lost the whole file; now the record is refused and the others land.
+    _seed(engine, users=["u1"])
+    hostile = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-05:00", 1e20, 1e17, -1e20]
+    rows = [{"event_id": "ok1", "ts": 1.6e9}]
+    rows += [{"event_id": f"far{n}", "ts": ts} for n, ts in enumerate(hostile)]
+    rows += [{"event_id": "ok2", "ts": "2021-01-01T00:00:00Z"}]
+    rows = [{**row, "user_id": "u1", "item_id": "i1", "type": "like"} for row in rows]
+    path = tmp_path / f"events.{fmt}"
+    if fmt == "csv":
+        write_csv(path, rows)
+    elif fmt == "jsonl":
+        write_jsonl(path, rows)
+    else:  # a column of mixed types does not exist in Parquet: times as text there
+        write_parquet(path, pa.Table.from_pylist([{**r, "ts": str(r["ts"])} for r in rows]))
+    report = import_file(engine, "events", path)
+    first = 2 if fmt == "csv" else 1
+    assert [e.split(":")[0] for e in report.errors] == [
+        f"{'row' if fmt == 'parquet' else 'line'} {first + n}, field 'ts'" for n in range(1, 6)
+    ]
+    assert (report.records, report.accepted) == (7, 2)
+    items = write_jsonl(
+        tmp_path / "items.jsonl",
+        [{"item_id": "old", "creator_id": "c", "duration_s": 5, "created_at": hostile[0]}],
+    )
+    (error,) = import_file(engine, "items", items).errors
+    assert error.startswith("line 1, field 'created_at': ")
+
+
+def _nul_items(tmp_path: Path) -> Path:
+    base = {"creator_id": "c", "created_at": 1.7e9, "duration_s": 5}
+    rows = [
+        {"item_id": "ok1", **base, "caption": "fine"},
+        {"item_id": "nul", **base, "caption": "a\x00b"},
+        {"item_id": "tag", **base, "tags": ["x\x00"]},
+        {"item_id": "ok2", **base},
+    ]
+    return write_jsonl(tmp_path / "items.jsonl", rows)
+
+
+_NUL_ERRORS = [
+    "line 2, field 'caption': cannot contain the NUL character (U+0000)",
+    "line 3, field 'tags': at index 0: cannot contain the NUL character (U+0000)",
+]
+
+
+def test_nul_characters_are_refused_per_record(engine: Engine, tmp_path: Path) -> None:
+    # SQLite stores them, PostgreSQL cannot: refused alike on every backend.
+    report = import_file(engine, "items", _nul_items(tmp_path))
+    assert report.errors == _NUL_ERRORS
+    assert report.created == 2
+
+
+def test_nul_characters_do_not_break_an_import_on_postgres(
+    pg_schema_url: Callable[[str], str], tmp_path: Path
+) -> None:
+    # Regression: psycopg's DataError ("text fields cannot contain NUL") came out of the import.
+    config = load_config(
+        tmp_path / "data",
+        catalog_url=pg_schema_url("catalog"),
+        regions=[{"name": "us", "storage_url": pg_schema_url("region-us")}],
+    )
+    engine = Engine(config)
+    try:
+        report = import_file(engine, "items", _nul_items(tmp_path))
+        assert report.errors == _NUL_ERRORS
+        assert report.created == 2
+        assert engine.get_item("ok1").caption == "fine"
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_attribute_values_must_be_finite(engine: Engine, tmp_path: Path, fmt: str) -> None:
+    # Regression: NaN and infinity were stored as attributes (and came back over HTTP as null).
+    path = tmp_path / f"users.{fmt}"
+    if fmt == "jsonl":
+        path.write_text(
+            '{"user_id": "u1", "region": "us", "attributes": {"a": NaN}}\n'
+            '{"user_id": "u2", "region": "us", "attributes": {"a": 1, "b": -Infinity}}\n'
+            '{"user_id": "u3", "region": "us", "attributes": {"a": 1.5}}\n'
+        )
+    else:
+        scores = pa.array([float("nan"), float("-inf"), 1.5], type=pa.float64())
+        write_parquet(
+            path,
+            pa.table(
+                {
+                    "user_id": ["u1", "u2", "u3"],
+                    "region": ["us"] * 3,
+                    "attributes": pa.StructArray.from_arrays([scores], names=["a"]),
+                }
+            ),
+        )
+    report = import_file(engine, "users", path)
+    unit = "row" if fmt == "parquet" else "line"
+    key = "b" if fmt == "jsonl" else "a"
+    assert report.errors == [
+        f"{unit} 1, field 'attributes': key 'a': must be a finite number",
+        f"{unit} 2, field 'attributes': key '{key}': must be a finite number",
+    ]
+    assert engine.get_user("u3").attributes == {"a": 1.5}
+
+
+def test_json_cells_nested_without_end_are_record_errors(engine: Engine, tmp_path: Path) -> None:
+    # Regression: RecursionError out of the import for a CSV cell of 100,000 '['.
+    rows = [
+        {"item_id": "deep", "creator_id": "c", "duration_s": "5", "tags": "[" * 100_000},
+        {"item_id": "fine", "creator_id": "c", "duration_s": "5", "tags": '["a"]'},
+    ]
+    report = import_file(engine, "items", write_csv(tmp_path / "items.csv", rows))
+    assert len(report.errors) == 1
+    assert report.errors[0].startswith("line 2, field 'tags': '[[[[")
+    assert report.errors[0].endswith("nests arrays or objects too deeply")
+    assert engine.get_item("fine").tags == ("a",)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "records"),
+    [
+        ("a.csv", b"item_id,creator_id,duration_s\n", 0),
+        ("a.csv", b"\xef\xbb\xbf\r\n\r\nitem_id,creator_id,duration_s\r\n\r\n", 0),
+        ("a.jsonl", b"", 0),
+        ("a.jsonl", b"\xef\xbb\xbf\n  \n\t\n", 0),
+    ],
+)
+def test_header_only_and_empty_files_import_nothing(
+    engine: Engine, tmp_path: Path, name: str, content: bytes, records: int
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    report = import_file(engine, "items", path)
+    assert (report.records, report.created, report.error_count) == (records, 0, 0)
+
+
+def test_empty_and_cut_off_files_that_cannot_be_read_say_so(engine: Engine, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidInput, match="empty CSV file"):
+        import_file(engine, "items", empty)
+    no_rows = write_parquet(
+        tmp_path / "none.parquet",
+        pa.table({"item_id": pa.array([], pa.string()), "duration_s": pa.array([], pa.float64())}),
+    )
+    assert import_file(engine, "items", no_rows).records == 0
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(no_rows.read_bytes()[:-20])  # the footer is gone
+    with pytest.raises(InvalidInput, match="not a readable Parquet file"):
+        import_file(engine, "items", cut)

@@ -1,4 +1,5 @@
-"""Record readers: format inference, CSV / JSON Lines / Parquet parsing, gzip, progress units."""
+"""Record readers: format inference, CSV / JSON Lines / Parquet parsing, gzip, progress units, and
+where each record is: the line it starts on (CSV, JSON Lines) or its row (Parquet)."""
 
 from __future__ import annotations
 
@@ -71,19 +72,21 @@ def test_csv_rows_become_dicts_of_cell_text(tmp_path: Path) -> None:
         b'1,"hi, there\nyou",3\r\n\r\n2,,\r\n3,x\r\n4,a,b,c\r\n5,y,6\r\n'
     )
     records, errors = _collect(path)
+    # Numbered by the line each record starts on: the header is line 1, the quoted newline makes
+    # the first record lines 2-3, and the blank line 4 counts though it is no record.
     assert records == [
-        (1, {"id": "1", "caption": "hi, there\nyou", "n": "3"}),
-        (2, {"id": "2", "caption": "", "n": ""}),
-        (3, {"id": "3", "caption": "x"}),
-        (5, {"id": "5", "caption": "y", "n": "6"}),
+        (2, {"id": "1", "caption": "hi, there\nyou", "n": "3"}),
+        (5, {"id": "2", "caption": "", "n": ""}),
+        (6, {"id": "3", "caption": "x"}),
+        (8, {"id": "5", "caption": "y", "n": "6"}),
     ]
-    assert errors == [(4, "has 4 cells but the header has 3")]
+    assert errors == [(7, "has 4 cells but the header has 3")]
 
 
 def test_a_record_error_raises_without_a_callback(tmp_path: Path) -> None:
     path = tmp_path / "a.csv"
     path.write_text("a,b\n1,2,3\n")
-    with pytest.raises(InvalidInput, match="record 1: has 3 cells"):
+    with pytest.raises(InvalidInput, match="line 2: has 3 cells"):
         list(read_records(path))
 
 
@@ -103,22 +106,76 @@ def test_csv_header_problems_are_file_errors(tmp_path: Path, content: str, messa
         list(read_records(path))
 
 
-def test_csv_that_is_not_utf8_is_a_file_error(tmp_path: Path) -> None:
+def test_csv_row_that_is_not_utf8_is_a_record_error(tmp_path: Path) -> None:
+    # Regression: the first undecodable byte used to end the whole file.
     path = tmp_path / "a.csv"
-    path.write_bytes(b"a\nok\n\xff\xfe\n")
-    with pytest.raises(InvalidInput, match="not UTF-8"):
+    path.write_bytes(b'a,b\nok,1\n\xff\xfe,2\n"caf\xc3\n\xa9",3\nlast,4\n')
+    records, errors = _collect(path)
+    assert records == [(2, {"a": "ok", "b": "1"}), (6, {"a": "last", "b": "4"})]
+    assert errors == [(3, "holds bytes that are not UTF-8 text")] * 1 + [
+        (4, "holds bytes that are not UTF-8 text")
+    ]
+
+
+def test_csv_header_that_is_not_utf8_is_a_file_error(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_bytes(b"\n\nna\xefve,b\n1,2\n")
+    with pytest.raises(InvalidInput, match=r"the header \(line 3\) is not UTF-8"):
         list(read_records(path))
+
+
+def test_csv_lines_are_counted_across_line_endings_and_quotes(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    # CRLF, a lone CR, a quoted CRLF and a quoted lone CR each end a line; a BOM opens the file.
+    path.write_bytes(b'\xef\xbb\xbf\r\nid,text\r\n1,"a\r\nb"\r\n2,"c\rd"\r3,x\n\n4,"""q"""\n5,\n')
+    records, errors = _collect(path)
+    assert errors == []
+    assert [(n, r["id"]) for n, r in records] == [(3, "1"), (5, "2"), (7, "3"), (9, "4"), (10, "5")]
+    assert records[0][1]["text"] == "a\r\nb"
+    assert records[3][1]["text"] == '"q"'
+
+
+def test_csv_cell_past_the_reader_limit_is_a_file_error_naming_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text('a,b\n1,2\n3,"' + "x\n" * 70_000 + '"\n5,6\n')
+    with RecordReader(path) as reader:
+        records = iter(reader)
+        assert next(records) == (2, {"a": "1", "b": "2"})
+        with pytest.raises(InvalidInput, match=r"record starting on line 3.*field larger than"):
+            next(records)
 
 
 def test_jsonl_skips_blank_lines_and_reports_non_objects(tmp_path: Path) -> None:
     path = tmp_path / "a.jsonl"
     path.write_text('{"a": 1}\n\n   \n[1, 2]\n{"a": \n"text"\n{"a": [true, null]}\n')
     records, errors = _collect(path)
-    assert records == [(1, {"a": 1}), (5, {"a": [True, None]})]
-    assert [n for n, _ in errors] == [2, 3, 4]
-    assert errors[0][1] == "line 4 holds a JSON list, not an object"
-    assert errors[1][1].startswith("line 5 is not valid JSON")
-    assert errors[2][1] == "line 6 holds a JSON str, not an object"
+    assert records == [(1, {"a": 1}), (7, {"a": [True, None]})]
+    assert [n for n, _ in errors] == [4, 5, 6]
+    assert errors[0][1] == "holds a JSON array, not an object"
+    assert errors[1][1].startswith("is not valid JSON")
+    assert errors[2][1] == "holds a JSON string, not an object"
+
+
+def test_jsonl_hostile_lines_are_record_errors(tmp_path: Path) -> None:
+    # Regressions: nesting past the recursion limit raised RecursionError out of the import, and
+    # json.loads guessed UTF-16 for a line starting with its byte-order mark.
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(
+        b"\xef\xbb\xbf  \n"  # a BOM, then nothing: a blank first line
+        + b"[" * 5000 + b"]" * 5000 + b"\n"
+        + b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+        + '{"a": 1}'.encode("utf-16") + b"\n"
+        + b'{"a": "caf\xe9"}\n'
+        + b'{"a": 2}'
+    )  # fmt: skip
+    records, errors = _collect(path)
+    assert records == [(6, {"a": 2})]
+    assert errors[:2] == [
+        (2, "nests arrays or objects too deeply"),
+        (3, "nests arrays or objects too deeply"),
+    ]
+    assert [n for n, _ in errors[2:]] == [4, 5]
+    assert all("not UTF-8" in message for _, message in errors[2:])
 
 
 @pytest.mark.parametrize("name", ["a.jsonl.gz", "misnamed.jsonl"])
@@ -133,7 +190,7 @@ def test_gzip_is_detected_by_content(tmp_path: Path, name: str) -> None:
 def test_gzip_csv(tmp_path: Path) -> None:
     path = tmp_path / "a.csv.gz"
     path.write_bytes(gzip.compress("a,b\nx,ü\n".encode()))
-    assert list(read_records(path)) == [(1, {"a": "x", "b": "ü"})]
+    assert list(read_records(path)) == [(2, {"a": "x", "b": "ü"})]
 
 
 def test_truncated_gzip_is_a_file_error(tmp_path: Path) -> None:
@@ -185,6 +242,37 @@ def test_parquet_leaves_out_a_dataframe_index(tmp_path: Path) -> None:
     assert list(read_records(path)) == [(1, {"id": "a"}), (2, {"id": "b"})]
 
 
+def test_parquet_cells_python_cannot_hold_are_row_errors(tmp_path: Path) -> None:
+    # Regression: one such cell raised OverflowError or ArrowInvalid out of the whole import.
+    far = dt.datetime(9999, 12, 31, 23, 30, tzinfo=dt.UTC)  # year 10000 once shown at +01:00
+    table = pa.table(
+        {
+            "id": ["a", "b", "c", "d"],
+            "at": pa.array([far, None, far, None], type=pa.timestamp("ms", tz="+01:00")),
+            "day": pa.array([1, 2**31 - 1, 3, 4], type=pa.int32()).cast(pa.date32()),
+            "clock": pa.array([1, 2, 3, 2**40], type=pa.int64()).cast(pa.time64("ns")),
+        }
+    )
+    path = tmp_path / "a.parquet"
+    pq.write_table(table, path)
+    records, errors = _collect(path)
+    assert [n for n, _ in records] == []
+    assert [n for n, _ in errors] == [1, 2, 3, 4]
+    assert "column 'at' holds a value Python cannot represent" in errors[0][1]
+    assert "column 'day'" in errors[1][1]
+    assert "column 'clock'" in errors[3][1]
+    good = pa.table({"id": ["a", "b"], "at": pa.array([far, None], pa.timestamp("ms", tz="UTC"))})
+    pq.write_table(good, path)
+    assert [n for n, _ in _collect(path)[0]] == [1, 2]
+
+
+def test_parquet_with_garbled_dataframe_metadata_still_reads(tmp_path: Path) -> None:
+    table = pa.table({"id": ["a"]}).replace_schema_metadata({b"pandas": b"{not json"})
+    path = tmp_path / "a.parquet"
+    pq.write_table(table, path)
+    assert list(read_records(path)) == [(1, {"id": "a"})]
+
+
 def test_corrupt_parquet_is_a_file_error(tmp_path: Path) -> None:
     path = tmp_path / "a.parquet"
     path.write_bytes(b"PAR1 this is not parquet")
@@ -224,7 +312,7 @@ def test_closing_part_way_releases_the_file(tmp_path: Path, name: str) -> None:
         path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
     reader = RecordReader(path)
     records = iter(reader)
-    assert next(records) == (1, {"a": "0"})
+    assert next(records) == ((2 if "csv" in name else 1), {"a": "0"})
     reader.close()  # an unclosed file would fail the test through a ResourceWarning
     reader.close()
     assert list(records) == []

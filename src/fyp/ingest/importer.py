@@ -7,15 +7,22 @@ import obeys exactly the rules of the HTTP API: same models, same limits, same g
 
 Contract:
 
-* A record that fails is reported (``record 17, field 'duration_s': must be greater than 0``, one
-  message per failing field) and nothing from it is written; every valid record lands.
-* The report keeps the first :data:`MAX_ERRORS` messages (lowest record numbers first) and counts
-  all of them.
+* A record that fails is reported where it is in the file (``line 17, field 'duration_s': must be
+  greater than 0``, one message per failing field) and nothing from it is written; every valid
+  record lands. CSV and JSON Lines records are named by the line of the file they start on (the CSV
+  header is a line, so the first data row is usually line 2), Parquet records by their row counting
+  from 1; :attr:`ImportReport.numbering` says so in a sentence.
+* The report keeps the first :data:`MAX_ERRORS` messages (in file order) and counts all of them.
 * Items and users are upserts, events are idempotent on ``event_id``: importing a file twice
   changes nothing the second time (events come back as duplicates).
-* A problem with the file itself (missing, unknown format, no CSV header, undecodable bytes) raises
-  :class:`~fyp.errors.InvalidInput`; when it happens part-way, records read before it are imported
-  and the partial report rides on the exception as ``exc.extra["report"]``.
+* Records are written ``batch_size`` at a time, each batch in one transaction per database it
+  touches (the catalog for items, each home region for users and events), so a failure or a killed
+  process leaves every batch of a region stored whole or not at all, and running the same import
+  again completes it.
+* A problem with the file itself (missing, unknown format, no CSV header, a truncated gzip stream,
+  a corrupt Parquet footer) raises :class:`~fyp.errors.InvalidInput`; when it happens part-way,
+  records read before it are imported and the partial report rides on the exception as
+  ``exc.extra["report"]``.
 
 Flat formats carry text, and the models are strict (``"12"`` is not ``12``), so CSV cells are
 converted deliberately per field: empty means absent; ``tags``/``regions`` are a JSON array or
@@ -44,7 +51,7 @@ from pydantic_core import ErrorDetails
 from tqdm import tqdm
 
 from fyp.errors import FypError, InvalidInput
-from fyp.ingest.readers import RecordReader, count_hint
+from fyp.ingest.readers import NUMBERING, Counts, RecordReader, count_hint
 from fyp.types import Event, Item, User
 
 if TYPE_CHECKING:
@@ -72,11 +79,13 @@ class ImportReport:
 
     ``records`` counts every record read, valid or not. ``created``/``updated`` are filled for items
     and users, ``accepted``/``duplicates`` for events. ``errors`` holds at most :data:`MAX_ERRORS`
-    messages, those of the lowest record numbers; ``error_count`` counts them all.
+    messages, the first ones in file order; ``error_count`` counts them all. Each message starts
+    with the ``counts`` (``line`` or ``row``) and number of its record; ``numbering`` explains it.
     """
 
     kind: Kind
     path: Path
+    counts: Counts = "line"
     records: int = 0
     created: int = 0
     updated: int = 0
@@ -86,23 +95,32 @@ class ImportReport:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    @property
+    def numbering(self) -> str:
+        """What the numbers in :attr:`errors` count, in a sentence."""
+        return NUMBERING[self.counts]
+
 
 class _ErrorLog:
     """The first :data:`MAX_ERRORS` errors in file order, in bounded memory, and a total count.
 
     Engine errors for a batch arrive after validation errors of later records, so messages are kept
-    with their record number and sorted; the list is trimmed whenever it doubles the cap.
+    with their line or row number and sorted; the list is trimmed whenever it doubles the cap.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, counts: Counts) -> None:
+        self.counts = counts
         self.count = 0
         self._kept: list[tuple[int, int, str]] = []
 
-    def add(self, record: int, field: str | None, message: str) -> None:
-        """Count an error of ``record``; ``field`` is ``None`` (or empty) for the whole record."""
+    def add(self, number: int, field: str | None, message: str) -> None:
+        """Count an error of the record at line or row ``number``; ``field`` is ``None`` (or
+        empty) for the whole record."""
         self.count += 1
-        where = f"record {record}, field {field!r}" if field else f"record {record}"
-        self._kept.append((record, self.count, f"{where}: {message}"))
+        where = f"{self.counts} {number}"
+        if field:
+            where += f", field {field!r}"
+        self._kept.append((number, self.count, f"{where}: {message}"))
         if len(self._kept) >= 2 * MAX_ERRORS:
             self._trim()
 
@@ -146,6 +164,7 @@ _FIELDS: Final[dict[Kind, dict[str, _Shape]]] = {
 
 _MODELS: Final[dict[Kind, type[BaseModel]]] = {"items": Item, "users": User, "events": Event}
 _ID_FIELD: Final[dict[Kind, str]] = {"items": "item_id", "users": "user_id", "events": "event_id"}
+_TIMESTAMP_FIELD: Final[dict[Kind, str]] = {"items": "created_at", "events": "ts"}
 
 
 class _BadValueError(Exception):
@@ -193,6 +212,8 @@ def _json(text: str, expected: type[Any], what: str) -> Any:
         value = json.loads(text)
     except ValueError as exc:
         raise _BadValueError(f"{_show(text)} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _BadValueError(f"{_show(text)} nests arrays or objects too deeply") from None
     if not isinstance(value, expected):
         raise _BadValueError(f"{_show(text)} is not a JSON {what}")
     return value
@@ -306,6 +327,7 @@ def _field_errors(
 ) -> dict[str, str]:
     """One message per failing field (the first), keyed by the field or ``attr.*`` column."""
     found: dict[str, str] = {}
+    finite: set[str] = set()  # fields whose message is about a non-finite number
     for error in errors:
         loc = error["loc"]
         name = str(loc[0]) if loc else ""  # a model-level error names no field
@@ -316,6 +338,13 @@ def _field_errors(
             key, rest = rest[0], rest[1:]
             if rest and rest[0] == "[key]":
                 message = f"attribute name {key!r} {message}"
+            elif rest and rest[0] in _UNION_BRANCHES and error["type"] == "finite_number":
+                # NaN fails every branch; only the number branch's complaint makes sense of it.
+                column = attr_columns.get(key, name)
+                if column not in finite:
+                    finite.add(column)
+                    found[column] = ("" if key in attr_columns else f"key {key!r}: ") + message
+                continue
             elif rest and rest[0] in _UNION_BRANCHES and error["type"].endswith("_type"):
                 message = "must be a string, boolean, integer or number"
             if key in attr_columns:
@@ -365,9 +394,9 @@ class _Importer:
     ) -> None:
         self.engine = engine
         self.kind: Kind = kind
-        self.report = ImportReport(kind=kind, path=path)
-        self.errors = _ErrorLog()
         self.reader = RecordReader(path, format, on_error=self._unreadable)
+        self.report = ImportReport(kind=kind, path=path, counts=self.reader.counts)
+        self.errors = _ErrorLog(self.reader.counts)
         self.total = count_hint(path, self.reader.format)
         self.flat = self.reader.format == "csv"
         self.batch_size = batch_size
@@ -410,11 +439,11 @@ class _Importer:
                     if entry is None:
                         break
                     number, raw = entry
-                    self.report.records = number
+                    self.report.records += 1
                     model = self._parse(number, raw)
                     if model is not None:
                         self._add(number, model)
-                    if number % _PROGRESS_EVERY == 0:
+                    if self.report.records % _PROGRESS_EVERY == 0:
                         shown = self._tick(bar, shown)
                 self._flush()
                 self._tick(bar, shown)
@@ -436,7 +465,7 @@ class _Importer:
         return max(position, shown)
 
     def _unreadable(self, number: int, message: str) -> None:
-        self.report.records = number
+        self.report.records += 1
         self.errors.add(number, None, message)
 
     # ---- one record -----------------------------------------------------------------------------
@@ -486,6 +515,10 @@ class _Importer:
         except ValidationError as exc:
             for name, message in _field_errors(exc.errors(), attr_columns).items():
                 problems.setdefault(name, message)
+        except (OverflowError, OSError) as exc:
+            # A time that datetime cannot hold (epoch 1e20, year 1 at +01:00) escapes pydantic as
+            # OverflowError or OSError rather than a ValidationError; only timestamps can.
+            problems.setdefault(_TIMESTAMP_FIELD.get(self.kind, ""), f"out of range ({exc})")
         else:
             if isinstance(model, User) and model.region not in self.regions:
                 configured = ", ".join(sorted(self.regions))
@@ -561,18 +594,18 @@ class _Importer:
         The engine checks a whole batch before writing any of it, so a refused batch wrote nothing
         and its halves can be retried; a single refused record is reported. Halving finds ``k``
         bad records in about ``2k log n`` calls instead of ``n``. Server-side failures (5xx) are
-        not the record's fault and propagate.
+        not a record's fault: they propagate at once, the batch unwritten.
         """
         try:
             result = self._put([model for _, model in batch])
         except FypError as exc:
+            if exc.status >= 500:
+                raise
             if len(batch) > 1:
                 middle = len(batch) // 2
                 self._upsert(batch[:middle])
                 self._upsert(batch[middle:])
                 return
-            if exc.status >= 500:
-                raise
             self.errors.add(batch[0][0], None, exc.detail)
             return
         self.report.created += result.created

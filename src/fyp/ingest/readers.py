@@ -1,28 +1,41 @@
 """Record readers for bulk import: CSV, JSON Lines and Parquet, streamed with bounded memory.
 
-A reader turns a file into ``(record number, raw record)`` pairs. Record numbers start at 1 and
-count data records only (a CSV header and blank lines are not records), so an error message saying
-"record 17" points at the 17th row of data whatever the format. Raw records are not validated here:
-CSV values are the cell text (empty cells included), JSON Lines and Parquet values keep their native
+A reader turns a file into ``(number, raw record)`` pairs. The number says where the record is, in
+the unit a person would look it up with (:attr:`RecordReader.counts`):
+
+* CSV and JSON Lines: the **line** of the file, counting from 1, every line included (a CSV header
+  is line 1 unless blank lines precede it; blank lines count but are not records). A CSV record
+  whose quoted cells span several lines is named by the line it starts on. Lines end at ``\n``,
+  ``\r\n`` or, in CSV only, a lone ``\r`` (the line endings Python's CSV reader accepts).
+* Parquet: the **row** of the file, counting from 1.
+
+:data:`NUMBERING` says the same in a sentence for reports. Raw records are not validated here: CSV
+values are the cell text (empty cells included), JSON Lines and Parquet values keep their native
 types. Turning them into domain objects is the importer's job (:mod:`fyp.ingest.importer`).
 
 Two kinds of problem are told apart:
 
-* a *record* problem (a JSON line that is not an object, a CSV row with more cells than the header)
-  is passed to the ``on_error`` callback with its record number, and reading continues;
-* a *file* problem (missing file, unknown format, no CSV header, bytes that are not UTF-8, a corrupt
-  Parquet footer) raises :class:`fyp.errors.InvalidInput`, because no later record can be trusted.
+* a *record* problem (a JSON line that is not an object or nests too deeply, a CSV row with more
+  cells than the header, bytes that are not UTF-8 in a row) is passed to the ``on_error`` callback
+  with its number, and reading continues;
+* a *file* problem (missing file, unknown format, no CSV header, a CSV cell beyond the CSV reader's
+  size limit, a truncated gzip stream, a corrupt Parquet footer) raises
+  :class:`fyp.errors.InvalidInput` naming where it happened, because no later record can be
+  trusted.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import datetime as dt
 import gzip
 import io
 import json
+import re
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -37,8 +50,18 @@ from fyp.errors import InvalidInput
 Format = Literal["csv", "jsonl", "parquet"]
 """The file formats the importer reads."""
 
+Counts = Literal["line", "row"]
+"""What a record's number counts: lines of a text file or rows of a Parquet file, from 1."""
+
+NUMBERING: Final[dict[Counts, str]] = {
+    "line": "numbers are lines of the file counting from 1, header and blank lines included; "
+    "a record spanning several lines is named by its first",
+    "row": "numbers are rows of the Parquet file counting from 1",
+}
+"""How to read the numbers in error messages, per :data:`Counts`."""
+
 ErrorCallback = Callable[[int, str], None]
-"""Called with ``(record number, what is wrong)`` for a record that cannot be read."""
+"""Called with ``(line or row number, what is wrong)`` for a record that cannot be read."""
 
 _FORMAT_NAMES: Final[dict[str, Format]] = {
     "csv": "csv",
@@ -98,11 +121,11 @@ def count_hint(path: Path, format: str | None = None) -> int:
 def read_records(
     path: Path, format: str | None = None, *, on_error: ErrorCallback | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(record number, raw record)`` for every record of ``path``, numbered from 1.
+    """Yield ``(number, raw record)`` for every record of ``path``; the number is the line (CSV,
+    JSON Lines) or row (Parquet) of the file, see the module docstring.
 
-    Records that cannot be read are reported to ``on_error`` and skipped (their numbers are used
-    up, so numbering stays aligned with the file); without ``on_error`` they raise
-    :class:`InvalidInput`. File problems always raise :class:`InvalidInput`.
+    Records that cannot be read are reported to ``on_error`` and skipped; without ``on_error``
+    they raise :class:`InvalidInput`. File problems always raise :class:`InvalidInput`.
     """
     # Built eagerly so that a bad path or format raises here, not at the first ``next()``.
     return _drain(RecordReader(path, format, on_error=on_error))
@@ -118,10 +141,6 @@ def _require_file(path: Path) -> None:
         raise InvalidInput(f"{path}: no such file")
 
 
-def _raise_record_error(number: int, message: str) -> None:
-    raise InvalidInput(f"record {number}: {message}")
-
-
 class RecordReader:
     """An open record file: iterate it once for its records; :attr:`position` tells progress.
 
@@ -134,13 +153,19 @@ class RecordReader:
     ) -> None:
         self.path = path
         self.format: Format = resolve_format(path, format)
+        self.counts: Counts = "row" if self.format == "parquet" else "line"
+        """What the numbers this reader yields count."""
         _require_file(path)
-        self._on_error: ErrorCallback = on_error or _raise_record_error
+        self._on_error: ErrorCallback = on_error or self._raise_record_error
         self._raw: IO[bytes] | None = None
         self._end = 0  # where the file was when closed, so progress survives the close
         self._rows_read = 0
+        self._line = 0  # the last line read whole, for saying where an unreadable file broke
         self._iterated = False
         self._records: Generator[tuple[int, dict[str, Any]], None, None] | None = None
+
+    def _raise_record_error(self, number: int, message: str) -> None:
+        raise InvalidInput(f"{self.path}: {self.counts} {number}: {message}")
 
     @property
     def unit(self) -> str:
@@ -211,7 +236,9 @@ class RecordReader:
             else:
                 yield from self._jsonl(stream)
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise InvalidInput(f"{self.path}: cannot read ({exc})") from exc
+            raise InvalidInput(
+                f"{self.path}: cannot read beyond line {self._line} ({exc})"
+            ) from exc
         finally:
             if stream is not self._raw:
                 stream.close()  # the gzip layer; it leaves the file itself open
@@ -219,52 +246,69 @@ class RecordReader:
 
     def _csv(self, stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
         # utf-8-sig drops the byte-order mark spreadsheet programs put in front of the header.
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        # Bytes that are not UTF-8 decode to lone surrogates (surrogateescape) instead of stopping
+        # the whole file: only bytes >= 0x80 can be undecodable, so commas, quotes and line breaks
+        # stay intact and the row holding them is reported on its own.
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
         rows = csv.reader(text)
-        number = 0
+        line = 1  # where the next record starts: the reader has consumed line_num lines so far
         try:
-            header = next((row for row in rows if row), None)
+            header = None
+            for row in rows:
+                if row:
+                    header = row
+                    break
+                line = rows.line_num + 1
             if header is None:
                 raise InvalidInput(f"{self.path}: empty CSV file; the first row must be a header")
+            if _undecodable(header):
+                raise InvalidInput(f"{self.path}: the header (line {line}) is not UTF-8 text")
             columns = [name.strip() for name in header]
-            _check_header(self.path, columns)
+            _check_header(self.path, columns, f"the header (line {line})")
             width = len(columns)
+            line = rows.line_num + 1
             for row in rows:
+                start, line = line, rows.line_num + 1
+                self._line = rows.line_num
                 if not row:  # a blank line is not a record
                     continue
-                number += 1
                 if len(row) > width:
-                    self._on_error(number, f"has {len(row)} cells but the header has {width}")
-                    continue
-                # A short row leaves its trailing cells empty, which means absent.
-                yield number, dict(zip(columns, row, strict=False))
-        except UnicodeDecodeError as exc:
-            raise InvalidInput(
-                f"{self.path}: not UTF-8 text after record {number} ({exc.reason})"
-            ) from exc
+                    self._on_error(start, f"has {len(row)} cells but the header has {width}")
+                elif _undecodable(row):
+                    self._on_error(start, "holds bytes that are not UTF-8 text")
+                else:
+                    # A short row leaves its trailing cells empty, which means absent.
+                    yield start, dict(zip(columns, row, strict=False))
         except csv.Error as exc:
-            raise InvalidInput(f"{self.path}: malformed CSV after record {number} ({exc})") from exc
+            raise InvalidInput(
+                f"{self.path}: malformed CSV in the record starting on line {line} ({exc})"
+            ) from exc
         finally:
             text.detach()  # the caller owns and closes the byte stream
 
     def _jsonl(self, stream: IO[bytes]) -> Iterator[tuple[int, dict[str, Any]]]:
-        number = 0
-        for line_number, line in enumerate(stream, 1):
-            if not line.strip():
+        for line, data in enumerate(stream, 1):
+            self._line = line
+            if line == 1:  # a byte-order mark may open the file, as in CSV
+                data = data.removeprefix(codecs.BOM_UTF8)
+            if not data.strip():
                 continue
-            number += 1
             try:
-                value = json.loads(line)
-            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
-                self._on_error(number, f"line {line_number} is not valid JSON ({exc})")
+                # JSON Lines is UTF-8 by definition; json.loads would guess UTF-16 from some bytes.
+                value = json.loads(data.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                self._on_error(line, f"holds bytes that are not UTF-8 text ({exc.reason})")
+                continue
+            except ValueError as exc:
+                self._on_error(line, f"is not valid JSON ({exc})")
+                continue
+            except RecursionError:
+                self._on_error(line, "nests arrays or objects too deeply")
                 continue
             if not isinstance(value, dict):
-                self._on_error(
-                    number,
-                    f"line {line_number} holds a JSON {type(value).__name__}, not an object",
-                )
+                self._on_error(line, f"holds a JSON {_json_name(value)}, not an object")
                 continue
-            yield number, value
+            yield line, value
 
     # ---- Parquet --------------------------------------------------------------------------------
 
@@ -275,10 +319,8 @@ class RecordReader:
             raise InvalidInput(f"{self.path}: not a readable Parquet file ({exc})") from exc
         with contextlib.closing(parquet):
             schema = parquet.schema_arrow
-            _check_header(self.path, schema.names)
-            # A dataframe's index is written as a column but is not part of the records.
-            declared = (schema.pandas_metadata or {}).get("index_columns", [])
-            index = {name for name in declared if isinstance(name, str)}  # a range index is a dict
+            _check_header(self.path, schema.names, "the schema")
+            index = _dataframe_index(schema)
             columns = [name for name in schema.names if name not in index]
             batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
             while True:
@@ -286,36 +328,102 @@ class RecordReader:
                     batch = next(batches, None)
                 except (pa.ArrowException, OSError) as exc:
                     raise InvalidInput(
-                        f"{self.path}: corrupt Parquet data after record {self._rows_read} ({exc})"
+                        f"{self.path}: corrupt Parquet data after row {self._rows_read} ({exc})"
                     ) from exc
                 if batch is None:
                     return
                 for row in _batch_rows(batch):
                     self._rows_read += 1
-                    yield self._rows_read, row
+                    if isinstance(row, str):
+                        self._on_error(self._rows_read, row)
+                    else:
+                        yield self._rows_read, row
 
 
-def _check_header(path: Path, columns: list[str]) -> None:
+def _dataframe_index(schema: pa.Schema) -> set[str]:
+    """The columns a dataframe writer stored its index in: they are not part of the records."""
+    try:
+        declared = (schema.pandas_metadata or {}).get("index_columns", [])
+    except (ValueError, AttributeError):  # metadata that is not the JSON object pandas writes
+        return set()
+    if not isinstance(declared, list):
+        return set()
+    return {name for name in declared if isinstance(name, str)}  # a range index is a dict
+
+
+def _check_header(path: Path, columns: list[str], where: str) -> None:
     if any(not name for name in columns):
-        raise InvalidInput(f"{path}: the header has an empty column name")
+        raise InvalidInput(f"{path}: {where} has an empty column name")
     duplicates = sorted({name for name in columns if columns.count(name) > 1})
     if duplicates:
-        raise InvalidInput(f"{path}: duplicate columns {duplicates}")
+        raise InvalidInput(f"{path}: {where} has duplicate columns {duplicates}")
 
 
-def _batch_rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
-    """The rows of ``batch`` as dicts of plain Python values."""
+# What surrogateescape turns undecodable bytes into; valid UTF-8 never decodes to these.
+_ESCAPED_BYTE: Final = re.compile("[\udc80-\udcff]")
+
+
+def _undecodable(cells: list[str]) -> bool:
+    return any(_ESCAPED_BYTE.search(cell) for cell in cells)
+
+
+_JSON_NAMES: Final = {dict: "object", list: "array", str: "string", bool: "boolean"}
+
+
+def _json_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return _JSON_NAMES.get(type(value), "number")
+
+
+@dataclass(frozen=True, slots=True)
+class _Unconvertible:
+    """A Parquet cell whose value has no Python counterpart (a date beyond year 9999, an unknown
+    time zone): its row is reported, the other rows of the batch still read."""
+
+    message: str
+
+
+# What pyarrow raises for a value that does not fit a Python type: OverflowError for dates past
+# datetime's range, ValueError (ArrowInvalid among them) for nanosecond times or unknown zones.
+_CONVERSION_ERRORS: Final = (ArithmeticError, ValueError, pa.ArrowException)
+
+
+def _column_values(name: str, column: pa.Array) -> list[Any]:
+    try:
+        return list(column.to_pylist())
+    except _CONVERSION_ERRORS:
+        pass
+    values: list[Any] = []  # the slow way, cell by cell, only for a column holding a bad cell
+    for index in range(len(column)):
+        try:
+            values.append(column[index].as_py())
+        except _CONVERSION_ERRORS as exc:
+            values.append(
+                _Unconvertible(f"column {name!r} holds a value Python cannot represent ({exc})")
+            )
+    return values
+
+
+def _batch_rows(batch: pa.RecordBatch) -> list[dict[str, Any] | str]:
+    """The rows of ``batch`` as dicts of plain Python values; a row holding a cell that cannot be
+    converted is the message saying so instead."""
     columns = []
     for field, column in zip(batch.schema, batch.columns, strict=True):
         if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
             # Without pandas, nanosecond timestamps cannot become datetimes; microseconds can.
-            column = column.cast(pa.timestamp("us", tz=field.type.tz), safe=False)
-        columns.append(column.to_pylist())
+            with contextlib.suppress(*_CONVERSION_ERRORS):  # else each cell reports the problem
+                column = column.cast(pa.timestamp("us", tz=field.type.tz), safe=False)
+        columns.append(_column_values(field.name, column))
     names = batch.schema.names
-    return [
-        {name: plain(value) for name, value in zip(names, values, strict=True)}
-        for values in zip(*columns, strict=True)
-    ]
+    rows: list[dict[str, Any] | str] = []
+    for values in zip(*columns, strict=True):
+        bad = next((v for v in values if isinstance(v, _Unconvertible)), None)
+        if bad is not None:
+            rows.append(bad.message)
+        else:
+            rows.append({name: plain(value) for name, value in zip(names, values, strict=True)})
+    return rows
 
 
 _PLAIN_LEAVES: Final = (str, int, float, bool, type(None), dt.datetime)
