@@ -22,6 +22,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fyp
 from fyp.api import problems
@@ -62,12 +63,28 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` once a request body passes ``MAX_BODY_BYTES``.
+
+    An HTTP exception on purpose: FastAPI re-raises those from body reading (anything else it
+    turns into a 400), so the problem handler answers it like any other refusal.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+
+
 class Edge:
     """Pure ASGI middleware (cheap on the hot path) for what every request gets:
 
-    * bodies over ``MAX_BODY_BYTES`` are refused before they are read;
+    * bodies over ``MAX_BODY_BYTES`` are refused: at once when ``Content-Length`` says so, and
+      otherwise (chunked uploads) as soon as the bytes pulled from the client pass the limit, so
+      the server never holds more than the limit plus one chunk; the refusal closes the
+      connection rather than draining the rest of the upload;
     * the response carries ``Server-Timing: app;dur=<ms>``, the time spent inside the server,
       which load tests read to separate server latency from client and network time.
+
+    FastAPI's own ``max_body_size`` is not used: it answers some refusals in ``text/plain``.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -79,25 +96,54 @@ class Edge:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                response = problems.problem(
-                    413,
-                    "payload-too-large",
-                    "Payload too large",
-                    f"request bodies are limited to {MAX_BODY_BYTES} bytes",
-                )
-                await response(scope, receive, send)
+                await _too_large(scope, receive, send)
                 return
         started = time.perf_counter()
+        received = 0
+        over_limit = False
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, over_limit
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    over_limit = True
+                    raise BodyTooLarge
+            return message
 
         async def timed_send(message: Message) -> None:
+            nonlocal response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 elapsed_ms = (time.perf_counter() - started) * 1000.0
                 headers = list(message.get("headers", ()))
                 headers.append((b"server-timing", f"app;dur={elapsed_ms:.3f}".encode()))
+                if over_limit:
+                    # The rest of the upload is still coming: close rather than read it.
+                    headers.append((b"connection", b"close"))
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, timed_send)
+        try:
+            await self.app(scope, limited_receive, timed_send)
+        except BodyTooLarge:
+            # Read outside a route's body parsing, where no handler caught it.
+            if response_started:
+                raise
+            await _too_large(scope, receive, send)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = problems.problem(
+        413,
+        "payload-too-large",
+        "Payload too large",
+        f"request bodies are limited to {MAX_BODY_BYTES} bytes",
+        headers={"Connection": "close"},
+    )
+    await response(scope, receive, send)
 
 
 def _is_loopback(host: str | None) -> bool:
