@@ -1,16 +1,15 @@
 """The HTTP API v1 (see DESIGN.md): thin routes over :class:`fyp.engine.Engine`.
 
 Routes validate, call one engine method and shape the answer; errors are problem documents
-(``fyp.api.problems``). Authentication: with ``FYP_API_KEY`` set every ``/v1`` call needs
-``Authorization: Bearer <key>``; without a key only loopback clients are served.
+(``fyp.api.problems``). Authentication (``fyp.api.auth``): with API keys configured every ``/v1``
+call needs ``Authorization: Bearer <key>`` of a key with the route's scope; without keys only
+loopback clients are served.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
-import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -19,13 +18,15 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, Security
 from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fyp
 from fyp.api import problems
+from fyp.api.auth import Authenticator, bearer_token
 from fyp.api.schemas import (
     ControlsIn,
     ControlsOut,
@@ -35,6 +36,7 @@ from fyp.api.schemas import (
     FeedItemOut,
     FeedOut,
     HealthOut,
+    HealthPublicOut,
     InterestOut,
     InterestsDeletedOut,
     InterestsOut,
@@ -50,11 +52,18 @@ from fyp.api.schemas import (
     UsersIn,
 )
 from fyp.engine import Engine
-from fyp.errors import AccessDenied, InvalidInput, Unauthenticated
+from fyp.errors import AccessDenied, InvalidInput
+from fyp.governance import api_keys
 from fyp.governance.transparency import report as transparency_report
 from fyp.types import MAX_FEED_N, Event, is_valid_id
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+
+_BEARER = HTTPBearer(
+    auto_error=False,
+    description="An API key (`fyp apikey add`, or `FYP_API_KEY`). A server without keys serves "
+    "loopback clients without one.",
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -146,17 +155,24 @@ async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
     await response(scope, receive, send)
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def _item_out(record: Any) -> ItemOut:
     return ItemOut(**record.to_json())
+
+
+def _key_regions() -> list[str] | None:
+    """The regions the request's API key is limited to (``None``: every region)."""
+    key = api_keys.current()
+    return sorted(key.regions) if key is not None and key.regions is not None else None
+
+
+def _require_every_region() -> None:
+    """The catalog is shared by every region: a key limited to some may not change it."""
+    key = api_keys.current()
+    if key is not None and key.regions is not None:
+        raise AccessDenied(
+            f"API key {key.name!r} is limited to region(s) {', '.join(sorted(key.regions))}; "
+            "the catalog is shared by every region"
+        )
 
 
 def _check_id(kind: str, value: str) -> None:
@@ -165,14 +181,19 @@ def _check_id(kind: str, value: str) -> None:
 
 
 def create_app(
-    engine: Engine, background_training: bool = False, close_engine: bool = True
+    engine: Engine,
+    background_training: bool = False,
+    close_engine: bool = True,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
     """Build the app around ``engine``.
 
     ``background_training`` starts the retrainer with the app; ``close_engine`` closes the engine
-    when the app shuts down (pass False when the caller keeps using the engine).
+    when the app shuts down (pass False when the caller keeps using the engine). ``auth`` holds
+    the API keys (default: ``FYP_API_KEY`` and the data directory's keys file).
     """
-    api_key = engine.config.server.api_key
+    if auth is None:
+        auth = Authenticator(engine.config.data_dir, engine.config.server.api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -193,29 +214,36 @@ def create_app(
     app.add_middleware(Edge)
     problems.install(app)
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            host = request.client.host if request.client else None
-            if not _is_loopback(host):
-                raise AccessDenied(
-                    "this server has no API key and serves loopback clients only; "
-                    "set FYP_API_KEY to accept remote clients"
-                )
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.encode(), api_key.get_secret_value().encode()
-        ):
-            raise Unauthenticated("send 'Authorization: Bearer <key>' with the server's API key")
+    async def authorize(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+    ) -> None:
+        # Async on purpose: the key is set in the request's own context, which the worker
+        # threads running the route (and the gate's audit entries) inherit.
+        route = request.scope.get("route")
+        key = auth.authorize(
+            credentials.credentials if credentials else None,
+            request.client.host if request.client else None,
+            request.method,
+            getattr(route, "path", request.url.path),
+        )
+        api_keys.acting_as(key)
 
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
 
     @app.get("/healthz", tags=["ops"])
-    def healthz() -> HealthOut:
+    async def healthz(request: Request, response: Response) -> HealthOut | HealthPublicOut:
+        """Up or down for anyone; in full (model versions, quarantine reasons) for keys with the
+        ``admin`` or ``audit`` scope, or for loopback clients of a server without keys."""
         quarantined = engine.gate.quarantined
+        down = all(region in quarantined for region in engine.config.served_regions)
+        if down:
+            response.status_code = 503
+        client = request.client.host if request.client else None
+        if not auth.sees_health_detail(bearer_token(request.headers.get("authorization")), client):
+            return HealthPublicOut(status="down" if down else "up")
         return HealthOut(
-            status="degraded" if quarantined else "ok",
+            status="down" if down else "degraded" if quarantined else "ok",
             version=fyp.__version__,
             regions=engine.config.region_names,
             model_versions=engine.model_versions(),
@@ -234,6 +262,7 @@ def create_app(
 
     @v1.put("/items", tags=["catalog"])
     def put_items(body: ItemsIn) -> UpsertOut:
+        _require_every_region()
         result = engine.put_items(body.items)
         return UpsertOut(created=result.created, updated=result.updated)
 
@@ -374,16 +403,16 @@ def create_app(
 
     @v1.post("/train", tags=["models"])
     def train(region: Annotated[str | None, Query()] = None) -> TrainOut:
-        reports = engine.train([region] if region else None)
+        reports = engine.train([region] if region else _key_regions())
         return TrainOut(reports=[TrainReportOut(**dataclasses.asdict(r)) for r in reports])
 
     app.include_router(v1)
 
     page = resources.files("fyp.web").joinpath("static/index.html").read_text(encoding="utf-8")
-    page = page.replace("__FYP_CONFIG__", json.dumps({"requires_key": api_key is not None}))
 
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
-        return HTMLResponse(page)
+        settings = json.dumps({"requires_key": auth.configured})
+        return HTMLResponse(page.replace("__FYP_CONFIG__", settings))
 
     return app

@@ -72,7 +72,15 @@ def validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
 def install(app: FastAPI) -> None:
     @app.exception_handler(FypError)
     async def fyp_error(request: Request, exc: FypError) -> JSONResponse:
-        return problem(exc.status, exc.slug, exc.title, exc.detail, request.url.path, **exc.extra)
+        return problem(
+            exc.status,
+            exc.slug,
+            exc.title,
+            exc.detail,
+            request.url.path,
+            headers=exc.headers,
+            **exc.extra,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
