@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fyp
-from fyp.api import problems
+from fyp.api import openapi, problems
 from fyp.api.auth import Authenticator, bearer_token
 from fyp.api.schemas import (
     ControlsIn,
@@ -213,6 +213,7 @@ def create_app(
     )
     app.add_middleware(Edge)
     problems.install(app)
+    openapi.install(app, engine.config.region_names)
 
     async def authorize(
         request: Request,
@@ -229,9 +230,15 @@ def create_app(
         )
         api_keys.acting_as(key)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    v1 = APIRouter(
+        prefix="/v1", dependencies=[Depends(authorize)], responses=openapi.PROBLEM_RESPONSES
+    )
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get(
+        "/healthz",
+        tags=["ops"],
+        responses={503: {"model": HealthOut | HealthPublicOut, "description": "Down"}},
+    )
     async def healthz(request: Request, response: Response) -> HealthOut | HealthPublicOut:
         """Up or down for anyone; in full (model versions, quarantine reasons) for keys with the
         ``admin`` or ``audit`` scope, or for loopback clients of a server without keys."""
@@ -402,7 +409,7 @@ def create_app(
         )
 
     @v1.post("/train", tags=["models"])
-    def train(region: Annotated[str | None, Query()] = None) -> TrainOut:
+    def train(region: Annotated[str | None, Query(min_length=1)] = None) -> TrainOut:
         reports = engine.train([region] if region else _key_regions())
         return TrainOut(reports=[TrainReportOut(**dataclasses.asdict(r)) for r in reports])
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from fyp.errors import PROBLEM_TYPE_PREFIX, FypError
 
@@ -69,6 +70,17 @@ def validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     ]
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path. Starlette's 405 names only those
+    of the first route that matched the path, and each method of a path is a route here."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(FypError)
     async def fyp_error(request: Request, exc: FypError) -> JSONResponse:
@@ -99,9 +111,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
-        # Keep the exception's headers (``Allow`` on a 405, for one).
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem(
-            exc.status_code, slug, title, str(exc.detail), request.url.path, headers=exc.headers
+            exc.status_code, slug, title, str(exc.detail), request.url.path, headers=headers
         )
 
     @app.exception_handler(Exception)

@@ -11,7 +11,8 @@ from fyp.types import MAX_BATCH, Item, User
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: ``{"personalized": 0}`` or ``"no"`` is an error, not a silent ``false``.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ItemsIn(_Body):
