@@ -14,7 +14,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from fyp.errors import PROBLEM_TYPE_PREFIX, FypError
 
@@ -71,13 +70,14 @@ def validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at the request's path. Starlette's 405 names only those
-    of the first route that matched the path, and each method of a path is a route here."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match is not Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
+    """Every method the request's path is served with. Each method of a path is a route of its
+    own, and Starlette's 405 names only those of the first route that matched the path; the
+    API document lists them all (the route itself covers paths left out of the document)."""
+    route = request.scope.get("route")
+    methods = set(getattr(route, "methods", None) or ())
+    template = getattr(route, "path", None)
+    operations = request.app.openapi().get("paths", {}).get(template, {})
+    methods.update(method.upper() for method in operations)
     return sorted(methods)
 
 
