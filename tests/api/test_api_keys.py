@@ -368,3 +368,20 @@ def test_the_cli_prints_the_secret_once_and_lists_no_secret(
     listed, _ = capsys.readouterr()
     assert "revoked" in listed
     assert Authenticator(tmp_path).identify(secret) is None
+
+
+def test_fyp_serve_listens_beyond_loopback_only_with_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    served: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, **_: served.append(host))
+    monkeypatch.delenv("FYP_API_KEY", raising=False)
+    args = ["serve", "--data-dir", str(tmp_path), "--host", "0.0.0.0", "--no-background-training"]
+    assert cli_main(args) == 1
+    assert "refusing to listen on 0.0.0.0" in capsys.readouterr().err
+    assert served == []
+    KeyFile(keys_path(tmp_path)).add("app", {"feed"}, T0)
+    assert cli_main(args) == 0
+    assert served == ["0.0.0.0"]
