@@ -605,7 +605,10 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     config = load_config(args.data_dir)
     keys = api_keys.KeyFile(api_keys.keys_path(config.data_dir))
     if args.action == "list":
-        for line in api_keys.describe(keys.read()):
+        listed = keys.read()
+        if not listed:
+            print(f"fyp: no API keys in {keys.path}", file=sys.stderr)
+        for line in api_keys.describe(listed):
             print(line)
         return 0
     if args.name is None:

@@ -359,10 +359,15 @@ def test_the_cli_prints_the_secret_once_and_lists_no_secret(
     assert cli_main(["apikey", "list", *data]) == 0
     listed, _ = capsys.readouterr()
     assert listed.startswith("app\tfeed,ingest\tus\t5/s") and secret not in listed
+    listed_file = keys_path(tmp_path).read_text()
     assert cli_main(["apikey", "add", "bad", "--scopes", "feed,root", *data]) == 1
     assert (
         cli_main(["apikey", "add", "eu-only", "--scopes", "feed", "--regions", "mars", *data]) == 1
     )
+    keys_path(tmp_path).write_text("[]")
+    assert cli_main(["apikey", "list", *data]) == 1  # a clear error, not a traceback
+    assert "not an fyp API keys file" in capsys.readouterr().err
+    keys_path(tmp_path).write_text(listed_file)
     assert cli_main(["apikey", "revoke", "app", *data]) == 0
     assert cli_main(["apikey", "list", *data]) == 0
     listed, _ = capsys.readouterr()

@@ -231,9 +231,9 @@ class Authenticator:
         self._file_present = signature is not None
         try:
             keys = self._file.read()
-        except ValueError as exc:
+        except ConfigError as exc:
             if strict:
-                raise ConfigError(str(exc)) from exc
+                raise
             # Fail closed: no key of a file that cannot be read gets in (FYP_API_KEY still does).
             log.error("API keys file unreadable, its keys refused until fixed: %s", exc)
             keys = []

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-from fyp.errors import Conflict, InvalidInput, NotFound
+from fyp.errors import ConfigError, Conflict, InvalidInput, NotFound
 
 SCOPES: Final = ("ingest", "feed", "rights", "train", "audit", "admin")
 """``ingest``: catalog, users and events in; ``feed``: feeds and item details; ``rights``: a
@@ -161,23 +161,23 @@ class KeyFile:
     def read(self) -> list[ApiKey]:
         """Every key in the file, revoked ones included; ``[]`` when there is no file.
 
-        Raises ``ValueError`` (with the reason) on a file that is not a keys file.
+        Raises ``ConfigError`` (with the reason) on a file that is not a keys file.
         """
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return []
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{self.path}: not readable as JSON: {exc}") from exc
+            raise ConfigError(f"{self.path}: not readable as JSON: {exc}") from exc
         if not isinstance(raw, dict) or raw.get("version") != _FILE_VERSION:
-            raise ValueError(f"{self.path}: not an fyp API keys file (version {_FILE_VERSION})")
+            raise ConfigError(f"{self.path}: not an fyp API keys file (version {_FILE_VERSION})")
         try:
             keys = [ApiKey.from_json(entry) for entry in raw["keys"]]
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{self.path}: malformed key entry: {exc}") from exc
+            raise ConfigError(f"{self.path}: malformed key entry: {exc}") from exc
         names = [k.name for k in keys]
         if len(names) != len(set(names)):
-            raise ValueError(f"{self.path}: a key name appears twice")
+            raise ConfigError(f"{self.path}: a key name appears twice")
         return keys
 
     def add(
