@@ -259,7 +259,7 @@ def test_a_user_cannot_move_home_region_by_upsert(engine: Engine, make_user: Any
 
 
 def test_one_batch_cannot_give_a_user_two_home_regions(engine: Engine, make_user: Any) -> None:
-    with pytest.raises(InvalidInput, match="twice"):
+    with pytest.raises(Conflict, match="twice"):
         engine.put_users([make_user("anna", "us"), make_user("anna", "eu")])
     for region in ("us", "eu"):
         handle = engine.gate.open(region, Principal.service(region), "route")

@@ -69,8 +69,8 @@ def _like(event_id: str, ts: datetime) -> Event:
 def test_engine_ingest_refuses_per_row_and_stores_the_rest(engine: Engine) -> None:
     events = [
         _like("ok", from_epoch(NOW)),
-        _like("future", datetime(9999, 12, 31, tzinfo=UTC)),
-        _like("ancient", datetime(1, 1, 1, tzinfo=UTC)),
+        _like("future", datetime(9000, 12, 31, tzinfo=UTC)),
+        _like("ancient", datetime(2, 1, 1, tzinfo=UTC)),
         _like("old-history", datetime(1997, 9, 20, tzinfo=UTC)),
     ]
     result = engine.ingest(events)
@@ -107,9 +107,9 @@ def test_fyp_import_keeps_1990s_history_and_reports_rows_outside_the_window(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Through the command line, on the wall clock: a MovieLens-100k-aged history lands, a row
-    dated 9999, one dated 1969 and one an hour ahead are reported by line."""
+    dated 9000, one dated 1969 and one an hour ahead are reported by line."""
     data = tmp_path / "data"
-    item_times = ["1995-01-01T00:00:00Z", "9999-01-01T00:00:00Z", "1996-01-01T00:00:00Z"]
+    item_times = ["1995-01-01T00:00:00Z", "9000-01-01T00:00:00Z", "1996-01-01T00:00:00Z"]
     items = _write_csv(
         tmp_path / "items.csv",
         [
@@ -121,7 +121,7 @@ def test_fyp_import_keeps_1990s_history_and_reports_rows_outside_the_window(
     hour_ahead = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     rows = [
         ("m1", "like", "874965758"),  # 1997-09-22, about MovieLens 100k's first rating
-        ("m1", "like", "9999-12-31T00:00:00Z"),
+        ("m1", "like", "9000-12-31T00:00:00Z"),
         ("m3", "finish", "1998-04-22T23:10:38Z"),
         ("m3", "like", "-14182940"),  # 1969-07-20
         ("m3", "like", hour_ahead),
@@ -139,8 +139,8 @@ def test_fyp_import_keeps_1990s_history_and_reports_rows_outside_the_window(
     assert main(["import", "events", str(events), *common]) == 2
     err = capsys.readouterr().err
     # CSV rows are named by their line in the file (the header is line 1).
-    assert "line 3: item 'm2': created_at: 9999-01-01" in err
-    assert "line 3: ts: 9999-12-31" in err and "ahead of the server clock" in err
+    assert "line 3: item 'm2': created_at: 9000-01-01" in err
+    assert "line 3: ts: 9000-12-31" in err and "ahead of the server clock" in err
     assert "line 5: ts: 1969-07-20" in err and "ingest.min_event_time" in err
     assert "line 6: ts: " in err
     engine = Engine(load_config(data))

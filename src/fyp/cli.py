@@ -85,18 +85,20 @@ def _serve(config: FypConfig, background_training: bool = True, workers: int = 1
     import uvicorn
 
     from fyp.api.http_protocol import ProblemHttpToolsProtocol
+    from fyp.governance.api_keys import keys_configured
 
     host, port = config.server.host, config.server.port
-    if config.server.api_key is None and not _is_loopback_host(host):
+    keyless = not keys_configured(config.data_dir, config.server.api_key)
+    if keyless and not _is_loopback_host(host):
         raise FypError(
             f"refusing to listen on {host}: without an API key fyp serves loopback only; "
-            "set FYP_API_KEY to accept remote clients"
+            "set FYP_API_KEY or add keys with 'fyp apikey add' to accept remote clients"
         )
     _check_data_dir(config.data_dir)
     sock = _listen(host, port)
     with sock:
-        if config.server.api_key is None:
-            print("fyp: no FYP_API_KEY set, so serving loopback clients only", file=sys.stderr)
+        if keyless:
+            print("fyp: no API keys configured, so serving loopback clients only", file=sys.stderr)
         if workers > 1:
             from uvicorn.supervisors import Multiprocess
 
@@ -757,6 +759,46 @@ def cmd_keys(args: argparse.Namespace) -> int:
         engine.close()
 
 
+def cmd_apikey(args: argparse.Namespace) -> int:
+    """Named API keys: add one (its secret printed once), list them, revoke one."""
+    from fyp.governance import api_keys
+
+    config = load_config(args.data_dir)
+    keys = api_keys.KeyFile(api_keys.keys_path(config.data_dir))
+    if args.action == "list":
+        listed = keys.read()
+        if not listed:
+            print(f"fyp: no API keys in {keys.path}", file=sys.stderr)
+        for line in api_keys.describe(listed):
+            print(line)
+        return 0
+    if args.name is None:
+        raise FypError(f"fyp apikey {args.action} needs a key name")
+    if args.action == "revoke":
+        key = keys.revoke(args.name, time.time())
+        print(f"fyp: revoked API key {key.name!r}; running servers refuse it within a second")
+        return 0
+    regions = [r.strip() for r in (args.regions or "").split(",") if r.strip()]
+    unknown = sorted(set(regions) - set(config.region_names))
+    if unknown:
+        raise FypError(f"unknown region(s) {unknown}; configured: {config.region_names}")
+    key, secret = keys.add(
+        args.name,
+        api_keys.parse_scopes(args.scopes or ""),
+        time.time(),
+        regions=regions,
+        rate=args.rate,
+        burst=args.burst,
+    )
+    print(
+        f"fyp: added API key {api_keys.describe([key])[0]}\n"
+        "fyp: its secret follows; it is shown only now (the keys file keeps a hash)",
+        file=sys.stderr,
+    )
+    print(secret)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fyp", description="A self-hosted For You feed engine.")
     parser.add_argument("--version", action="version", version=f"fyp {__version__}")
@@ -919,6 +961,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
     data_dir_arg(p)
     p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("apikey", help="add, list or revoke the named API keys of the HTTP API")
+    p.add_argument("action", choices=["add", "list", "revoke"])
+    p.add_argument("name", nargs="?", help="the key's name (add, revoke)")
+    p.add_argument("--scopes", help="add: comma-separated: ingest,feed,rights,train,audit,admin")
+    p.add_argument("--regions", help="add: comma-separated regions the key is limited to")
+    p.add_argument("--rate", type=float, help="add: requests per second (default: unlimited)")
+    p.add_argument("--burst", type=int, help="add: requests at once (default: the rate)")
+    data_dir_arg(p)
+    p.set_defaults(func=cmd_apikey)
 
     p = sub.add_parser("package", help="export, verify or import the algorithm package")
     p.add_argument("action", choices=["export", "verify", "import"])

@@ -327,7 +327,8 @@ class Engine:
         claimed: dict[str, str] = {}
         for user in users:
             if claimed.setdefault(user.user_id, user.region) != user.region:
-                raise InvalidInput(
+                # A conflict, like a user moving home: the schema cannot say it, so not a 422.
+                raise Conflict(
                     f"user {user.user_id!r} appears twice in the batch with different regions"
                 )
         homes = self.gate.locate_many([u.user_id for u in users])

@@ -28,6 +28,11 @@ class FypError(Exception):
     def type_uri(self) -> str:
         return PROBLEM_TYPE_PREFIX + self.slug
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the problem response carries besides its body (none by default)."""
+        return {}
+
 
 class InvalidInput(FypError):
     slug = "invalid-input"
@@ -59,6 +64,22 @@ class Unauthenticated(FypError):
     slug = "unauthenticated"
     status = 401
     title = "Authentication required"
+
+
+class RateLimited(FypError):
+    """An API key spent its request budget; ``Retry-After`` says when to try again."""
+
+    slug = "rate-limited"
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class BackendUnavailable(FypError):

@@ -20,6 +20,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    TypeAdapter,
+    WithJsonSchema,
 )
 
 # ---- limits -------------------------------------------------------------------------------------
@@ -58,21 +60,51 @@ def _no_nul(text: str) -> str:
 
 
 def _normalize_tag(tag: str) -> str:
-    cleaned = tag.strip().lstrip("#").strip().lower()
+    cleaned = tag.strip().lstrip("#").strip()
     if not cleaned:
         raise ValueError("a tag must contain a character other than '#' and spaces")
     if len(cleaned) > MAX_TAG_LEN:
         raise ValueError(f"a tag has at most {MAX_TAG_LEN} characters")
     if any(ch.isspace() or ch == "," for ch in cleaned):
         raise ValueError("a tag cannot contain spaces or commas")
-    return _no_nul(cleaned)
+    return _no_nul(cleaned.lower())
 
 
-Tag = Annotated[str, AfterValidator(_normalize_tag)]
+# What ``_normalize_tag`` accepts, as a JSON Schema (ECMA 262) pattern for the API document:
+# optional spaces and '#'s, then 1-64 characters that are neither spaces nor commas (and the
+# first not a '#' unless a space separates it from the leading ones), then optional spaces; never
+# a NUL (see ``_no_nul``).
+# "Spaces" are exactly the characters ``str.isspace`` (and so ``str.strip``) takes as such.
+_SPACES: Final = (
+    r"\t\n\u000b\u000c\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f"
+    r"\u205f\u3000"
+)
+TAG_PATTERN: Final = (
+    rf"^[{_SPACES}]*#*(?:[{_SPACES}]+[^{_SPACES},\u0000]|[^{_SPACES},#\u0000])"
+    rf"[^{_SPACES},\u0000]{{0,{MAX_TAG_LEN - 1}}}[{_SPACES}]*$"
+)
+
+Tag = Annotated[
+    str,
+    AfterValidator(_normalize_tag),
+    WithJsonSchema({"type": "string", "pattern": TAG_PATTERN}),
+]
 """A tag, normalized: leading ``#`` removed, lowercase, no spaces, at most 64 characters."""
 
 
-_OUT_OF_RANGE: Final = "a timestamp must fall between the years 1 and 9999 in UTC"
+MIN_TIMESTAMP_YEAR: Final = 2
+MAX_TIMESTAMP_YEAR: Final = 9998
+"""Timestamps outside these years (as written) are refused: nearer the ends of what ``datetime``
+holds, converting to UTC can leave its range, and that is a bad input, not a server error."""
+_EPOCH_MIN: Final = datetime(MIN_TIMESTAMP_YEAR, 1, 1, tzinfo=UTC).timestamp()
+_EPOCH_END: Final = datetime(MAX_TIMESTAMP_YEAR + 1, 1, 1, tzinfo=UTC).timestamp()
+_YEAR_PATTERN: Final = (
+    r"^(?:000[2-9]|00[1-9]\d|0[1-9]\d\d|[1-8]\d{3}|9[0-8]\d\d|99[0-8]\d|999[0-8])-"
+)
+"""The years ``MIN_TIMESTAMP_YEAR``..``MAX_TIMESTAMP_YEAR`` at the start of an ISO 8601 string."""
+_OUT_OF_RANGE: Final = (
+    f"a timestamp must lie in the years {MIN_TIMESTAMP_YEAR}-{MAX_TIMESTAMP_YEAR}"
+)
 
 
 def _as_utc(value: object) -> object:
@@ -82,16 +114,20 @@ def _as_utc(value: object) -> object:
     if isinstance(value, int | float):
         if not math.isfinite(value):
             raise ValueError("a timestamp must be finite")
+        if not _EPOCH_MIN <= value < _EPOCH_END:
+            raise ValueError(_OUT_OF_RANGE)
         try:
             return datetime.fromtimestamp(value, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            # The platform's time_t or datetime's year range refused it (1e17, 1e20): the
-            # caller's mistake, reported like any other invalid value rather than a crash.
+            # The platform's time_t refused it: the caller's mistake, reported like any other
+            # invalid value rather than a crash.
             raise ValueError(_OUT_OF_RANGE) from None
     return value
 
 
 def _require_utc(value: datetime) -> datetime:
+    if not MIN_TIMESTAMP_YEAR <= value.year <= MAX_TIMESTAMP_YEAR:
+        raise ValueError(_OUT_OF_RANGE)
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     try:
@@ -106,6 +142,19 @@ Timestamp = Annotated[
     BeforeValidator(_as_utc),
     Field(strict=False),
     AfterValidator(_require_utc),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {
+                    "type": "number",
+                    "description": "seconds since the Unix epoch",
+                    "minimum": _EPOCH_MIN,
+                    "exclusiveMaximum": _EPOCH_END,
+                },
+                {"type": "string", "format": "date-time", "pattern": _YEAR_PATTERN},
+            ]
+        }
+    ),
 ]
 
 
@@ -115,8 +164,11 @@ def _check_vector(values: list[float]) -> list[float]:
     return values
 
 
+_FLOAT32_MAX: Final = 3.4028234663852886e38
+"""Vectors are stored as float32: a larger value would become infinity."""
+
 ContentVector = Annotated[
-    list[float],
+    list[Annotated[float, Field(ge=-_FLOAT32_MAX, le=_FLOAT32_MAX)]],
     Field(min_length=1, max_length=MAX_VECTOR_DIM),
     AfterValidator(_check_vector),
 ]
@@ -169,7 +221,11 @@ class User(_Strict):
     user_id: Id
     region: RegionName
     attributes: dict[AttributeKey, AttributeValue] = Field(
-        default_factory=dict, max_length=MAX_USER_ATTRIBUTES
+        default_factory=dict,
+        max_length=MAX_USER_ATTRIBUTES,
+        # Say in the API document that every key must match (not only that matching keys hold
+        # such values, which is all pydantic's ``patternProperties`` says).
+        json_schema_extra={"propertyNames": TypeAdapter(AttributeKey).json_schema()},
     )
 
 

@@ -25,7 +25,7 @@ PROBLEM = "application/problem+json"
 OUT_OF_RANGE = [1e20, 1e17, -1e17, "9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+01:00"]
 """Timestamps that no datetime can hold once in UTC (they used to answer 500)."""
 OUTSIDE_WINDOW = [
-    "9999-12-31T00:00:00Z",
+    "9000-12-31T00:00:00Z",
     T0 + 3600,  # an hour ahead of the server clock
     "1969-07-20T20:17:00Z",  # before the floor (1990 by default)
     0,
@@ -118,7 +118,10 @@ def test_an_event_outside_the_ingest_window_is_refused_per_row(client: TestClien
     [error] = body["errors"]
     assert error["index"] == 1
     assert "ts" in error["detail"]
-    assert ("ahead of the server clock" in error["detail"]) or ("before" in error["detail"])
+    # Refused by the ingest window, or before it by the range every timestamp must lie in.
+    assert any(
+        reason in error["detail"] for reason in ("ahead of the server clock", "before", "years")
+    )
     assert _stored_event_ids(client) == {"good"}
 
 
@@ -140,7 +143,7 @@ def test_a_like_dated_9999_does_not_take_over_trending_or_freeze_affinity(
     ordinary = [_like(f"b{i}", f"v{i}", T0 - 600 + i, user="bob") for i in (3, 4, 5)]
     assert client.post("/v1/events", json={"events": ordinary}).json()["accepted"] == 3
     takeover = client.post(
-        "/v1/events", json={"events": [_like("far", "v9", "9999-12-31T00:00:00Z")]}
+        "/v1/events", json={"events": [_like("far", "v9", "9000-12-31T00:00:00Z")]}
     ).json()
     assert takeover["accepted"] == 0 and [e["index"] for e in takeover["errors"]] == [0]
 
@@ -161,7 +164,7 @@ def _creator_weight(client: TestClient, creator: str) -> float:
     return next(i["weight"] for i in interests if i["kind"] == "creator" and i["key"] == creator)
 
 
-@pytest.mark.parametrize("created_at", ["9999-12-31T00:00:00Z", T0 + 3600, "1969-07-20T20:17:00Z"])
+@pytest.mark.parametrize("created_at", ["9000-12-31T00:00:00Z", T0 + 3600, "1969-07-20T20:17:00Z"])
 def test_an_item_dated_outside_the_window_is_a_422(client: TestClient, created_at: Any) -> None:
     items = [_item(60), _item(61, created_at=created_at)]
     body = _problem(client.put("/v1/items", json={"items": items}), 422, "invalid-input")

@@ -1,16 +1,15 @@
 """The HTTP API v1 (see DESIGN.md): thin routes over :class:`fyp.engine.Engine`.
 
 Routes validate, call one engine method and shape the answer; errors are problem documents
-(``fyp.api.problems``). Authentication: with ``FYP_API_KEY`` set every ``/v1`` call needs
-``Authorization: Bearer <key>``; without a key only loopback clients are served.
+(``fyp.api.problems``). Authentication (``fyp.api.auth``): with API keys configured every ``/v1``
+call needs ``Authorization: Bearer <key>`` of a key with the route's scope; without keys only
+loopback clients are served.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hmac
-import ipaddress
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -19,13 +18,16 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, Security
 from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import fyp
-from fyp.api import problems
+from fyp.api import openapi, problems
 from fyp.api.audit_routes import audit_router
+from fyp.api.auth import Authenticator, bearer_token
 from fyp.api.schemas import (
     ControlsIn,
     ControlsOut,
@@ -36,6 +38,7 @@ from fyp.api.schemas import (
     FeedItemOut,
     FeedOut,
     HealthOut,
+    HealthPublicOut,
     InterestOut,
     InterestsDeletedOut,
     InterestsOut,
@@ -51,11 +54,18 @@ from fyp.api.schemas import (
     UsersIn,
 )
 from fyp.engine import Engine
-from fyp.errors import AccessDenied, InvalidInput, Unauthenticated
+from fyp.errors import AccessDenied, InvalidInput
+from fyp.governance import api_keys
 from fyp.governance.transparency import report as transparency_report
 from fyp.types import MAX_FEED_N, MAX_ID_LEN, Event, RegionName, Tag, is_valid_id
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+
+_BEARER = HTTPBearer(
+    auto_error=False,
+    description="An API key (`fyp apikey add`, or `FYP_API_KEY`). A server without keys serves "
+    "loopback clients without one.",
+)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,12 +74,28 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """Raised from ``receive`` once a request body passes ``MAX_BODY_BYTES``.
+
+    An HTTP exception on purpose: FastAPI re-raises those from body reading (anything else it
+    turns into a 400), so the problem handler answers it like any other refusal.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+
+
 class Edge:
     """Pure ASGI middleware (cheap on the hot path) for what every request gets:
 
-    * bodies over ``MAX_BODY_BYTES`` are refused before they are read;
+    * bodies over ``MAX_BODY_BYTES`` are refused: at once when ``Content-Length`` says so, and
+      otherwise (chunked uploads) as soon as the bytes pulled from the client pass the limit, so
+      the server never holds more than the limit plus one chunk; the refusal closes the
+      connection rather than draining the rest of the upload;
     * the response carries ``Server-Timing: app;dur=<ms>``, the time spent inside the server,
       which load tests read to separate server latency from client and network time.
+
+    FastAPI's own ``max_body_size`` is not used: it answers some refusals in ``text/plain``.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -81,38 +107,74 @@ class Edge:
             return
         for name, value in scope.get("headers", ()):
             if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                response = problems.problem(
-                    413,
-                    "payload-too-large",
-                    "Payload too large",
-                    f"request bodies are limited to {MAX_BODY_BYTES} bytes",
-                )
-                await response(scope, receive, send)
+                await _too_large(scope, receive, send)
                 return
         started = time.perf_counter()
+        received = 0
+        over_limit = False
+        response_started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, over_limit
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY_BYTES:
+                    over_limit = True
+                    raise BodyTooLarge
+            return message
 
         async def timed_send(message: Message) -> None:
+            nonlocal response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 elapsed_ms = (time.perf_counter() - started) * 1000.0
                 headers = list(message.get("headers", ()))
                 headers.append((b"server-timing", f"app;dur={elapsed_ms:.3f}".encode()))
+                if over_limit:
+                    # The rest of the upload is still coming: close rather than read it.
+                    headers.append((b"connection", b"close"))
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, timed_send)
+        try:
+            await self.app(scope, limited_receive, timed_send)
+        except BodyTooLarge:
+            # Read outside a route's body parsing, where no handler caught it.
+            if response_started:
+                raise
+            await _too_large(scope, receive, send)
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = problems.problem(
+        413,
+        "payload-too-large",
+        "Payload too large",
+        f"request bodies are limited to {MAX_BODY_BYTES} bytes",
+        headers={"Connection": "close"},
+    )
+    await response(scope, receive, send)
 
 
 def _item_out(record: Any) -> ItemOut:
     return ItemOut(**record.to_json())
+
+
+def _key_regions() -> list[str] | None:
+    """The regions the request's API key is limited to (``None``: every region)."""
+    key = api_keys.current()
+    return sorted(key.regions) if key is not None and key.regions is not None else None
+
+
+def _require_every_region() -> None:
+    """The catalog is shared by every region: a key limited to some may not change it."""
+    key = api_keys.current()
+    if key is not None and key.regions is not None:
+        raise AccessDenied(
+            f"API key {key.name!r} is limited to region(s) {', '.join(sorted(key.regions))}; "
+            "the catalog is shared by every region"
+        )
 
 
 def _check_id(kind: str, value: str) -> None:
@@ -126,14 +188,19 @@ def _check_id(kind: str, value: str) -> None:
 
 
 def create_app(
-    engine: Engine, background_training: bool = False, close_engine: bool = True
+    engine: Engine,
+    background_training: bool = False,
+    close_engine: bool = True,
+    auth: Authenticator | None = None,
 ) -> FastAPI:
     """Build the app around ``engine``.
 
     ``background_training`` starts the retrainer with the app; ``close_engine`` closes the engine
-    when the app shuts down (pass False when the caller keeps using the engine).
+    when the app shuts down (pass False when the caller keeps using the engine). ``auth`` holds
+    the API keys (default: ``FYP_API_KEY`` and the data directory's keys file).
     """
-    api_key = engine.config.server.api_key
+    if auth is None:
+        auth = Authenticator(engine.config.data_dir, engine.config.server.api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -153,30 +220,44 @@ def create_app(
     )
     app.add_middleware(Edge)
     problems.install(app)
+    openapi.install(app, engine.config.region_names)
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            host = request.client.host if request.client else None
-            if not _is_loopback(host):
-                raise AccessDenied(
-                    "this server has no API key and serves loopback clients only; "
-                    "set FYP_API_KEY to accept remote clients"
-                )
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.encode(), api_key.get_secret_value().encode()
-        ):
-            raise Unauthenticated("send 'Authorization: Bearer <key>' with the server's API key")
+    async def authorize(
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+    ) -> None:
+        # Async on purpose: the key is set in the request's own context, which the worker
+        # threads running the route (and the gate's audit entries) inherit.
+        route = request.scope.get("route")
+        key = auth.authorize(
+            credentials.credentials if credentials else None,
+            request.client.host if request.client else None,
+            request.method,
+            getattr(route, "path", request.url.path),
+        )
+        api_keys.acting_as(key)
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authorize)])
+    v1 = APIRouter(
+        prefix="/v1", dependencies=[Depends(authorize)], responses=openapi.PROBLEM_RESPONSES
+    )
 
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> HealthOut:
+    @app.get(
+        "/healthz",
+        tags=["ops"],
+        responses={503: {"model": HealthOut | HealthPublicOut, "description": "Down"}},
+    )
+    async def healthz(request: Request, response: Response) -> HealthOut | HealthPublicOut:
+        """Up or down for anyone; in full (model versions, quarantine reasons) for keys with the
+        ``admin`` or ``audit`` scope, or for loopback clients of a server without keys."""
         quarantined = engine.gate.quarantined
+        down = all(region in quarantined for region in engine.config.served_regions)
+        if down:
+            response.status_code = 503
+        client = request.client.host if request.client else None
+        if not auth.sees_health_detail(bearer_token(request.headers.get("authorization")), client):
+            return HealthPublicOut(status="down" if down else "up")
         return HealthOut(
-            status="degraded" if quarantined else "ok",
+            status="down" if down else "degraded" if quarantined else "ok",
             version=fyp.__version__,
             regions=engine.config.region_names,
             model_versions=engine.model_versions(),
@@ -196,6 +277,7 @@ def create_app(
 
     @v1.put("/items", tags=["catalog"])
     def put_items(body: ItemsIn) -> UpsertOut:
+        _require_every_region()
         result = engine.put_items(body.items)
         return UpsertOut(created=result.created, updated=result.updated)
 
@@ -350,18 +432,24 @@ def create_app(
             RegionName | None, Query(description="one configured region (default: every one)")
         ] = None,
     ) -> TrainOut:
-        # ``?region=`` is an invalid name (422), never "every region".
-        reports = engine.train([region] if region is not None else None)
+        # ``?region=`` is an invalid name (422), never "every region"; a key limited to some
+        # regions trains those by default.
+        reports = engine.train([region] if region is not None else _key_regions())
         return TrainOut(reports=[TrainReportOut(**dataclasses.asdict(r)) for r in reports])
 
     app.include_router(v1)
-    app.include_router(audit_router(engine), prefix="/v1", dependencies=[Depends(authorize)])
+    app.include_router(
+        audit_router(engine),
+        prefix="/v1",
+        dependencies=[Depends(authorize)],
+        responses=openapi.PROBLEM_RESPONSES,
+    )
 
     page = resources.files("fyp.web").joinpath("static/index.html").read_text(encoding="utf-8")
-    page = page.replace("__FYP_CONFIG__", json.dumps({"requires_key": api_key is not None}))
 
     @app.get("/", include_in_schema=False)
     def index() -> HTMLResponse:
-        return HTMLResponse(page)
+        settings = json.dumps({"requires_key": auth.configured})
+        return HTMLResponse(page.replace("__FYP_CONFIG__", settings))
 
     return app

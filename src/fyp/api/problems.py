@@ -34,7 +34,13 @@ _HTTP_SLUGS = {
 
 
 def problem(
-    status: int, slug: str, title: str, detail: str, instance: str | None = None, **extra: Any
+    status: int,
+    slug: str,
+    title: str,
+    detail: str,
+    instance: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_PREFIX + slug,
@@ -47,8 +53,10 @@ def problem(
         # small whatever it sent (ids are at most 128 characters, so real paths fit).
         body["instance"] = instance
     body.update(extra)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    all_headers = dict(headers or {})
+    if status == 401:
+        all_headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=all_headers)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -64,10 +72,30 @@ def validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     ]
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the request's path is served with. Each method of a path is a route of its
+    own, and Starlette's 405 names only those of the first route that matched the path; the
+    API document lists them all (the route itself covers paths left out of the document)."""
+    route = request.scope.get("route")
+    methods = set(getattr(route, "methods", None) or ())
+    template = getattr(route, "path", None)
+    operations = request.app.openapi().get("paths", {}).get(template, {})
+    methods.update(method.upper() for method in operations)
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(FypError)
     async def fyp_error(request: Request, exc: FypError) -> JSONResponse:
-        return problem(exc.status, exc.slug, exc.title, exc.detail, request.url.path, **exc.extra)
+        return problem(
+            exc.status,
+            exc.slug,
+            exc.title,
+            exc.detail,
+            request.url.path,
+            headers=exc.headers,
+            **exc.extra,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -86,7 +114,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         slug, title = _HTTP_SLUGS.get(exc.status_code, ("http-error", "HTTP error"))
-        return problem(exc.status_code, slug, title, str(exc.detail), request.url.path)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        return problem(
+            exc.status_code, slug, title, str(exc.detail), request.url.path, headers=headers
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.json_schema import SkipJsonSchema
@@ -13,7 +13,8 @@ from fyp.types import MAX_BATCH, Item, User
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: ``{"personalized": 0}`` or ``"no"`` is an error, not a silent ``false``.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ItemsIn(_Body):
@@ -111,9 +112,17 @@ class TrainOut(BaseModel):
     reports: list[TrainReportOut]
 
 
+class HealthPublicOut(BaseModel):
+    """What ``/healthz`` tells a caller without a key that may see more."""
+
+    status: Literal["up", "down"]
+    """``down`` (HTTP 503) when no region this server serves can serve."""
+
+
 class HealthOut(BaseModel):
-    status: str
-    """``ok``, or ``degraded`` when a region is quarantined (the others keep serving)."""
+    status: Literal["ok", "degraded", "down"]
+    """``ok``; ``degraded`` when a region is quarantined (the others keep serving); ``down``
+    (HTTP 503) when every region this server serves is."""
     version: str
     regions: list[str]
     model_versions: dict[str, str]

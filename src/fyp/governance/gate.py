@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, cast
 
 from fyp.errors import AccessDenied, NotFound, RegionQuarantined
+from fyp.governance import api_keys
 from fyp.governance.fence import UserFence
 from fyp.governance.policy import PURPOSE_OPERATIONS, Decision, Policy, Principal, Purpose
 from fyp.storage.audit import SqlAuditLog, TreeHead
@@ -186,6 +187,10 @@ class Gate:
         if reason is not None and purpose != "audit":
             # Auditors may still read the log to investigate; nothing else gets in.
             raise RegionQuarantined(f"region {region!r} is quarantined: {reason}")
+        refused = api_keys.region_refusal(region, purpose)
+        if refused is not None:  # the request's API key is limited to other regions
+            self.record(region, principal, purpose, "open", Decision(False, refused))
+            raise AccessDenied(refused)
         decision = self._policy.decide(principal, region, purpose)
         # An allowed cross-region open is an export, and the log says so.
         self.record(region, principal, purpose, "export" if decision.export else "open", decision)
@@ -202,7 +207,7 @@ class Gate:
     ) -> int:
         """Record an action taken through an allowed handle; returns its audit ``seq``."""
         return self._audit[region].append(
-            principal.id, purpose, action, "allow", detail, self._clock()
+            principal.id, purpose, action, "allow", detail | api_keys.audit_detail(), self._clock()
         )
 
     def forget(self, user_id: str) -> None:
@@ -228,6 +233,7 @@ class Gate:
                 "reason": decision.reason,
                 "principal_region": principal.region,
                 **({"rule": decision.rule} if decision.rule else {}),
+                **api_keys.audit_detail(),
             },
             self._clock(),
         )
