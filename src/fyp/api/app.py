@@ -32,6 +32,7 @@ from fyp.api.schemas import (
     ControlsIn,
     ControlsOut,
     ControlsPatchIn,
+    ErasureReceiptOut,
     EventErrorOut,
     EventsIn,
     EventsOut,
@@ -368,10 +369,11 @@ def create_app(
         return engine.rights.export(user_id)
 
     @v1.delete("/users/{user_id}", tags=["rights"])
-    def erase_user(user_id: str) -> dict[str, Any]:
-        """Erase the user; the receipt carries the audit entry and its inclusion proof."""
+    def erase_user(user_id: str) -> ErasureReceiptOut:
+        """Erase the user; the receipt carries the audit entry and its inclusion proof. A second
+        request for the same user (or one racing the first) finds no user: 404."""
         _check_id("user", user_id)
-        return engine.rights.erase(user_id)
+        return ErasureReceiptOut.model_validate(engine.rights.erase(user_id))
 
     @v1.get("/users/{user_id}/controls", tags=["rights"])
     def get_controls(user_id: str) -> ControlsOut:

@@ -194,3 +194,35 @@ class InterestsDeletedOut(BaseModel):
     user_id: str
     removed: int
     tag: str | None
+
+
+class TreeHeadOut(BaseModel):
+    """A signed tree head of a region's audit log (RFC 9162 shape, hex-encoded)."""
+
+    region: str
+    tree_size: int
+    timestamp_ms: int
+    root_hash: str
+    key_id: str
+    signature: str
+
+
+class ErasureAuditOut(BaseModel):
+    seq: int
+    """The erasure's entry in the region's audit log (written before any row was deleted)."""
+    subject: str
+    """How the log names the erased user: a salted hash, never the id."""
+    leaf_hash: str
+    tree_head: TreeHeadOut
+    audit_path: list[str]
+    """Inclusion proof of the entry in ``tree_head`` (hex hashes, leaf to root)."""
+
+
+class ErasureReceiptOut(BaseModel):
+    user_id: str
+    region: str
+    erased_at: float
+    seconds: float
+    rows_deleted: dict[str, int]
+    """Rows about the user per table when the erasure was ordered: exactly what it deleted."""
+    audit: ErasureAuditOut
