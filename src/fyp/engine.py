@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -49,6 +49,8 @@ from fyp.storage.roles import ItemRecord, UpsertResult, UserRecord
 from fyp.types import MAX_FEED_N, Event, Item, User, is_valid_id
 
 log = logging.getLogger(__name__)
+
+RETRAIN_REPORTS_KEPT = 100
 
 
 @dataclass
@@ -818,7 +820,10 @@ class Retrainer:
         self._thread: threading.Thread | None = None
         self.trained_seq: dict[str, int] = {}
         self.trained_at: dict[str, float] = {}
-        self.reports: list[TrainReport] = []
+        self.reports: deque[TrainReport] = deque(maxlen=RETRAIN_REPORTS_KEPT)
+        """The latest retrainings' reports (a bounded history: a server retrains for months)."""
+        self.runs = 0
+        """Retrainings done since start."""
         self._lock_file: TextIO | None = None
 
     def start(self) -> bool:
@@ -887,6 +892,7 @@ class Retrainer:
             self.trained_seq[region] = seq
             self.trained_at[region] = time.time()
             self.reports.append(report)
+            self.runs += 1
             done.append(report)
         return done
 

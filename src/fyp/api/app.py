@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 import fyp
 from fyp.api import problems
+from fyp.api.limits import InFlightLimit
 from fyp.api.schemas import (
     ControlsIn,
     ControlsOut,
@@ -145,6 +146,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(Edge)
+    # Added last, so outermost: a request beyond the bound is refused before anything else runs.
+    app.add_middleware(InFlightLimit, limit=engine.config.server.max_in_flight)
     problems.install(app)
 
     def authorize(request: Request) -> None:

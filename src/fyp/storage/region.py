@@ -289,6 +289,9 @@ _pairs = Table(
     Column("b", String(200), nullable=False),
 )
 _CREATE_PAIRS: Final = "CREATE TEMP TABLE IF NOT EXISTS fyp_pairs (a VARCHAR(200), b VARCHAR(200))"
+_INSERT_PAIRS: Final = _pairs.insert()
+"""Built once: ``Database.executemany`` compiles a statement object once (feeds and ingestion
+fill the pairs table on every call)."""
 
 
 def _pairs_present(
@@ -310,7 +313,7 @@ def _pairs_present(
         return []
     conn.exec_driver_sql(_CREATE_PAIRS)
     conn.execute(_pairs.delete())
-    db.executemany(conn, _pairs.insert(), [{"a": a, "b": b} for a, b in wanted])
+    db.executemany(conn, _INSERT_PAIRS, [{"a": a, "b": b} for a, b in wanted])
     table = first.table
     query = select(first, second, *extra).select_from(
         table.join(_pairs, and_(first == _pairs.c.a, second == _pairs.c.b))
@@ -894,7 +897,7 @@ class SqlRegionStore:
                     f"{self._key_file.path}"
                 )
             self._ring = ring
-            with self.db.write() as conn:
+            with self.db.write(durable=True) as conn:
                 conn.execute(
                     insert_ignore(self.db, region_keks),
                     [{"kek_id": new.id, "version": new.version, "created_at": new.created_at}],
@@ -938,7 +941,7 @@ class SqlRegionStore:
 
     def _rewrap_batch(self, kid: str, cursor: str, batch: int) -> tuple[int, str | None]:
         """Re-wrap up to ``batch`` data keys after ``cursor`` (by user id) under KEK ``kid``."""
-        with self.db.write() as conn:
+        with self.db.write(durable=True) as conn:
             rows = conn.execute(
                 select(user_keys.c.user_id, user_keys.c.kek_id, user_keys.c.wrapped_dek)
                 .where(user_keys.c.user_id > cursor)
@@ -980,7 +983,7 @@ class SqlRegionStore:
         """Retire every KEK but ``kid`` if no data key is wrapped by one any more; else ``None``
         (a data key was written under an old KEK meanwhile: re-wrap again)."""
         try:
-            with self.db.write() as conn:
+            with self.db.write(durable=True) as conn:
                 # Lock the old versions' rows first: a writer that read one as active holds it.
                 old = list(
                     conn.execute(
@@ -1012,7 +1015,7 @@ class SqlRegionStore:
     def upsert_users(self, batch: Sequence[User], now: float) -> UpsertResult:
         latest = {u.user_id: u for u in batch}
         ids = list(latest)
-        with self.db.write() as conn:
+        with self.db.write(durable=True) as conn:
             existing = self._existing(conn, users.c.user_id, ids)
             keys = self._write_keys(conn, ids, now)
             sealed = {
@@ -1362,7 +1365,7 @@ class SqlRegionStore:
 
     def put_controls(self, user_id: str, controls: UserControls, now: float) -> UserControls:
         """Store the user's controls (their interest reset instant is kept as it was)."""
-        with self.db.write() as conn:
+        with self.db.write(durable=True) as conn:
             previous = self._controls(conn, user_id)
             stored = replace(controls, interests_reset_at=previous.interests_reset_at)
             self._write_controls(conn, user_id, stored, now)
@@ -1376,7 +1379,7 @@ class SqlRegionStore:
 
     def reset_interests(self, user_id: str, now: float, tag: str | None = None) -> int:
         """Forget one inferred interest tag, or all of them (and what recent events implied)."""
-        with self.db.write() as conn:
+        with self.db.write(durable=True) as conn:
             if tag is not None:
                 query = affinity.delete().where(
                     affinity.c.user_id == user_id, affinity.c.key == f"t:{tag}"
