@@ -1,6 +1,6 @@
 """What waiting for the disk costs each kind of acknowledged write: SQLite FULL against NORMAL.
 
-    .venv/bin/python bench/durability.py [--rounds 6] [--block 20] [--no-docs]
+    .venv/bin/python bench/durability.py [--rounds 4] [--block 15] [--no-docs]
 
 SQLite runs in WAL mode. With ``synchronous=NORMAL`` a commit is written to the WAL file but not
 flushed (``fsync``) until the next checkpoint: it survives a crash of the process, not a power
@@ -275,13 +275,13 @@ def _p90(values: list[float]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--block", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--block", type=int, default=15)
     parser.add_argument("--no-docs", dest="docs", action="store_false")
     args = parser.parse_args(argv)
     times = run(args.rounds, args.block)
     command = ".venv/bin/python bench/durability.py"
-    if (args.rounds, args.block) != (6, 20):
+    if (args.rounds, args.block) != (4, 15):
         command += f" --rounds {args.rounds} --block {args.block}"
     text = section(times, command, args.rounds, args.block)
     print(text)
