@@ -133,9 +133,23 @@ class RawConnection:
         return await self.request("GET", path)
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> RawResponse:
-        """One request; a ``body`` is sent as JSON with its length."""
+        """One request; a ``body`` is sent as JSON with its length.
+
+        A kept-alive connection the server closed meanwhile (it closes one after an unhandled
+        error, without saying so in the response) fails before any byte of an answer: then the
+        request is sent again once, on a new connection, as HTTP clients do."""
         if self.writer is not None and time.monotonic() - self.last_used > IDLE_REOPEN_S:
             await self.close()  # the server may be closing it: don't lose a request to that race
+        reused = self.writer is not None
+        try:
+            return await self._request(method, path, body)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            partial = getattr(exc, "partial", b"")
+            if not reused or partial:
+                raise
+        return await self._request(method, path, body)
+
+    async def _request(self, method: str, path: str, body: bytes | None) -> RawResponse:
         self.last_used = time.monotonic()
         if self.writer is None or self.reader is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
