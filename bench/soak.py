@@ -73,7 +73,9 @@ def demo_dir(given: Path | None) -> Path:
         log(f"building the demo world in {cached} (once)")
         fyp = Path(sys.executable).with_name("fyp")
         command = [str(fyp), "demo", "--no-serve", "--fresh", "--data-dir", str(cached)]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        OUT_DIR.mkdir(parents=True, exist_ok=True)
+        with (OUT_DIR / "soak-demo.log").open("wb") as out:
+            subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT)
     return cached
 
 
