@@ -1,9 +1,9 @@
 """Where a serving process's memory goes under mixed load: tracemalloc and object counts.
 
 Runs the same app as ``fyp serve`` (one process, background training on unless
-``--no-background-training``) in a child process with ``tracemalloc`` on, drives it with
-:mod:`mixed_load` at a fixed rate, and compares the child at the end of a warm-up with the child
-at the end of the run:
+``--no-background-training``) in a child process, drives it with :mod:`mixed_load` in a closed
+loop, prints the size of every in-process cache and queue (:func:`inventory`) after each slice of
+load, and compares the child at the end of a warm-up with the child at the end of the run:
 
 * resident memory, split into the process's own heap (``RssAnon``) and mapped files
   (``RssFile``: SQLite's memory map, model files), and SQLite's own allocations;

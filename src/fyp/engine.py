@@ -51,6 +51,7 @@ from fyp.types import MAX_FEED_N, Event, Item, User, is_valid_id
 log = logging.getLogger(__name__)
 
 RETRAIN_REPORTS_KEPT = 100
+"""Reports of the latest retrainings a server keeps (``Retrainer.reports``)."""
 
 
 @dataclass
