@@ -41,6 +41,9 @@ import numpy as np
 
 PERCENTILES = (50, 90, 99)
 USER_AGENT = b"fyp-bench/1"
+IDLE_REOPEN_S = 4.0
+"""A keep-alive connection idle this long is reopened before use: uvicorn closes idle ones after
+5 s, and a request sent as it does would fail for no fault of the server's."""
 
 
 @dataclass
@@ -124,16 +127,41 @@ class RawConnection:
         self.host_header = parts.netloc.encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.last_used = 0.0
 
     async def get(self, path: str) -> RawResponse:
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> RawResponse:
+        """One request; a ``body`` is sent as JSON with its length.
+
+        A kept-alive connection the server closed meanwhile (it closes one after an unhandled
+        error, without saying so in the response) fails before any byte of an answer: then the
+        request is sent again once, on a new connection, as HTTP clients do."""
+        if self.writer is not None and time.monotonic() - self.last_used > IDLE_REOPEN_S:
+            await self.close()  # the server may be closing it: don't lose a request to that race
+        reused = self.writer is not None
+        try:
+            return await self._request(method, path, body)
+        except (asyncio.IncompleteReadError, ConnectionResetError, BrokenPipeError) as exc:
+            partial = getattr(exc, "partial", b"")
+            if not reused or partial:
+                raise
+        return await self._request(method, path, body)
+
+    async def _request(self, method: str, path: str, body: bytes | None) -> RawResponse:
+        self.last_used = time.monotonic()
         if self.writer is None or self.reader is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         reader, writer = self.reader, self.writer
         try:
-            writer.write(
-                b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + self.host_header
-                + b"\r\nUser-Agent: " + USER_AGENT + b"\r\nAccept: */*\r\n\r\n"
+            head = (
+                method.encode() + b" " + path.encode() + b" HTTP/1.1\r\nHost: " + self.host_header
+                + b"\r\nUser-Agent: " + USER_AGENT + b"\r\nAccept: */*\r\n"
             )  # fmt: skip
+            if body is not None:
+                head += b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+            writer.write(head + b"\r\n" + (body or b""))
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head[:-4].split(b"\r\n")
             status = int(lines[0].split(b" ", 2)[1])

@@ -527,7 +527,7 @@ def serving_under_training(
     ms: dict[str, list[float]] = {"training": [], "paused": []}
     spent = {k: {"s": 0.0, "cpu": 0.0, "trained": 0, "published": 0, "publishes": 0} for k in ms}
     load = os.getloadavg()[0]
-    retrains = len(engine.retrainer.reports)
+    retrains = engine.retrainer.runs
     try:
         time.sleep(1.0)
         for block in range(2 * blocks):
@@ -558,7 +558,7 @@ def serving_under_training(
     return {
         "region": region,
         "load_avg_1m": load,
-        "retrained": len(engine.retrainer.reports) - retrains,
+        "retrained": engine.retrainer.runs - retrains,
         "requests_per_block": requests,
         "blocks": blocks,
         "backlog_end": backlog,
@@ -743,7 +743,7 @@ def freshness(
                 time.sleep(POLL_S)
         elapsed = time.perf_counter() - t_start
         trickle.close()
-        retrained = len(engine.retrainer.reports)
+        retrained = engine.retrainer.runs
         trainers = {
             r: {
                 "examples_s": (engine.trainers[r].stats.delivered - delivered0[r]) / elapsed,

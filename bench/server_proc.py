@@ -351,12 +351,18 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 
 def start_server(
-    data_dir: Path, log_path: Path, timeout_s: float = 900.0, workers: int = 1
+    data_dir: Path,
+    log_path: Path,
+    timeout_s: float = 900.0,
+    workers: int = 1,
+    background_training: bool = False,
 ) -> Server:
     """Start ``fyp serve`` on a free loopback port; return once every worker is ready.
 
     ``/healthz`` answers as soon as one worker serves (they share the listening socket), so with
     several workers this also waits until each has logged that it loaded the catalog.
+    ``background_training`` keeps ``fyp serve``'s default (retraining and online learning in the
+    server); by default they are off, so a benchmark measures serving alone.
     """
     fyp = Path(sys.executable).parent / "fyp"
     port = free_port()
@@ -369,9 +375,9 @@ def start_server(
         HOST,
         "--port",
         str(port),
-        "--no-background-training",
         "--workers",
         str(workers),
+        *([] if background_training else ["--no-background-training"]),
     ]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1")}
     env.pop("FYP_API_KEY", None)  # a loopback benchmark; the key check is not what is measured

@@ -532,6 +532,10 @@ class ServerConfig(_Section):
     CPU-bound Python, so more threads at once only interleave and slow every request down."""
     api_key: SecretStr | None = None
     """When set, every /v1 call needs ``Authorization: Bearer <key>`` (env ``FYP_API_KEY``)."""
+    max_in_flight: int = Field(default=64, ge=1, le=10_000)
+    """HTTP requests inside a server process at once (being served or waiting for a thread or a
+    feed slot); the next one is answered 503 ``overloaded`` with ``Retry-After`` at once, before
+    its body is read. This bounds what queued requests hold in memory."""
 
 
 class FypConfig(_Section):

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 _ERASURE_STALE_S = 30.0
 """An erasure ordered this long ago and not finished is finished by the background sync of any
 serving process (its own process died or failed between the steps)."""
+
+RETRAIN_REPORTS_KEPT = 100
+"""Reports of the latest retrainings a server keeps (``Retrainer.reports``)."""
 
 
 @dataclass
@@ -994,7 +997,10 @@ class Retrainer:
         self._thread: threading.Thread | None = None
         self.trained_seq: dict[str, int] = {}
         self.trained_at: dict[str, float] = {}
-        self.reports: list[TrainReport] = []
+        self.reports: deque[TrainReport] = deque(maxlen=RETRAIN_REPORTS_KEPT)
+        """The latest retrainings' reports (a bounded history: a server retrains for months)."""
+        self.runs = 0
+        """Retrainings done since start."""
         self._lock_file: TextIO | None = None
 
     def start(self) -> bool:
@@ -1066,6 +1072,7 @@ class Retrainer:
             self.trained_seq[region] = seq
             self.trained_at[region] = started
             self.reports.append(report)
+            self.runs += 1
             done.append(report)
         return done
 

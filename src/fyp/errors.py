@@ -88,6 +88,15 @@ class BackendUnavailable(FypError):
     title = "Backend unavailable"
 
 
+class Overloaded(FypError):
+    """The server holds as many requests as it is configured to (``server.max_in_flight``):
+    this one is refused at once, before its body is read, instead of queueing without bound."""
+
+    slug = "overloaded"
+    status = 503
+    title = "Server busy"
+
+
 class RegionQuarantined(FypError):
     """A region failed an integrity check (its audit log or key): it serves no personal data
     until an operator fixes it; other regions carry on."""

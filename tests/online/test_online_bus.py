@@ -231,3 +231,27 @@ def test_idempotence_filter_is_bounded() -> None:
         seen.add(f"x{i}")
     assert len(seen) == 2
     assert "x0" not in seen and "x2" in seen
+
+
+def test_the_in_process_bus_drops_what_every_group_acked_after_a_while() -> None:
+    """It kept ``max_len`` entries (50,000 by default, about 0.8 KB each) of examples long since
+    learned from; an entry every group acked now goes a minute after it was published."""
+    now = [0.0]
+    bus = InProcessBus(max_len=1000, clock=lambda: now[0], keep_acked_s=60.0)
+    bus.publish([{"n": n} for n in range(100)])
+    bus.ack("a", [m.id for m in bus.consume("a", "c", max_count=100)])
+    bus.ack("b", [m.id for m in bus.consume("b", "c", max_count=50)])
+    assert len(bus) == 100  # not a minute old yet
+    now[0] = 61.0
+    bus.publish([{"n": 100}])
+    assert len(bus) == 51  # b has not taken 50-99 yet; 100 is new
+    assert [m.payload["n"] for m in bus.consume("b", "c", max_count=100)][:2] == [50, 51]
+    assert len(bus) == 51  # delivered to b, not acked: kept
+    bus.ack("b", [str(n) for n in range(50, 101)])
+    bus.ack("a", [m.id for m in bus.consume("a", "c")])
+    assert len(bus) == 1  # the newest one stays its minute
+    now[0] = 122.0
+    bus.ack("a", [])
+    assert len(bus) == 0
+    bus.publish([{"n": 101}])
+    assert [m.payload["n"] for m in bus.consume("late", "c")] == [101]

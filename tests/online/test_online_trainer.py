@@ -302,3 +302,21 @@ def test_the_bus_payloads_decode_to_the_inputs_logged_or_are_left_out() -> None:
     assert batch.user_ids == ["u1", "u1"] and batch.ts.tolist() == [1001.0, 1002.0]
     np.testing.assert_array_equal(batch.numeric, np.array([inputs, inputs], dtype=np.float32))
     assert batch.numeric.dtype == np.float32 and batch.numeric.flags.writeable
+
+
+def test_a_trainer_remembers_a_bounded_number_of_example_ids_and_erased_viewers(
+    bases: tuple[Ranker, Ranker],
+) -> None:
+    """The idempotence filter and the erased-viewer memory grew with all traffic (a million ids,
+    every erasure ever); each now holds at most its configured capacity, the newest kept."""
+    bus = InProcessBus()
+    slot = Slot("v1", bases[0])
+    config = TrainerConfig(batch_size=8, checkpoint_interval_s=1e9, seen_capacity=30)
+    config = dataclasses.replace(config, erased_capacity=10)
+    trainer = OnlineTrainer("eu", bus, _items, slot.base, slot.publish, config, clock=lambda: 0.0)
+    publish_examples(bus, [example(n, user=f"u{n % 3}") for n in range(100)])
+    assert drain_all(trainer) == 100
+    assert len(trainer._seen) == 30
+    trainer.forget_users([f"gone{k}" for k in range(25)])
+    assert len(trainer._erased) == 10
+    assert "gone24" in trainer._erased and "gone0" not in trainer._erased

@@ -28,6 +28,7 @@ import fyp
 from fyp.api import openapi, problems
 from fyp.api.audit_routes import audit_router
 from fyp.api.auth import Authenticator, bearer_token
+from fyp.api.limits import InFlightLimit
 from fyp.api.schemas import (
     ControlsIn,
     ControlsOut,
@@ -220,6 +221,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(Edge)
+    # Added last, so outermost: a request beyond the bound is refused before anything else runs.
+    app.add_middleware(InFlightLimit, limit=engine.config.server.max_in_flight)
     problems.install(app)
     openapi.install(app, engine.config.region_names)
 

@@ -205,9 +205,18 @@ class Gate:
     def record_action(
         self, region: str, principal: Principal, purpose: str, action: str, detail: dict[str, Any]
     ) -> int:
-        """Record an action taken through an allowed handle; returns its audit ``seq``."""
+        """Record an action taken through an allowed handle; returns its audit ``seq``.
+
+        Durable (on disk before it returns): an export or erasure is acknowledged with this
+        entry's ``seq``, so the entry must outlive a power loss like the act itself."""
         return self._audit[region].append(
-            principal.id, purpose, action, "allow", detail | api_keys.audit_detail(), self._clock()
+            principal.id,
+            purpose,
+            action,
+            "allow",
+            detail | api_keys.audit_detail(),
+            self._clock(),
+            durable=True,
         )
 
     def forget(self, user_id: str) -> None:

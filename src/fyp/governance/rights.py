@@ -148,7 +148,7 @@ class UserRightsService:
         if pending is None:
             raise NotFound(f"no user {user_id!r}")
         self._gate.forget(user_id)
-        return self._complete(handle, pending, claim, started)
+        return self._complete(handle, pending, claim, started, held=True)
 
     def resume_erasures(self, region: str, older_than_s: float = 0.0) -> list[dict[str, Any]]:
         """Finish the region's erasures that were ordered and not finished (the process that
@@ -172,13 +172,18 @@ class UserRightsService:
         return receipts
 
     def _complete(
-        self, handle: RegionHandle, pending: PendingErasure, claim: str, started: float
+        self,
+        handle: RegionHandle,
+        pending: PendingErasure,
+        claim: str,
+        started: float,
+        held: bool = False,
     ) -> dict[str, Any]:
         region = handle.region
         # Requests of this process that wrote about the user before the erasure was ordered
         # finish (and hand their events to the online learner) before anything is deleted.
         self._gate.fence.drain(pending.user_id)
-        seq = self._record_erasure(handle, pending, claim)
+        seq = self._record_erasure(handle, pending, claim, held)
         with self._model_lock(region):
             handle.rights.finish_erasure(pending.erasure_id)
             # Again: a request that looked the user up before the erasure was ordered may have
@@ -212,16 +217,22 @@ class UserRightsService:
             },
         }
 
-    def _record_erasure(self, handle: RegionHandle, pending: PendingErasure, claim: str) -> int:
+    def _record_erasure(
+        self, handle: RegionHandle, pending: PendingErasure, claim: str, held: bool
+    ) -> int:
         """The erasure's one audit entry, written before any row is deleted.
 
-        One writer per erasure: the process that ordered it holds the claim from the start; a
-        claim held longer than ``_AUDIT_CLAIM_STALE_S`` is taken over (its holder died), and the
-        taker first looks for the entry the holder may have written just before dying.
+        One writer per erasure: the process that ordered it holds the claim from the start
+        (``held``); a claim held longer than ``_AUDIT_CLAIM_STALE_S`` is taken over (its holder
+        died), and the taker first looks for the entry the holder may have written just before
+        dying.
         """
         deadline = time.monotonic() + _AUDIT_CLAIM_STALE_S * 2
         log_ = self._gate.audit_log(handle.region)
-        while not handle.rights.claim_erasure_audit(
+        # A claim taken long ago (the erasure waited on requests in flight) is renewed first:
+        # another process may be about to take it over.
+        held = held and self._clock() - pending.requested_at < _AUDIT_CLAIM_STALE_S / 2
+        while not held and not handle.rights.claim_erasure_audit(
             pending.erasure_id, claim, self._clock(), _AUDIT_CLAIM_STALE_S
         ):
             if handle.rights.pending_erasure(pending.erasure_id) is None:

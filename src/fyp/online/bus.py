@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from fyp.errors import BackendUnavailable, InvalidInput
 from fyp.online.joiner import Example
@@ -93,16 +93,35 @@ class _Group:
     pending: dict[int, tuple[str, float]] = field(default_factory=dict)  # seq -> consumer, since
 
 
-class InProcessBus:
-    """The embedded bus: entries in memory, at most ``max_len`` kept (oldest trimmed first)."""
+ACKED_RETENTION_S: Final = 60.0
+"""How long the in-process bus keeps an entry every group has acked (a group created that soon
+after still sees it, as one created at the same start does)."""
 
-    def __init__(self, *, max_len: int | None = None, clock: Callable[[], float] = time.monotonic):
+
+class InProcessBus:
+    """The embedded bus: entries in memory, at most ``max_len`` kept (oldest trimmed first).
+
+    An entry every group has acked is dropped ``keep_acked_s`` after it was published: the bus
+    then holds what is still to be learned (and the last minute), not ``max_len`` entries of
+    traffic long since learned from (about 0.8 KB each)."""
+
+    def __init__(
+        self,
+        *,
+        max_len: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        keep_acked_s: float = ACKED_RETENTION_S,
+    ):
         if max_len is not None and max_len < 1:
             raise InvalidInput("max_len must be at least 1")
+        if keep_acked_s < 0:
+            raise InvalidInput("keep_acked_s must not be negative")
         self._max_len = max_len
         self._clock = clock
+        self._keep_acked_s = keep_acked_s
         self._cond = threading.Condition()
         self._entries: OrderedDict[int, str] = OrderedDict()  # seq -> encoded payload
+        self._published: deque[tuple[int, float]] = deque()  # (seq, when) of each held entry
         self._next = 0
         self._groups: dict[str, _Group] = {}
 
@@ -110,15 +129,30 @@ class InProcessBus:
         encoded = [_encode(p) for p in batch]
         with self._cond:
             ids = []
+            now = self._clock()
             for data in encoded:
                 self._entries[self._next] = data
+                self._published.append((self._next, now))
                 ids.append(str(self._next))
                 self._next += 1
             if self._max_len is not None:
                 while len(self._entries) > self._max_len:
                     self._entries.popitem(last=False)
+                    self._published.popleft()
+            self._drop_acked()
             self._cond.notify_all()
         return ids
+
+    def _drop_acked(self) -> None:
+        """Drop the entries every group has acked, once ``keep_acked_s`` old (lock held)."""
+        if not self._groups:
+            return  # nobody consumes yet: kept until ``max_len``
+        done = min(min(g.pending, default=g.next_seq) for g in self._groups.values())
+        cutoff = self._clock() - self._keep_acked_s
+        published = self._published
+        while published and published[0][0] < done and published[0][1] <= cutoff:
+            seq, _ = published.popleft()
+            del self._entries[seq]
 
     def _group(self, name: str) -> _Group:
         group = self._groups.get(name)
@@ -158,7 +192,9 @@ class InProcessBus:
         with self._cond:
             g = self._group(group)
             seqs = [int(i) for i in ids if i.isdigit()]  # another bus's ids are never pending
-            return sum(g.pending.pop(seq, None) is not None for seq in seqs)
+            acked = sum(g.pending.pop(seq, None) is not None for seq in seqs)
+            self._drop_acked()
+            return acked
 
     def reclaim(
         self, group: str, consumer: str, min_idle_ms: int, max_count: int = 100

@@ -69,6 +69,11 @@ class TableConfig:
     eps: float = 1e-8
     initial_capacity: int = 1024
     """Rows allocated up front; the arrays double when full."""
+    max_rows: int | None = None
+    """Rows held at most: admitting beyond it evicts the least recently used rows (a bound on
+    memory whatever the traffic; ``ttl_s`` expires rows by age). ``None``: no bound."""
+    max_pending: int | None = None
+    """Counters of ids below ``min_count`` held at most; the least recently seen go first."""
     seed: int = 0
     """Seeds new rows' initialisation."""
 
@@ -83,6 +88,10 @@ class TableConfig:
             raise InvalidInput(f"unknown optimizer {self.optimizer!r}")
         if self.initial_capacity < 1:
             raise InvalidInput("initial_capacity must be at least 1")
+        if (self.max_rows is not None and self.max_rows < 1) or (
+            self.max_pending is not None and self.max_pending < 0
+        ):
+            raise InvalidInput("max_rows must be at least 1 and max_pending not negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,13 +267,17 @@ class EmbeddingTable:
                         self._pending_removed.add(item_id)
                     row = self._admit(item_id)
                 else:
+                    # Re-inserted at the end, so the dict runs from least to most recently seen.
+                    self._pending.pop(item_id, None)
                     self._pending[item_id] = (count, now)
                     self._pending_dirty.add(item_id)
+                    self._trim_pending()
                     out.append(_NO_ROW)
                     continue
             self._last_used[row] = now
             self._dirty[row] = True  # its use time moved: the next delta carries it
             out.append(row)
+        self._trim_rows(now)  # after the loop: every row handed out here was used at ``now``
         return np.asarray(out, dtype=np.int64)
 
     def seed(self, ids: Sequence[str], vectors: npt.ArrayLike, now: float | None = None) -> int:
@@ -286,7 +299,35 @@ class EmbeddingTable:
                 row = self._admit(item_id)
             self._weights[row] = vector
             self._last_used[row] = now
+        self._trim_rows(now)
         return len(ids)
+
+    def _trim_pending(self) -> None:
+        limit = self.config.max_pending
+        if limit is None:
+            return
+        while len(self._pending) > limit:
+            oldest = next(iter(self._pending))
+            del self._pending[oldest]
+            self._pending_dirty.discard(oldest)
+            self._pending_removed.add(oldest)
+
+    def _trim_rows(self, now: float) -> int:
+        """Above ``max_rows``, free the least recently used rows (never one used at ``now``);
+        a little more than the excess, so admissions at the bound do not each scan the table."""
+        limit = self.config.max_rows
+        if limit is None or len(self._row_of) <= limit:
+            return 0
+        wanted = len(self._row_of) - limit + max(1, limit // 64)
+        candidates = np.flatnonzero(self._live & (self._last_used < now))
+        k = min(wanted, len(candidates))
+        if k == 0:
+            return 0
+        oldest = candidates[np.argpartition(self._last_used[candidates], k - 1)[:k]]
+        for row in oldest.tolist():
+            self._release(row)
+        self.evicted_total += k
+        return k
 
     def _admit(self, item_id: str) -> int:
         if not self._free:

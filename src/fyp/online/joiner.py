@@ -196,6 +196,10 @@ class JoinerConfig:
     """Open impressions held at most; the oldest is closed early when a new one needs room."""
     max_orphans: int = 100_000
     """Events held while waiting for their impression; the oldest are dropped beyond it."""
+    max_closed: int = 100_000
+    """Keys of emitted impressions remembered (for a window and a wait after their window ended,
+    so a redelivered impression is a duplicate and a straggling event is late) at most; beyond
+    it the oldest are forgotten early (such a straggler then counts as an orphan)."""
     terminal: frozenset[str] = TERMINAL
     """Engagements that close their impression at once (the viewer is gone)."""
     close_on_next_play: bool = False
@@ -208,8 +212,10 @@ class JoinerConfig:
     def __post_init__(self) -> None:
         if self.window_s <= 0 or self.max_skew_s < 0:
             raise InvalidInput("window_s must be positive and max_skew_s not negative")
-        if self.max_open < 1 or self.max_orphans < 0:
-            raise InvalidInput("max_open must be at least 1 and max_orphans not negative")
+        if self.max_open < 1 or self.max_orphans < 0 or self.max_closed < 0:
+            raise InvalidInput(
+                "max_open must be at least 1, max_orphans and max_closed not negative"
+            )
 
 
 @dataclass(slots=True)
@@ -550,6 +556,9 @@ class Joiner:
         forget_at = _window_end(imp, self.config.window_s) + self._orphan_wait()
         self._closed[key] = forget_at
         heapq.heappush(self._closed_heap, (forget_at, imp.request_id, imp.item_id))
+        while len(self._closed) > self.config.max_closed:  # oldest first: bounded memory
+            _, request_id, item_id = heapq.heappop(self._closed_heap)
+            self._closed.pop((request_id, item_id), None)
         events = [e for e in entry.events.values() if e.ts <= cutoff]
         self._stats.out_of_window_events += len(entry.events) - len(events)
         self._stats.emitted += 1

@@ -76,6 +76,11 @@ class LearnerConfig:
     vector (which is what the batch model learned an unseen id is worth)."""
     ttl_s: float | None = 30 * 86_400.0
     """Rows unused this long are evicted (and their slot reused)."""
+    max_rows: int | None = 500_000
+    """Rows per table at most (least recently used evicted first): what bounds the learner's
+    memory whatever the number of viewers and items seen within ``ttl_s``."""
+    max_pending: int | None = 500_000
+    """Counters of ids not yet admitted (below ``min_count``) per table at most."""
     table_kind: Literal["collisionless", "hashed"] = "collisionless"
     hashed_rows: int = 0
     """Rows of the hashed viewer and item tables (only with ``table_kind="hashed"``)."""
@@ -171,6 +176,8 @@ class OnlineRanker:
                         lr=self.config.sparse_lr,
                         initial_capacity=max(1024, len(ids) + 1),
                         seed=self.config.seed + k,
+                        max_rows=self.config.max_rows,
+                        max_pending=self.config.max_pending,
                     ),
                     clock=clock,
                 )

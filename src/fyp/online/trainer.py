@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from fyp.bounded import RecentSet
 from fyp.eval.metrics import auc
 from fyp.models.ranker import Ranker
 from fyp.models.ranker_data import LABEL_NAMES, MAX_TAGS, NUMERIC_FEATURES, ExampleSet
@@ -150,6 +151,13 @@ class TrainerConfig:
     """How long a round waits for the bus when it is empty."""
     reclaim_idle_ms: int = 30_000
     """Entries pending this long for a consumer that died are taken over."""
+    seen_capacity: int = 100_000
+    """Example ids remembered to skip a redelivered one. Redelivery comes from the bus, which
+    keeps at most ``online.bus_max_len`` entries (50,000 by default), so twice that suffices."""
+    erased_capacity: int = 100_000
+    """Erased viewers remembered (their examples still on the bus are skipped). An erasure
+    older than that many later ones is long out of the bus and of the full checkpoint written
+    after it."""
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     group: str = GROUP
     """The bus consumer group: every group sees every example, so learners with their own group
@@ -291,9 +299,9 @@ class OnlineTrainer:
         self._checkpoint_dir = checkpoint_dir
         self._consumer = consumer
         self._clock = clock
-        self._seen = IdempotenceFilter()
+        self._seen = IdempotenceFilter(self.config.seen_capacity)
         self._lock = threading.Lock()  # the learner: trained here, erased from API threads
-        self._erased: set[str] = set()
+        self._erased: RecentSet[str] = RecentSet(self.config.erased_capacity)
         self._verified: set[str] = set()
         """Viewers checked to exist since the erasure mark last moved (see ``existing_users``)."""
         self._full_checkpoint = False

@@ -245,11 +245,16 @@ class SqlAuditLog:
         decision: str,
         detail: Mapping[str, Any],
         now: float,
+        durable: bool = False,
     ) -> int:
-        return self.append_many([(principal, purpose, action, decision, detail, now)])[0]
+        return self.append_many([(principal, purpose, action, decision, detail, now)], durable)[0]
 
-    def append_many(self, entries: Sequence[AuditEntry]) -> list[int]:
-        """Append entries in one transaction, in order; returns their ``seq`` numbers."""
+    def append_many(self, entries: Sequence[AuditEntry], durable: bool = False) -> list[int]:
+        """Append entries in one transaction, in order; returns their ``seq`` numbers.
+
+        ``durable`` waits for the disk before returning (the record of an export or erasure
+        must survive a power loss with the act it records); the access decisions of every
+        request do not, and reach the disk with the next durable write or signed head."""
         if not entries:
             return []
         if self.problem is not None:
@@ -257,7 +262,7 @@ class SqlAuditLog:
                 f"the audit log of region {self.region!r} is damaged: {self.problem}"
             )
         try:
-            return self._append(entries)
+            return self._append(entries, durable)
         except (SchemaMismatch, IntegrityError, self._dbapi.IntegrityError) as exc:
             # Only a damaged log makes a gap-free append fail this way: the counter points at an
             # entry or tree node that already exists, or a node the append needs is gone.
@@ -270,8 +275,8 @@ class SqlAuditLog:
                 f"the audit log of region {self.region!r} is damaged: {self.problem}"
             ) from exc
 
-    def _append(self, entries: Sequence[AuditEntry]) -> list[int]:
-        with self.db.write() as conn:
+    def _append(self, entries: Sequence[AuditEntry], durable: bool) -> list[int]:
+        with self.db.write(durable=durable) as conn:
             last = int(conn.execute(_GROW, {"n": len(entries)}).scalar_one())
             first = last - len(entries) + 1
             rows: list[dict[str, Any]] = []
@@ -403,7 +408,9 @@ class SqlAuditLog:
             signature=b"",
         )
         head = TreeHead(**{**head.__dict__, "signature": self.signer.sign(head.message())})
-        with self.db.write() as conn:
+        # Durable: a head handed out must never cover entries a power loss could take back (a
+        # monitor would see a truncated log); flushing it flushes every entry it covers too.
+        with self.db.write(durable=True) as conn:
             conn.execute(
                 insert_ignore(self.db, audit_heads).values(
                     tree_size=head.size,

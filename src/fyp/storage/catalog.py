@@ -39,6 +39,9 @@ from fyp.types import Item, epoch
 
 CATALOG_SCHEMA_VERSION: Final = 1
 NEWEST_CACHE_TTL_S: Final = 10.0
+NEWEST_CACHE_MAX = 200_000
+"""Creators and tags whose newest items are cached at most (all dropped when it is exceeded;
+they are refilled by the next requests, and each entry expires after the TTL anyway)."""
 
 metadata = MetaData()
 meta_table(metadata)
@@ -70,6 +73,8 @@ item_changes = Table(
     ),
     Column("item_id", String(128), nullable=False),
 )
+_INSERT_CHANGE: Final = item_changes.insert()
+"""Built once, so ``Database.executemany`` compiles it once."""
 
 item_tags = Table(
     "item_tags",
@@ -135,7 +140,7 @@ class SqlCatalog:
         latest = {item.item_id: item for item in batch}  # last write in a batch wins
         ids = list(latest)
         now = time.time()
-        with self.db.write() as conn:
+        with self.db.write(durable=True) as conn:
             # What the items were before: their old creator and tags lose them from the cache too,
             # and an update that does not say when the item was published keeps the stored time.
             previous: dict[str, tuple[str, list[str], float]] = {}
@@ -184,9 +189,7 @@ class SqlCatalog:
                 conn.execute(delete(item_tags).where(item_tags.c.item_id.in_(part)))
             if tag_rows:
                 conn.execute(item_tags.insert(), tag_rows)
-            self.db.executemany(
-                conn, item_changes.insert(), [{"item_id": item_id} for item_id in ids]
-            )
+            self.db.executemany(conn, _INSERT_CHANGE, [{"item_id": item_id} for item_id in ids])
         with self._cache_lock:
             for item_id in ids:
                 self._cache.pop(item_id, None)
@@ -340,7 +343,7 @@ class SqlCatalog:
                     )
                 found[key] = list(conn.execute(query.limit(limit)).scalars())
         with self._cache_lock:
-            if len(self._newest_cache) > 200_000:
+            if len(self._newest_cache) > NEWEST_CACHE_MAX:
                 self._newest_cache.clear()
             for key in missing:
                 self._newest_cache[(kind, key)] = (now + NEWEST_CACHE_TTL_S, limit, found[key])

@@ -312,6 +312,12 @@ _pairs = Table(
     Column("b", String(200), nullable=False),
 )
 _CREATE_PAIRS: Final = "CREATE TEMP TABLE IF NOT EXISTS fyp_pairs (a VARCHAR(200), b VARCHAR(200))"
+_INSERT_PAIRS: Final = _pairs.insert()
+# Built once: ``Database.executemany`` caches compiled statements by identity.
+_INSERT_EVENTS: Final = events.insert()
+_INSERT_SEEN: Final = seen.insert()
+"""Built once: ``Database.executemany`` compiles a statement object once (feeds and ingestion
+fill the pairs table on every call)."""
 
 
 def _pairs_present(
@@ -333,7 +339,7 @@ def _pairs_present(
         return []
     conn.exec_driver_sql(_CREATE_PAIRS)
     conn.execute(_pairs.delete())
-    db.executemany(conn, _pairs.insert(), [{"a": a, "b": b} for a, b in wanted])
+    db.executemany(conn, _INSERT_PAIRS, [{"a": a, "b": b} for a, b in wanted])
     table = first.table
     query = select(first, second, *extra).select_from(
         table.join(_pairs, and_(first == _pairs.c.a, second == _pairs.c.b))
@@ -926,7 +932,7 @@ class SqlRegionStore:
                     f"{self._key_file.path}"
                 )
             self._ring = ring
-            with self.db.write() as conn:
+            with self.db.write(durable=True) as conn:
                 conn.execute(
                     insert_ignore(self.db, region_keks),
                     [{"kek_id": new.id, "version": new.version, "created_at": new.created_at}],
@@ -970,7 +976,7 @@ class SqlRegionStore:
 
     def _rewrap_batch(self, kid: str, cursor: str, batch: int) -> tuple[int, str | None]:
         """Re-wrap up to ``batch`` data keys after ``cursor`` (by user id) under KEK ``kid``."""
-        with self.db.write() as conn:
+        with self.db.write(durable=True) as conn:
             rows = conn.execute(
                 select(user_keys.c.user_id, user_keys.c.kek_id, user_keys.c.wrapped_dek)
                 .where(user_keys.c.user_id > cursor)
@@ -1012,7 +1018,7 @@ class SqlRegionStore:
         """Retire every KEK but ``kid`` if no data key is wrapped by one any more; else ``None``
         (a data key was written under an old KEK meanwhile: re-wrap again)."""
         try:
-            with self.db.write() as conn:
+            with self.db.write(durable=True) as conn:
                 # Lock the old versions' rows first: a writer that read one as active holds it.
                 old = list(
                     conn.execute(
@@ -1046,7 +1052,7 @@ class SqlRegionStore:
         erasure finishes (``Conflict``); afterwards the id is free to be created again."""
         latest = {u.user_id: u for u in batch}
         ids = sorted(latest)
-        with self.db.write() as conn:
+        with self.db.write(durable=True) as conn:
             existing = self._lock_users(conn, ids, exclusive=True)
             erasing = self._being_erased(conn, sorted(existing))
             if erasing:
@@ -1196,7 +1202,7 @@ class SqlRegionStore:
                 keys = self._write_keys(conn, [ev.user_id for ev in fresh], now)
                 self.db.executemany(
                     conn,
-                    events.insert(),
+                    _INSERT_EVENTS,
                     [
                         {
                             "event_id": ev.event_id,
@@ -1599,7 +1605,7 @@ class SqlRegionStore:
 
     def put_controls(self, user_id: str, controls: UserControls, now: float) -> UserControls:
         """Store the user's controls (their interest reset instant is kept as it was)."""
-        with self.db.write() as conn:
+        with self.db.write(durable=True) as conn:
             self._require_live(conn, user_id)
             previous = self._controls(conn, user_id)
             stored = replace(controls, interests_reset_at=previous.interests_reset_at)
@@ -1642,7 +1648,7 @@ class SqlRegionStore:
 
     def reset_interests(self, user_id: str, now: float, tag: str | None = None) -> int:
         """Forget one inferred interest tag, or all of them (and what recent events implied)."""
-        with self.db.write() as conn:
+        with self.db.write(durable=True) as conn:
             self._require_live(conn, user_id)
             if tag is not None:
                 query = affinity.delete().where(
@@ -1772,7 +1778,7 @@ class SqlRegionStore:
             if new_pairs:
                 self.db.executemany(
                     conn,
-                    seen.insert(),
+                    _INSERT_SEEN,
                     [{"user_id": u, "item_id": i, "ts": now} for u, i in new_pairs],
                 )
                 for _, item_id in new_pairs:

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import json
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -112,6 +112,12 @@ def create_sql_engine(url: str) -> Engine:
     raise ConfigError(f"unsupported database URL scheme {parsed.drivername!r} in {url!r}")
 
 
+MAX_COMPILED_STATEMENTS = 256
+"""Compiled bulk-write statements kept per database, least recently used dropped first. fyp's
+own statements come in a few dozen shapes; the cache is keyed by the statement object, so a
+caller that builds ``table.insert()`` afresh per call adds an entry each time (and compiles it
+again anyway): unbounded, that leaked one compiled statement per feed and per event batch."""
+
 SHAREABLE: dict[str, set[str]] = {"region": {"region", "audit"}, "audit": {"region", "audit"}}
 """Kinds of fyp table sets that may live in one database (a region's data and its audit log);
 any other kind wants a database of its own."""
@@ -146,7 +152,8 @@ class Database:
         self.engine = create_sql_engine(url)
         self.dialect = self.engine.dialect.name
         self._write_lock = threading.Lock()
-        self._compiled: dict[tuple[Insert, tuple[str, ...]], Any] = {}
+        self._compiled: OrderedDict[tuple[Insert, tuple[str, ...]], Any] = OrderedDict()
+        self._compiled_lock = threading.Lock()
         self._metadata = metadata
         self._meta = metadata.tables["fyp_meta"]
         self.stored_version = 0
@@ -223,22 +230,35 @@ class Database:
             with conn.begin():
                 yield conn
 
+    @property
+    def cached_statements(self) -> int:
+        """Compiled statements kept for :meth:`executemany` (at most
+        ``MAX_COMPILED_STATEMENTS``)."""
+        return len(self._compiled)
+
     def executemany(
         self, conn: Connection, stmt: Insert, rows: Sequence[Mapping[str, Any]]
     ) -> None:
         """Run ``stmt`` once per row through the driver's own ``executemany``.
 
         For bulk writes (ingestion batches): SQLAlchemy's per-row parameter processing costs more
-        than SQLite's insert itself. The statement is compiled once per column set; values must
-        already be of the column's Python type (no type processing happens here).
+        than SQLite's insert itself. The statement is compiled once per statement object and
+        column set (a statement built once, such as a module constant, is not compiled again);
+        values must already be of the column's Python type (no type processing happens here).
         """
         if not rows:
             return
         keys = tuple(rows[0])
-        compiled = self._compiled.get((stmt, keys))
+        with self._compiled_lock:
+            compiled = self._compiled.get((stmt, keys))
+            if compiled is not None:
+                self._compiled.move_to_end((stmt, keys))
         if compiled is None:
             compiled = stmt.compile(dialect=self.engine.dialect, column_keys=list(keys))
-            self._compiled[(stmt, keys)] = compiled
+            with self._compiled_lock:
+                self._compiled[(stmt, keys)] = compiled
+                while len(self._compiled) > MAX_COMPILED_STATEMENTS:
+                    self._compiled.popitem(last=False)
         params: list[Any]
         if compiled.positional:
             order = compiled.positiontup or ()
