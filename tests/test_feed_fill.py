@@ -56,6 +56,8 @@ class World:
     keyword_filters: list[str]
     blocked_tags: list[str]
     page_sizes: list[int]
+    late_items: list[ItemSpec]
+    """Published after the first page, some dated before items the viewer has already passed."""
 
 
 @st.composite
@@ -75,6 +77,17 @@ def worlds(draw: st.DrawFn) -> World:
             rnd.choice(REGIONS),
         )
         for k in range(n_items)
+    ]
+    late_items = [
+        ItemSpec(
+            f"late{k}",
+            f"c{rnd.randrange(n_creators)}",
+            rnd.choice([0.1, rnd.uniform(1, 5000)]),
+            rnd.sample(TAGS, rnd.randint(0, 2)),
+            " ".join(rnd.sample(WORDS, rnd.randint(1, 3))),
+            rnd.choice(REGIONS),
+        )
+        for k in range(draw(st.integers(0, 3)))
     ]
     ids = [it.item_id for it in items]
 
@@ -103,12 +116,13 @@ def worlds(draw: st.DrawFn) -> World:
         keyword_filters=keywords,
         blocked_tags=blocked,
         page_sizes=draw(st.lists(st.integers(1, 10), min_size=1, max_size=4)),
+        late_items=late_items,
     )
 
 
-def eligible_items(world: World) -> set[str]:
-    """The items the viewer may still be shown, by the filters' stated rules."""
-    creator = {it.item_id: it.creator_id for it in world.items}
+def eligible_items(world: World, items: list[ItemSpec]) -> set[str]:
+    """Which of ``items`` the viewer may still be shown, by the filters' stated rules."""
+    creator = {it.item_id: it.creator_id for it in world.items + world.late_items}
     own = [(item_id, kind) for user, item_id, kind, _ in world.events if user == VIEWER]
     touched = {item_id for item_id, _ in own}
     hidden = {item_id for item_id, kind in own if kind in ("not_interested", "report")}
@@ -116,7 +130,7 @@ def eligible_items(world: World) -> set[str]:
     blocked = {t.lower().lstrip("#") for t in world.blocked_tags}
     keywords = {k.lower() for k in world.keyword_filters}
     out = set()
-    for it in world.items:
+    for it in items:
         tags = {t.lower() for t in it.tags}
         if (
             (not it.regions or world.region in it.regions)
@@ -138,8 +152,7 @@ def data_dirs() -> Iterator[Callable[[], Path]]:
         yield lambda: Path(root) / f"world-{next(count)}"
 
 
-def build(world: World, data_dir: Path, make: dict[str, Callable[..., Any]]) -> Engine:
-    engine = Engine(load_config(data_dir), clock=lambda: NOW)
+def put(engine: Engine, items: list[ItemSpec], make: dict[str, Callable[..., Any]]) -> None:
     engine.put_items(
         [
             make["item"](
@@ -150,9 +163,14 @@ def build(world: World, data_dir: Path, make: dict[str, Callable[..., Any]]) -> 
                 caption=it.caption,
                 regions=it.regions,
             )
-            for it in world.items
+            for it in items
         ]
     )
+
+
+def build(world: World, data_dir: Path, make: dict[str, Callable[..., Any]]) -> Engine:
+    engine = Engine(load_config(data_dir), clock=lambda: NOW)
+    put(engine, world.items, make)
     users = [(VIEWER, world.region), ("other-us", "us"), ("other-eu", "eu")]
     engine.put_users([make["user"](user_id, region) for user_id, region in users])
     if world.events:
@@ -172,7 +190,7 @@ def build(world: World, data_dir: Path, make: dict[str, Callable[..., Any]]) -> 
     return engine
 
 
-@settings(max_examples=30)
+@settings(max_examples=40)
 @given(world=worlds())
 def test_every_page_holds_min_n_and_the_eligible_items_until_they_run_out(
     world: World,
@@ -184,8 +202,9 @@ def test_every_page_holds_min_n_and_the_eligible_items_until_they_run_out(
     make = {"item": make_item, "user": make_user, "event": make_event}
     engine = build(world, data_dirs(), make)
     try:
-        left = eligible_items(world)
-        sizes = iter(world.page_sizes * (len(world.items) + 1))
+        left = eligible_items(world, world.items)
+        sizes = iter(world.page_sizes * (len(world.items) + len(world.late_items) + 2))
+        pages = 0
         while True:
             n = next(sizes)
             page = [item.item_id for item in engine.feed(VIEWER, n).items]
@@ -193,7 +212,12 @@ def test_every_page_holds_min_n_and_the_eligible_items_until_they_run_out(
             assert set(page) <= left, f"served ineligible or repeated items {set(page) - left}"
             assert len(set(page)) == len(page)
             left -= set(page)
-            if not page:
+            pages += 1
+            if pages == 1 and world.late_items:
+                # New uploads (some dated into what the viewer has passed) join the eligible.
+                put(engine, world.late_items, make)
+                left |= eligible_items(world, world.late_items)
+            elif not page:
                 break
         assert not left
     finally:
@@ -363,3 +387,50 @@ def test_backfill_candidates_go_through_the_viewers_filters(
     engine.rights.put_controls("u1", personalized=True, keyword_filters=["CAT"], blocked_tags=[])
     served = [i.item_id for _ in range(6) for i in engine.feed("u1", 4).items]
     assert sorted(served) == [f"i{k:02d}" for k in range(20) if k % 3 != 0]
+
+
+def test_a_heavy_viewers_next_walk_resumes_past_what_they_have_seen(
+    engine: Engine,
+    make_item: Any,
+    make_user: Any,
+    make_event: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engine.put_items([make_item(f"i{k:04d}", f"c{k % 7}", age_hours=200 + k) for k in range(3000)])
+    engine.put_users([make_user("u1")])
+    engine.ingest([make_event("u1", f"i{k:04d}", "skip") for k in range(2000)])
+    engine.rights.put_controls("u1", personalized=False, keyword_filters=[], blocked_tags=[])
+    rows: list[int] = []
+    scan = engine.catalog.scan_newest
+
+    def counted(region: str, after: Any, limit: int) -> Any:
+        page = scan(region, after, limit)
+        rows.append(page.examined)
+        return page
+
+    monkeypatch.setattr(engine.catalog, "scan_newest", counted)
+    served: list[str] = []
+    for request in range(5):
+        rows.clear()
+        served += [i.item_id for i in engine.feed("u1", 10).items]
+        if request == 0:
+            assert sum(rows) >= 2000  # the first walk gets past the 2,000 seen
+        else:
+            assert sum(rows) <= 400, rows  # the next ones start where that one found items
+    assert served == [f"i{k:04d}" for k in range(2000, 2050)]
+
+
+def test_a_stale_resume_hint_costs_order_never_items(
+    engine: Engine, make_item: Any, make_user: Any, make_event: Any
+) -> None:
+    engine.put_items([make_item(f"i{k:03d}", f"c{k % 7}", age_hours=200 + k) for k in range(300)])
+    engine.put_users([make_user("u1")])
+    engine.ingest([make_event("u1", f"i{k:03d}", "skip") for k in range(250)])
+    engine.rights.put_controls("u1", personalized=False, keyword_filters=[], blocked_tags=[])
+    first = [i.item_id for i in engine.feed("u1", 10).items]
+    assert first == [f"i{k:03d}" for k in range(250, 260)]
+    # An item dated into the stretch the viewer's hint skips (an import of an older video).
+    engine.put_items([make_item("imported", "c9", age_hours=200 + 100.5)])
+    served = first + [i.item_id for _ in range(6) for i in engine.feed("u1", 10).items]
+    assert sorted(served) == sorted([f"i{k:03d}" for k in range(250, 300)] + ["imported"])
+    assert engine.feed("u1", 10).items == ()

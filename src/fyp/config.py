@@ -176,7 +176,7 @@ class MoreFromCatalogConfig(SourceConfig):
     k: int = Field(default=100, ge=0, le=5000)
     """Most candidates the backfill adds beyond those that fill the page: it aims at the page
     plus as many again, for the scorers and selectors to choose from."""
-    popular_depth: int = Field(default=1_000, ge=0, le=100_000)
+    popular_depth: int = Field(default=300, ge=0, le=100_000)
     """How far down the region's popularity list (the trending score) the backfill looks
     first, before it walks the catalog newest first."""
     max_examined: int = Field(default=10_000, ge=1, le=1_000_000)

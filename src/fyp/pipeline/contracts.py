@@ -202,6 +202,11 @@ class BackfillScan(Protocol):
         ``want`` of them (fewer when the step found fewer, perhaps none; more is allowed)."""
         ...
 
+    def done(self, added: list[Candidate]) -> None:
+        """The walk is over; ``added`` are its candidates that the filters kept and the runner
+        took, in the order they came (a source may learn where to start next time)."""
+        ...
+
     def summary(self) -> str:
         """What the walk did, for the trace (where it looked, how much it read)."""
         ...

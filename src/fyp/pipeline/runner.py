@@ -202,12 +202,12 @@ class FeedPipeline:
                         # items would otherwise put thousands of ids in the trace.
                         removed.update(reason for _, reason in result.removed)
                         batch = result.kept
-                    added.extend(batch)
+                    added.extend(batch[: target - len(candidates) - len(added)])
+                scan.done(added)
             except Exception as exc:
                 if not source.fail_open:
                     raise
                 step.error = f"{type(exc).__name__}: {exc}"
-            added = added[: max(target - len(candidates), 0)]
             if added:
                 # Item stats only for the survivors: the filters do not read them.
                 stats = query.context.data.stats.stats([c.item_id for c in added])

@@ -14,12 +14,23 @@ so it uses nothing inferred about the viewer and serves the non-personalized fee
 The runner filters every batch with the feed's own filters (seen, not-interested, the viewer's
 keyword filters and blocked tags) and asks for more until the page can be filled, the catalog is
 exhausted, or ``max_examined`` list entries and catalog rows have been read. Steps double in size,
-so a viewer who has seen a long stretch of the order costs a few round trips, not one per page;
-the bound keeps a request's work fixed however large the catalog is.
+so a long stretch of seen items costs a few round trips; the bound keeps a request's work fixed
+however large the catalog is.
+
+A viewer who reads on pages after pages has seen a longer stretch of the newest items each time.
+So that the walk does not read that stretch again on every request, the source keeps a
+:class:`ResumeHint` per viewer (in memory, bounded): the stretch, from the newest row down to
+just before the first item the last walk added. The next walk reads the rows above the stretch
+(what was published since), jumps past it, and reads the stretch itself last. A hint only
+reorders the walk, never narrows it: a stale one (an item imported into the stretch later, a
+recreated user) costs order, not items.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Final
 
 from fyp.config import MoreFromCatalogConfig
@@ -35,6 +46,18 @@ NEWEST: Final = "newest"
 _FIRST_STEP: Final = 64
 _MAX_STEP: Final = 4_096
 """Entries read per step: at least four per wanted candidate, doubling up to this."""
+MAX_HINTS: Final = 20_000
+"""Viewers whose resume hint is kept (least recently used dropped): about 200 bytes each."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeHint:
+    """A stretch of the newest-first order that held nothing the viewer could be offered when
+    their last walk went through it: from ``top`` down to ``skip_to`` (both catalog positions)."""
+
+    top: CatalogPosition
+    skip_to: CatalogPosition
+    """The walk resumes strictly after this position."""
 
 
 class MoreFromCatalog:
@@ -48,6 +71,8 @@ class MoreFromCatalog:
         self.max_added = config.k
         # The popularity list is the same for every viewer of a region: share it for a moment.
         self._popular: RegionTTLCache[list[str]] = RegionTTLCache(ttl_s)
+        self._hints: OrderedDict[tuple[str, str], ResumeHint] = OrderedDict()
+        self._lock = threading.Lock()
 
     def scan(self, query: FeedQuery) -> CatalogWalk:
         depth = self.config.popular_depth
@@ -61,24 +86,81 @@ class MoreFromCatalog:
             if depth > 0
             else []
         )
-        return CatalogWalk(self.name, self.config, query, popular)
+        key = (query.region, query.user_id)
+        with self._lock:
+            hint = self._hints.get(key)
+            if hint is not None:
+                self._hints.move_to_end(key)
+        return CatalogWalk(self, query, popular, hint)
+
+    def remember(self, query: FeedQuery, hint: ResumeHint | None) -> None:
+        key = (query.region, query.user_id)
+        with self._lock:
+            if hint is None:
+                self._hints.pop(key, None)
+                return
+            self._hints[key] = hint
+            self._hints.move_to_end(key)
+            while len(self._hints) > MAX_HINTS:
+                self._hints.popitem(last=False)
+
+
+class _Segment:
+    """A stretch of the newest-first order: the rows after ``after``, down to ``floor``."""
+
+    def __init__(
+        self, label: str, after: CatalogPosition | None, floor: float | None, *, above: bool
+    ) -> None:
+        self.label = label
+        self.after = after
+        self.floor = floor
+        """The segment ends at the first row published before this time (``above``: at or
+        before it); ``None``: at the catalog's end. Compared on publication time only: item ids
+        may sort differently in the database's collation, so at a boundary instant segments
+        overlap instead (the runner drops repeats) and never leave a gap."""
+        self.above = above
+        self.started = False
+        self.done = False
+
+    def holds(self, created_at: float) -> bool:
+        if self.floor is None:
+            return True
+        return created_at > self.floor if self.above else created_at >= self.floor
 
 
 class CatalogWalk:
-    """One request's walk: the popularity list first, then the catalog newest first."""
+    """One request's walk: the popularity list, then the catalog newest first (with the
+    viewer's resume hint: the rows above the hinted stretch, the rows past it, the stretch)."""
 
     def __init__(
-        self, name: str, config: MoreFromCatalogConfig, query: FeedQuery, popular: list[str]
+        self,
+        source: MoreFromCatalog,
+        query: FeedQuery,
+        popular: list[str],
+        hint: ResumeHint | None,
     ) -> None:
-        self._name = name
-        self._config = config
+        self._source = source
+        self._config = source.config
         self._query = query
         self._popular = popular
         self._popular_set = frozenset(popular)
         self._popular_read = 0
-        self._position: CatalogPosition | None = None
+        self._hint = hint
+        if hint is None:
+            self._segments = [_Segment("all", None, None, above=False)]
+        else:
+            # Above the stretch: rows newer than its top; past it; then the stretch itself,
+            # whose start is known once the first segment has ended.
+            self._segments = [
+                _Segment("above", None, hint.top[0], above=True),
+                _Segment("past", hint.skip_to, None, above=False),
+                _Segment("stretch", None, hint.skip_to[0], above=False),
+            ]
+        self._newest: CatalogPosition | None = None
+        self._above_end: CatalogPosition | None = None
+        self._resume_at: dict[str, tuple[str, CatalogPosition | None]] = {}
+        """Item id -> its segment and the position a walk resumes after to reach it first."""
         self._catalog_read = 0
-        self._catalog_done = False
         self._handed = 0
         self._step = _FIRST_STEP
 
@@ -91,8 +173,12 @@ class CatalogWalk:
         return self.examined >= self._config.max_examined
 
     @property
+    def catalog_done(self) -> bool:
+        return all(s.done for s in self._segments)
+
+    @property
     def spent(self) -> bool:
-        return self._catalog_done or self.bound_reached
+        return self.catalog_done or self.bound_reached
 
     def more(self, want: int) -> list[Candidate]:
         room = self._config.max_examined - self.examined
@@ -104,15 +190,35 @@ class CatalogWalk:
         if self._popular_read < len(self._popular):
             ids = self._popular[self._popular_read : self._popular_read + size]
             self._popular_read += len(ids)
-            records = self._query.context.catalog.get_items(ids)
-            found = [records[i] for i in ids if i in records and records[i].available_in(region)]
+            known = self._query.context.catalog.get_items(ids)
+            found = [known[i] for i in ids if i in known and known[i].available_in(region)]
             return self._hand(found, POPULAR)
-        page = self._query.context.catalog.scan_newest(region, self._position, size)
+        segment = next(s for s in self._segments if not s.done)
+        if not segment.started and segment.label == "stretch":
+            segment.after = self._above_end  # the stretch starts where "above" ended
+        segment.started = True
+        start = segment.after
+        page = self._query.context.catalog.scan_newest(region, start, size)
         self._catalog_read += page.examined
-        self._position = page.next
-        self._catalog_done = page.next is None
-        # What the popularity list held was offered already (or filtered out) this request.
-        return self._hand([r for r in page.items if r.item_id not in self._popular_set], NEWEST)
+        records = [r for r in page.items if segment.holds(r.created_at)]
+        # Past the segment's floor, or at the catalog's end (the last row read may be one
+        # unavailable in the region, so it is checked too).
+        if len(records) < len(page.items) or page.next is None or not segment.holds(page.next[0]):
+            segment.done = True
+        segment.after = page.next
+        if records and self._newest is None and start is None:
+            self._newest = (records[0].created_at, records[0].item_id)
+        if segment.label == "above" and records:
+            self._above_end = (records[-1].created_at, records[-1].item_id)
+        previous = start
+        fresh: list[ItemRecord] = []
+        for record in records:
+            self._resume_at.setdefault(record.item_id, (segment.label, previous))
+            previous = (record.created_at, record.item_id)
+            # What the popularity list held was offered already (or filtered out) this request.
+            if record.item_id not in self._popular_set:
+                fresh.append(record)
+        return self._hand(fresh, NEWEST)
 
     def _hand(self, records: list[ItemRecord], anchor: str) -> list[Candidate]:
         n = self._query.n
@@ -120,8 +226,8 @@ class CatalogWalk:
             # Decreasing along the walk, in (0, 1] like every source's scores: 0.5 a page down.
             Candidate(
                 r.item_id,
-                sources={self._name: 1.0 / (1.0 + (self._handed + i) / n)},
-                anchors={self._name: anchor},
+                sources={self._source.name: 1.0 / (1.0 + (self._handed + i) / n)},
+                anchors={self._source.name: anchor},
                 item=r,
             )
             for i, r in enumerate(records)
@@ -129,15 +235,35 @@ class CatalogWalk:
         self._handed += len(out)
         return out
 
+    def done(self, added: list[Candidate]) -> None:
+        """Keep where this viewer's next walk should resume: just before the first item of the
+        newest-first walk that the runner took (the rows before it held nothing for them)."""
+        first = next(
+            (c for c in added if c.anchors.get(self._source.name) == NEWEST),
+            None,
+        )
+        if first is None or first.item_id not in self._resume_at:
+            return  # the walk learned nothing new about where the viewer's items start
+        segment, resume = self._resume_at[first.item_id]
+        if segment == "above":
+            # Something new at the top: the hinted stretch still holds; keep it.
+            return
+        if resume is None:
+            self._source.remember(self._query, None)  # their items start at the very top
+            return
+        top = self._newest or (self._hint.top if self._hint is not None else resume)
+        self._source.remember(self._query, ResumeHint(top=top, skip_to=resume))
+
     def summary(self) -> str:
         parts = []
         if self._popular_read:
             parts.append(f"{self._popular_read} of the region's popular list")
-        if self._catalog_read or self._catalog_done:
-            end = ", to its end" if self._catalog_done else ""
-            parts.append(f"{self._catalog_read} catalog rows newest first{end}")
+        if self._catalog_read or self.catalog_done:
+            end = ", to its end" if self.catalog_done else ""
+            jumped = ", resuming past what they had seen" if self._hint is not None else ""
+            parts.append(f"{self._catalog_read} catalog rows newest first{jumped}{end}")
         read = " and ".join(parts) if parts else "nothing"
         note = f"read {read}; offered {self._handed}"
-        if self.bound_reached and not self._catalog_done:
+        if self.bound_reached and not self.catalog_done:
             note += f"; stopped at the bound of {self._config.max_examined} entries examined"
         return note
