@@ -27,6 +27,7 @@ from fyp.config import load_config
 from fyp.engine import Engine
 from fyp.pipeline.contracts import FeedResult
 from fyp.pipeline.trace import StepRecord
+from fyp.sources.more_from_catalog import HINT_TTL_S
 
 NOW = 1_700_000_000.0  # conftest's fixed instant: the engine's clock below starts there
 WORDS = ("cat", "dog", "food", "music", "travel", "news", "beach")
@@ -434,3 +435,29 @@ def test_a_stale_resume_hint_costs_order_never_items(
     served = first + [i.item_id for _ in range(6) for i in engine.feed("u1", 10).items]
     assert sorted(served) == sorted([f"i{k:03d}" for k in range(250, 300)] + ["imported"])
     assert engine.feed("u1", 10).items == ()
+
+
+def test_resume_hints_expire_and_go_with_the_viewers_erasure(
+    engine: Engine, clock: Any, make_item: Any, make_user: Any, make_event: Any
+) -> None:
+    engine.put_items([make_item(f"i{k:03d}", f"c{k % 7}", age_hours=200 + k) for k in range(300)])
+
+    def reader() -> None:
+        engine.put_users([make_user("u1")])
+        engine.ingest([make_event("u1", f"i{k:03d}", "skip") for k in range(250)])
+        engine.rights.put_controls("u1", personalized=False, keyword_filters=[], blocked_tags=[])
+
+    def resumed() -> bool:
+        note = backfill_step(engine.feed("u1", 5)).note
+        assert note is not None
+        return "resuming past what they had seen" in note
+
+    reader()
+    assert [resumed(), resumed()] == [False, True]
+    # Erased, then the same id signs up again at the same instant (so only the erasure can
+    # have dropped the hint): nothing carried over.
+    engine.rights.erase("u1")
+    reader()
+    assert [resumed(), resumed()] == [False, True]
+    clock.advance(HINT_TTL_S + 1)  # a hint lives for a reading session at most
+    assert [resumed(), resumed()] == [False, True]

@@ -204,7 +204,8 @@ class BackfillScan(Protocol):
 
     def done(self, added: list[Candidate]) -> None:
         """The walk is over; ``added`` are its candidates that the filters kept and the runner
-        took, in the order they came (a source may learn where to start next time)."""
+        took, in the order they came. Their source scores are set here (by rank among them),
+        and a source may learn where to start next time."""
         ...
 
     def summary(self) -> str:
@@ -223,6 +224,10 @@ class BackfillSource(Protocol):
     """Most candidates it adds to one request beyond those that fill the page."""
 
     def scan(self, query: FeedQuery) -> BackfillScan: ...
+
+    def forget(self, region: str, user_id: str) -> None:
+        """Drop anything kept about the viewer between requests (their erasure)."""
+        ...
 
 
 class Filter(Protocol):

@@ -71,6 +71,12 @@ class FeedPipeline:
     backfill: Sequence[BackfillSource] = ()
     """Run between the filters and the scorers (last here only so that it may be omitted)."""
 
+    def forget_viewer(self, region: str, user_id: str) -> None:
+        """An erased viewer: components that keep anything about viewers between requests
+        drop it."""
+        for source in self.backfill:
+            source.forget(region, user_id)
+
     def run(self, query: FeedQuery) -> FeedResult:
         for gate in self.gates:
             self._timed(query, "gates", gate.name, partial(gate.check, query))

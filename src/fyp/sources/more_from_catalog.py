@@ -19,11 +19,16 @@ however large the catalog is.
 
 A viewer who reads on pages after pages has seen a longer stretch of the newest items each time.
 So that the walk does not read that stretch again on every request, the source keeps a
-:class:`ResumeHint` per viewer (in memory, bounded): the stretch, from the newest row down to
-just before the first item the last walk added. The next walk reads the rows above the stretch
-(what was published since), jumps past it, and reads the stretch itself last. A hint only
-reorders the walk, never narrows it: a stale one (an item imported into the stretch later, a
-recreated user) costs order, not items.
+:class:`ResumeHint` per viewer: the stretch, from the newest row down to just before the first
+item the last walk added. The next walk reads the rows above the stretch (what was published
+since), jumps past it, and reads the stretch itself last. A hint only reorders the walk, never
+narrows it: a stale one (an item imported into the stretch later) costs order, not items.
+
+A hint says how far a viewer has scrolled, so it is treated as the personal state it is: it lives
+only in the serving process's memory (never written), for ``HINT_TTL_S`` of the engine's clock at
+most, for at most ``MAX_HINTS`` viewers; it is bound to the account (its creation time), so a
+re-created user id never inherits one; and an erasure drops it at once (``forget``, called by
+the engine's erasure hook; another process's copy expires within the TTL).
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ _FIRST_STEP: Final = 64
 _MAX_STEP: Final = 4_096
 """Entries read per step: at least four per wanted candidate, doubling up to this."""
 MAX_HINTS: Final = 20_000
-"""Viewers whose resume hint is kept (least recently used dropped): about 200 bytes each."""
+"""Viewers whose resume hint is kept (least recently used dropped): about 300 bytes each."""
+HINT_TTL_S: Final = 900.0
+"""A hint older than this (engine clock) is not used: a reading session's length."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,9 @@ class ResumeHint:
     top: CatalogPosition
     skip_to: CatalogPosition
     """The walk resumes strictly after this position."""
+    account: float
+    """The viewer's account creation time: a re-created user id does not match."""
+    made_at: float
 
 
 class MoreFromCatalog:
@@ -90,19 +100,30 @@ class MoreFromCatalog:
         with self._lock:
             hint = self._hints.get(key)
             if hint is not None:
-                self._hints.move_to_end(key)
+                if hint.account == _account(query) and 0 <= query.now - hint.made_at <= HINT_TTL_S:
+                    self._hints.move_to_end(key)
+                else:
+                    del self._hints[key]
+                    hint = None
         return CatalogWalk(self, query, popular, hint)
 
-    def remember(self, query: FeedQuery, hint: ResumeHint | None) -> None:
+    def remember(self, query: FeedQuery, top: CatalogPosition, skip_to: CatalogPosition) -> None:
         key = (query.region, query.user_id)
+        hint = ResumeHint(top, skip_to, _account(query), query.now)
         with self._lock:
-            if hint is None:
-                self._hints.pop(key, None)
-                return
             self._hints[key] = hint
             self._hints.move_to_end(key)
             while len(self._hints) > MAX_HINTS:
                 self._hints.popitem(last=False)
+
+    def forget(self, region: str, user_id: str) -> None:
+        """Drop what this source keeps about a viewer (their erasure)."""
+        with self._lock:
+            self._hints.pop((region, user_id), None)
+
+
+def _account(query: FeedQuery) -> float:
+    return query.user.created_at if query.user is not None else 0.0
 
 
 class _Segment:
@@ -221,23 +242,28 @@ class CatalogWalk:
         return self._hand(fresh, NEWEST)
 
     def _hand(self, records: list[ItemRecord], anchor: str) -> list[Candidate]:
-        n = self._query.n
         out = [
-            # Decreasing along the walk, in (0, 1] like every source's scores: 0.5 a page down.
+            # Scored in ``done``, once the filters have had their say.
             Candidate(
                 r.item_id,
-                sources={self._source.name: 1.0 / (1.0 + (self._handed + i) / n)},
+                sources={self._source.name: 0.0},
                 anchors={self._source.name: anchor},
                 item=r,
             )
-            for i, r in enumerate(records)
+            for r in records
         ]
         self._handed += len(out)
         return out
 
     def done(self, added: list[Candidate]) -> None:
-        """Keep where this viewer's next walk should resume: just before the first item of the
-        newest-first walk that the runner took (the rows before it held nothing for them)."""
+        """Score what the runner took by its rank among them (in (0, 1] like every source's
+        scores, 0.5 a page down): by how many items the walk passed, it would depend on how much
+        the viewer has seen and on where their hint let the walk start. Then keep where their
+        next walk should resume: just before the first item of the newest-first walk that the
+        runner took (the rows before it held nothing for them)."""
+        n = self._query.n
+        for rank, cand in enumerate(added):
+            cand.sources[self._source.name] = 1.0 / (1.0 + rank / n)
         first = next(
             (c for c in added if c.anchors.get(self._source.name) == NEWEST),
             None,
@@ -249,10 +275,11 @@ class CatalogWalk:
             # Something new at the top: the hinted stretch still holds; keep it.
             return
         if resume is None:
-            self._source.remember(self._query, None)  # their items start at the very top
+            # Their items start at the very top: nothing to skip.
+            self._source.forget(self._query.region, self._query.user_id)
             return
         top = self._newest or (self._hint.top if self._hint is not None else resume)
-        self._source.remember(self._query, ResumeHint(top=top, skip_to=resume))
+        self._source.remember(self._query, top, resume)
 
     def summary(self) -> str:
         parts = []
