@@ -168,6 +168,25 @@ class ContentTowerConfig(SourceConfig):
     """Most new items a serving process embeds and places per sync round (every few seconds)."""
 
 
+class MoreFromCatalogConfig(SourceConfig):
+    """The backfill (``fyp.sources.more_from_catalog``): used only when fewer candidates than
+    the page survive the filters, in the personalized and the non-personalized feed alike."""
+
+    prior: float = Field(default=0.1, ge=0, le=1)
+    """Low: the backfill vouches for nothing but the item being eligible."""
+    k: int = Field(default=100, ge=0, le=5000)
+    """Most candidates the backfill adds beyond those that fill the page: it aims at the page
+    plus as many again, for the scorers and selectors to choose from."""
+    popular_depth: int = Field(default=300, ge=0, le=100_000)
+    """How far down the region's popularity list (the trending score) the backfill looks
+    first, before it walks the catalog newest first."""
+    max_examined: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Most popularity-list entries plus catalog rows examined per request: the bound on the
+    backfill's work. Only a viewer who has seen or filtered out every one of them can get a
+    short page (the trace then says the bound was reached)."""
+    budget_ms: float = Field(default=100.0, gt=0)
+
+
 class SourcesConfig(_Section):
     trending: TrendingConfig = TrendingConfig()
     """Time-decayed engagement in the viewer's region."""
@@ -185,6 +204,9 @@ class SourcesConfig(_Section):
     """Nearest items to the viewer in a two-tower model's space whose item tower reads each
     item's caption and tags (MiniLM sentence embeddings): new uploads are found from their
     content before anyone has watched them."""
+    more_from_catalog: MoreFromCatalogConfig = MoreFromCatalogConfig()
+    """Backfill: eligible items the other sources missed (popular in the region, then newest),
+    only when the filtered candidates cannot fill the page."""
 
     def priors(self) -> dict[str, float]:
         return {name: getattr(self, name).prior for name in type(self).model_fields}

@@ -165,6 +165,8 @@ class Engine:
         self.retrainer = Retrainer(self)
         self.rights = UserRightsService(self.gate, clock, service_region=config.serving_region)
         self.rights.on_erase(self._forget_in_models)
+        self.rights.on_erase(self.pipeline.forget_viewer)
+        self.rights.on_erase(self.plain_pipeline.forget_viewer)
         self.rights.on_export(self._model_rows_of)
         self._sync_stop = threading.Event()
         self._sync_thread: threading.Thread | None = None

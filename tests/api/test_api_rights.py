@@ -147,7 +147,11 @@ def test_personalization_off_takes_effect_on_the_next_request(client: TestClient
     found = {s["component"] for s in steps if s["stage"] == "sources"} - {"hydrate_candidates"}
     assert found == {"following", "trending"}
     assert {s["component"] for s in steps if s["stage"] == "scorers"} == {"plain_order"}
-    assert _codes(plain) <= {"followed_creator", "trending_in_region"}
+    # Past the followed creators and the region's trending items, the page is filled from the
+    # catalog (popular in the region, then newest): nothing about the viewer is inferred.
+    assert {s["component"] for s in steps if s["stage"] == "backfill"} == {"more_from_catalog"}
+    assert _codes(plain) <= {"followed_creator", "trending_in_region", "more_from_catalog"}
+    assert len(plain["items"]) == 10
     first = plain["items"][0]
     assert [r["code"] for r in first["reasons"]] == ["followed_creator"]
     client.patch("/v1/users/alice/controls", json={"personalized": True})

@@ -37,6 +37,7 @@ def test_the_report_publishes_the_live_weights_sources_and_rules(tmp_path: Path)
         "interest_tags",
         "embedding",
         "content_tower",
+        "more_from_catalog",
     }
     text = " ".join(body["text"])
     assert "a share (+3)" in text and "marking not interested (-4)" in text

@@ -204,6 +204,7 @@ def test_the_trace_lists_every_stage_in_the_fixed_order(seeded: Engine, make_eve
         + [s.name for s in pipeline.sources]
         + ["hydrate_candidates"]
         + [f.name for f in pipeline.filters]
+        + [b.name for b in pipeline.backfill]
         + [s.name for s in pipeline.scorers]
         + [s.name for s in pipeline.selectors]
         + ["explain"]

@@ -161,6 +161,37 @@ class TestCatalogConformance:
         assert catalog.items_by_tags(["cats", "dogs"], per_tag=5) == {"cats": [], "dogs": ["v1"]}
         assert catalog.get_item("v1").tags == ("dogs",)  # type: ignore[union-attr]
 
+    @pytest.mark.parametrize("step", [1, 2, 5, 50])
+    def test_scan_newest_walks_every_item_once_newest_first_in_the_region(
+        self, catalog: SqlCatalog, make_item: Any, step: int
+    ) -> None:
+        # Ties in publication time (three items per hour) must neither skip nor repeat items
+        # at a step boundary; items of another region are read (examined) but not returned.
+        regions = ([], ["us"], ["eu"], ["us", "eu"])
+        catalog.upsert_items(
+            [
+                make_item(f"v{k:02d}", age_hours=k // 3, regions=regions[k % len(regions)])
+                for k in range(23)
+            ]
+        )
+        records = catalog.get_items([f"v{k:02d}" for k in range(23)]).values()
+        newest_first = sorted(records, key=lambda r: (r.created_at, r.item_id), reverse=True)
+        expected = [r.item_id for r in newest_first if r.available_in("us")]
+        found: list[str] = []
+        examined, position, steps = 0, None, 0
+        while True:
+            page = catalog.scan_newest("us", position, step)
+            found += [r.item_id for r in page.items]
+            examined += page.examined
+            steps += 1
+            if page.next is None:
+                break
+            position = page.next
+        assert found == expected
+        assert examined == 23
+        assert steps == 23 // step + 1
+        assert catalog.scan_newest("us", None, 0).items == []
+
     def test_vectors_round_trip_as_float32(self, catalog: SqlCatalog, make_item: Any) -> None:
         catalog.upsert_items([make_item("v1", vector=[0.5, -1.25, 3.0]), make_item("v2")])
         assert catalog.get_vector("v1") == [0.5, -1.25, 3.0]

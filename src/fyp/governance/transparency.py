@@ -186,7 +186,8 @@ def _sentences(data: dict[str, Any], config: FypConfig) -> list[str]:
             if ranker["enabled"]
             else []
         ),
-        f"No creator appears twice within {d['creator_gap'] + 1} consecutive items; every "
+        f"No creator appears twice within {d['creator_gap'] + 1} consecutive items while other "
+        "creators' items are left to fill the page; every "
         f"earlier item sharing a tag lowers a candidate's score by {d['tag_repeat_penalty']:g}.",
         f"Each page reserves {e['slots_per_page']} slot(s) for a new video with fewer than "
         f"{e['max_views_to_qualify']} views in your region, to give new videos a fair first "

@@ -6,6 +6,9 @@ A feed request is a :class:`FeedQuery` that flows through fixed stages (see ``fy
 * ``Hydrator.hydrate(query)`` fills in what the later stages read (the viewer's state);
 * ``CandidateSource.fetch(query)`` returns candidates, each carrying the source's name and score;
 * ``Filter.apply(query, candidates)`` returns kept *and* removed, with a reason per removal;
+* ``BackfillSource.scan(query)`` opens a walk the runner draws more candidates from, batch by
+  batch, only while fewer candidates than the page survived the filters; each batch goes through
+  the same filters;
 * ``Scorer.score(query, candidates)`` returns one number per candidate, same length and order:
   scorers never drop or reorder;
 * ``Selector.select(query, candidates)`` re-ranks or trims: its output is a subset of its input,
@@ -184,6 +187,47 @@ class CandidateSource(Protocol):
     """How much a top candidate of this source is worth relative to other sources' (0-1)."""
 
     def fetch(self, query: FeedQuery) -> list[Candidate]: ...
+
+
+class BackfillScan(Protocol):
+    """One request's walk through a backfill source's order; the runner pulls batches."""
+
+    @property
+    def spent(self) -> bool:
+        """Nothing more to give: the order is exhausted or the work bound reached."""
+        ...
+
+    def more(self, want: int) -> list[Candidate]:
+        """At least one more step of the walk: candidates carrying their catalog record, about
+        ``want`` of them (fewer when the step found fewer, perhaps none; more is allowed)."""
+        ...
+
+    def done(self, added: list[Candidate]) -> None:
+        """The walk is over; ``added`` are its candidates that the filters kept and the runner
+        took, in the order they came. Their source scores are set here (by rank among them),
+        and a source may learn where to start next time."""
+        ...
+
+    def summary(self) -> str:
+        """What the walk did, for the trace (where it looked, how much it read)."""
+        ...
+
+
+class BackfillSource(Protocol):
+    """Finds eligible items the candidate sources missed, when the page would be short."""
+
+    name: str
+    fail_open: bool
+    budget_ms: float
+    prior: float
+    max_added: int
+    """Most candidates it adds to one request beyond those that fill the page."""
+
+    def scan(self, query: FeedQuery) -> BackfillScan: ...
+
+    def forget(self, region: str, user_id: str) -> None:
+        """Drop anything kept about the viewer between requests (their erasure)."""
+        ...
 
 
 class Filter(Protocol):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Final
 
 from fyp.pipeline.contracts import Candidate, FeedItem, FeedQuery, FeedResult, Reason
+from fyp.sources.more_from_catalog import POPULAR
 
 MAX_REASONS: Final = 3
 _AFFINITY_REASON_MIN: Final = 0.15
@@ -59,6 +60,15 @@ def _source_reason(
                 "New and not yet widely watched; its caption and tags match what you enjoy.",
             )
         return Reason("similar_content", "Its caption and tags are like those of videos you enjoy.")
+    if source == "more_from_catalog":
+        if anchor == POPULAR:
+            where = f"popular in your region ({query.region})"
+        else:
+            where = f"among the newest in your region ({query.region})"
+        return Reason(
+            "more_from_catalog",
+            f"More from the catalog: {where}, and new to you, to fill your feed.",
+        )
     return Reason(f"source:{source}", f"Found by the {source} source.")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from fyp.config import FypConfig
 from fyp.errors import NotFound
 from fyp.filters.basic import DropNotInterested, DropSeen, DropUnavailable, DropUserFiltered
-from fyp.pipeline.contracts import CandidateSource, FeedQuery, FeedResult
+from fyp.pipeline.contracts import BackfillSource, CandidateSource, FeedQuery, FeedResult
 from fyp.pipeline.runner import FeedPipeline
 from fyp.scoring.features import (
     CreatorAffinityScorer,
@@ -34,6 +34,7 @@ from fyp.sources.embedding import EmbeddingSource
 from fyp.sources.following import FollowingSource
 from fyp.sources.fresh import FreshSource
 from fyp.sources.interest_tags import InterestTagsSource
+from fyp.sources.more_from_catalog import MoreFromCatalog
 from fyp.sources.trending import TrendingSource
 from fyp.storage.roles import ServedItem
 
@@ -82,6 +83,13 @@ class RecordServed:
         )
 
 
+def backfill_sources(config: FypConfig) -> list[BackfillSource]:
+    """What fills a page the sources left short (both feeds): unless switched off, more from the
+    catalog, popular in the region first, then newest."""
+    backfill = config.sources.more_from_catalog
+    return [MoreFromCatalog(backfill)] if backfill.enabled else []
+
+
 def for_you_pipeline(config: FypConfig) -> FeedPipeline:
     s = config.sources
     candidates: list[tuple[bool, CandidateSource]] = [
@@ -101,6 +109,7 @@ def for_you_pipeline(config: FypConfig) -> FeedPipeline:
         hydrators=[LoadViewerState()],
         sources=[source for enabled, source in candidates if enabled],
         filters=[DropUnavailable(), DropNotInterested(), DropUserFiltered(), DropSeen()],
+        backfill=backfill_sources(config),
         scorers=[
             RetrievalScorer(s),
             CreatorAffinityScorer(config.scoring),
@@ -129,9 +138,10 @@ def for_you_pipeline(config: FypConfig) -> FeedPipeline:
 def non_personalized_pipeline(config: FypConfig) -> FeedPipeline:
     """The feed of a viewer who switched personalization off: not based on profiling.
 
-    Newest items of the creators they follow, then what is popular in their region; their own
-    filters and not-interested choices still apply, and seen items still never return. No
-    affinity, learned embedding or co-engagement with their history takes part.
+    Newest items of the creators they follow, then what is popular in their region, then (when
+    those run out) more from the catalog: popular in the region, then newest. Their own filters
+    and not-interested choices still apply, and seen items still never return. No affinity,
+    learned embedding or co-engagement with their history takes part.
     """
     s = config.sources
     return FeedPipeline(
@@ -139,6 +149,7 @@ def non_personalized_pipeline(config: FypConfig) -> FeedPipeline:
         hydrators=[LoadViewerState()],
         sources=[FollowingSource(s.following), TrendingSource(s.trending)],
         filters=[DropUnavailable(), DropNotInterested(), DropUserFiltered(), DropSeen()],
+        backfill=backfill_sources(config),
         scorers=[PlainOrder()],
         selectors=[RankByScore(), SpaceCreators(config.selectors), TakeN()],
         side_effects=[RecordServed()],

@@ -31,18 +31,22 @@ class ValueModel:
 
 
 class PlainOrder:
-    """The score of the non-personalized feed: followed creators' newest items, then the
-    region's most popular, each in its own source's order. Uses nothing inferred about the
-    viewer: only whom they chose to follow and what the region as a whole watches."""
+    """The score of the non-personalized feed: followed creators' newest items (in (1, 2]), then
+    the region's most popular (in (0, 1]), then the backfill's items (in (-1, 0]), each in its
+    own source's order. Uses nothing inferred about the viewer: only whom they chose to follow,
+    what the region as a whole watches, and what the catalog holds."""
 
     name = "plain_order"
     fail_open = False
     budget_ms = 1.0
 
     def score(self, query: FeedQuery, candidates: list[Candidate]) -> list[float]:
-        return [
-            1.0 + c.sources["following"]
-            if "following" in c.sources
-            else c.sources.get("trending", 0.0)
-            for c in candidates
-        ]
+        return [self._tiered(c.sources) for c in candidates]
+
+    @staticmethod
+    def _tiered(sources: dict[str, float]) -> float:
+        if "following" in sources:
+            return 1.0 + sources["following"]
+        if "trending" in sources:
+            return sources["trending"]
+        return sources.get("more_from_catalog", 0.0) - 1.0

@@ -1,8 +1,8 @@
 """The feed's selectors, applied in the order ``fyp.pipeline.for_you`` lists them.
 
 Every selector returns a subset of its input in some order, with no duplicates; the last two trim
-to the page size ``n``. ``SpaceCreators`` guarantees its spacing rule on what it returns, dropping
-candidates it cannot place rather than breaking the rule.
+to the page size ``n`` and return ``min(n, len(input))`` items: a rule that cannot be kept with the
+candidates at hand bends rather than leaving the page short.
 """
 
 from __future__ import annotations
@@ -138,10 +138,13 @@ class ReserveExploration:
 
 
 class SpaceCreators:
-    """No creator twice within ``creator_gap`` positions; returns at most ``n`` items.
+    """No creator twice within ``creator_gap`` positions, while others are left; ``min(n, len)``
+    items.
 
     Walks the ranking and takes the first candidate whose creator is not among the last
-    ``creator_gap`` picks. Candidates that cannot be placed before the page is full are dropped.
+    ``creator_gap`` picks. When every remaining candidate's creator is that recent (a catalog
+    or a candidate set of few creators), a full page beats the spacing: it takes the best-ranked
+    candidate of the creator picked longest ago, so the repeat is as far apart as it can be.
     """
 
     name = "space_creators"
@@ -156,7 +159,8 @@ class SpaceCreators:
             recent = {c.creator_id for c in out[-self.gap :]} if self.gap else set()
             index = next((i for i, c in enumerate(pending) if c.creator_id not in recent), None)
             if index is None:
-                break
+                last_pick = {c.creator_id: position for position, c in enumerate(out)}
+                index = min(range(len(pending)), key=lambda i: last_pick[pending[i].creator_id])
             out.append(pending.pop(index))
         return out
 

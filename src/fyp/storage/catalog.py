@@ -33,7 +33,7 @@ from sqlalchemy import (
     select,
 )
 
-from fyp.storage.roles import ItemRecord, UpsertResult
+from fyp.storage.roles import CatalogPage, CatalogPosition, ItemRecord, UpsertResult
 from fyp.storage.sql import Database, chunked, meta_table, one_of, upsert
 from fyp.types import Item, epoch
 
@@ -300,6 +300,36 @@ class SqlCatalog:
                 .limit(limit)
             )
             return [_record(row) for row in rows]
+
+    def scan_newest(self, region: str, after: CatalogPosition | None, limit: int) -> CatalogPage:
+        """A keyset step down ``ix_items_created_at``: the ``limit`` rows after ``after`` in
+        ``(created_at, item_id)`` descending order. The item id breaks ties, so a walk neither
+        skips nor repeats items published at the same instant, and each step reads about
+        ``limit`` index entries however deep into the catalog it is (no ``OFFSET``). Only ids,
+        times and regions are read; the records come through the item cache (warm in a server),
+        so a walk over rows another request walked before parses nothing again."""
+        if limit <= 0:
+            return CatalogPage([], 0, after)
+        query = select(items.c.item_id, items.c.created_at, items.c.regions)
+        if after is not None:
+            created_at, item_id = after
+            # Spelled as a range on created_at (which the index serves on SQLite and PostgreSQL
+            # alike) rather than as a row-value comparison, which PostgreSQL would only serve
+            # with an index on both columns.
+            query = query.where(
+                items.c.created_at <= created_at,
+                (items.c.created_at < created_at) | (items.c.item_id < item_id),
+            )
+        query = query.order_by(items.c.created_at.desc(), items.c.item_id.desc()).limit(limit)
+        with self.db.read() as conn:
+            rows = conn.execute(query).all()
+        # Most items are available everywhere ("[]"): only the others' regions are parsed.
+        available = [
+            row.item_id for row in rows if row.regions == "[]" or region in json.loads(row.regions)
+        ]
+        records = self.get_items(available)
+        end = (rows[-1].created_at, rows[-1].item_id) if len(rows) == limit else None
+        return CatalogPage([records[i] for i in available if i in records], len(rows), end)
 
     def items_by_creators(self, creator_ids: Sequence[str], per_creator: int) -> list[ItemRecord]:
         """Each creator's newest items (other processes' upserts show within the cache TTL)."""

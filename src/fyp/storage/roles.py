@@ -46,6 +46,22 @@ class ItemRecord:
         }
 
 
+CatalogPosition = tuple[float, str]
+"""A place in the catalog's newest-first order: ``(created_at, item_id)``, both descending."""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogPage:
+    """One step of a newest-first walk through the catalog (``Catalog.scan_newest``)."""
+
+    items: list[ItemRecord]
+    """The items of the step available in the region asked for, newest first."""
+    examined: int
+    """Catalog rows the step read, available or not: the work it did."""
+    next: CatalogPosition | None
+    """Where the next step starts; ``None`` once the catalog is exhausted."""
+
+
 @dataclass(frozen=True, slots=True)
 class UserRecord:
     user_id: str
@@ -179,6 +195,11 @@ class Catalog(Protocol):
         self, creator_ids: Sequence[str], per_creator: int
     ) -> list[ItemRecord]: ...
     def items_by_tags(self, tags: Sequence[str], per_tag: int) -> dict[str, list[str]]: ...
+    def scan_newest(self, region: str, after: CatalogPosition | None, limit: int) -> CatalogPage:
+        """The next ``limit`` items newest first, strictly after ``after`` (from the newest when
+        ``None``), keeping those available in ``region``: a keyset walk, each step bounded."""
+        ...
+
     def count_items(self) -> int: ...
 
 
