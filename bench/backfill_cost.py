@@ -171,6 +171,9 @@ def render(results: dict[str, Any], command: str) -> str:
         )
     lines += [
         "",
+        "The whole request's time also holds the other stages, among them the viewer-state "
+        "hydrator, which reads the viewer's latest events and so grows with their history, "
+        "backfill or not. "
         "When the sources fill the page (the usual case for a personalized feed) the stage only "
         "records that it was not needed. Past the bound the page comes back short and the trace "
         "says the bound was reached: that is the price of a request whose work does not grow "
